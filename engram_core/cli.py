@@ -1,0 +1,122 @@
+"""The `engram` command. Bad input gets one clear line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default-model"
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, no traceback."""
+
+
+def cmd_hash_vectors(args: argparse.Namespace) -> None:
+    from .hashing import HashSpec, hash_ids
+
+    try:
+        data = json.loads(Path(args.file).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read {args.file}: {e.strerror}") from e
+    except json.JSONDecodeError as e:
+        raise UserError(f"{args.file} is not JSON: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+        raise UserError(f"{args.file} has no list of cases (expected the engram-hash-vectors/1 layout)")
+    for i, case in enumerate(data["cases"]):
+        try:
+            cfg = case["config"]
+            spec = HashSpec(**{k: cfg[k] for k in HashSpec.__dataclass_fields__})
+            ids = case["input_ids"]
+            import numpy as np
+
+            arr = np.asarray(ids, dtype=np.int64).reshape(len(ids), -1)
+            case["primes"] = {str(layer): list(spec.primes[layer]) for layer in spec.layer_ids}
+            case["multipliers"] = {str(layer): spec.multipliers[layer].tolist() for layer in spec.layer_ids}
+            case["expected"] = {str(layer): hash_ids(arr, spec, layer).tolist() for layer in spec.layer_ids}
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"case {i} ({case.get('name', '?') if isinstance(case, dict) else '?'}): {e}") from e
+    json.dump(data, sys.stdout)
+    sys.stdout.write("\n")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .pipeline import train_model
+    from .train import TrainConfig
+
+    tcfg = TrainConfig(tokens=args.tokens, seed=args.seed, compile=not args.no_compile, batch_size=args.batch_size)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    path = train_model(args.out, tcfg, memory=not args.no_memory, dtype=dtype)
+    print(f"saved {path}")
+
+
+def cmd_card(args: argparse.Namespace) -> None:
+    from .pipeline import write_card
+
+    card = write_card(args.checkpoint, args.baseline)
+    print(json.dumps(card["val_loss"], indent=1))
+    if "baseline" in card:
+        print(json.dumps(card["baseline"]["val_loss"], indent=1))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import demo_lines
+
+    for line in demo_lines(args.checkpoint, args.text):
+        print(line)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engram", description="Engram Inspector: a compact Engram LM and its memory.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("hash-vectors", help="recompute primes, multipliers and expected rows of a hash-vector file")
+    s.add_argument("file")
+    s.set_defaults(fn=cmd_hash_vectors)
+    s = sub.add_parser("train", help="train the default model (or its memory-free twin) from the offline corpus")
+    s.add_argument("--out", default="runs/engram", help="checkpoint folder to write")
+    s.add_argument("--tokens", type=int, default=4_000_000, help="training tokens (977 steps of 16 x 256)")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-memory", action="store_true", help="the same backbone and recipe without Engram")
+    s.add_argument("--no-compile", action="store_true", help="skip torch.compile (slower steps, no compile wait)")
+    s.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of the saved weights")
+    s.set_defaults(fn=cmd_train)
+    s = sub.add_parser("card", help="evaluate a checkpoint on held-out text and write its model card")
+    s.add_argument("checkpoint")
+    s.add_argument("--baseline", help="checkpoint of the memory-free twin trained on the same tokens")
+    s.set_defaults(fn=cmd_card)
+    s = sub.add_parser("demo", help="print what the memory does for one sentence")
+    s.add_argument("text", nargs="?", default="To be, or not to be, that is the question.")
+    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and "MALLOC_MMAP_MAX_" not in os.environ:
+        # glibc reads these at start-up: they stop page faults on large fresh
+        # logits buffers (CALIBRATION.md), so re-run this process with them set
+        env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+        argv = sys.argv[1:] if argv is None else argv
+        os.execve(sys.executable, [sys.executable, "-m", "engram_core.cli", *argv], env)
+    try:
+        args.fn(args)
+    except (UserError, CheckpointError) as e:
+        print(f"engram {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"engram {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The Engram memory module: multi-head lookup, context-aware gate, short conv (§2.2-§2.4).
+
+The lookup (hashing, table read, knock-out masks) stays eager because sparse
+embeddings cannot be compiled; `EngramReadout` (W_K, W_V, gate, conv) is the
+dense part that training may compile.
+
+B batch, T time, M branches, H hash heads of this layer, Dh row width, D model width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MemoryConfig
+from .hashing import HashSpec
+from .knockout import KnockOut
+from .layers import HookPoint, rms_norm
+
+
+def causal_dilated_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Depthwise causal conv over time: y_t = sum_j w[:, j] * x_{t - j*dilation}.
+
+    x: (B, T, C), weight: (C, K). Written as K shifted multiply-adds: on CPU this
+    matches Conv1d to ~1e-6 and its backward is far cheaper (CALIBRATION.md).
+    """
+    T = x.shape[1]
+    y = x * weight[:, 0].to(x.dtype)
+    for j in range(1, weight.shape[1]):
+        s = j * dilation
+        if s >= T:
+            break
+        y = y + F.pad(x[:, : T - s], (0, 0, s, 0)) * weight[:, j].to(x.dtype)
+    return y
+
+
+class EngramReadout(nn.Module):
+    """From looked-up rows e_t and branch states h_t to the module output Y (eq. 3-5)."""
+
+    def __init__(self, cfg: MemoryConfig, d: int, n_branches: int) -> None:
+        super().__init__()
+        e_dim = cfg.heads_per_layer * cfg.d_head
+        M = n_branches
+        self.signed_sqrt, self.dilation = cfg.signed_sqrt, cfg.max_ngram
+        self.w_v = nn.Linear(e_dim, d, bias=False)  # shared by all branches (§2.4)
+        self.w_k = nn.Linear(e_dim, M * d, bias=False)  # one W_K per branch, stacked
+        self.norm_h = nn.Parameter(torch.ones(M, d))
+        self.norm_k = nn.Parameter(torch.ones(M, d))
+        self.norm_conv = nn.Parameter(torch.ones(M, d))
+        self.conv = nn.Parameter(torch.zeros(M * d, cfg.conv_kernel))  # zero-init: Y = V~ at start
+        self.hook_gate_score = HookPoint()
+        self.hook_gate = HookPoint()
+        self.hook_value = HookPoint()
+        self.hook_out = HookPoint()
+
+    def forward(self, H: torch.Tensor, e: torch.Tensor, branch_keep: torch.Tensor | None) -> torch.Tensor:
+        D = H.shape[-1]
+        k = self.w_k(e).unflatten(-1, (H.shape[2], D))  # (B, T, M, D) eq. 3
+        v = self.hook_value(self.w_v(e))  # (B, T, D) eq. 3
+        q_n = rms_norm(H, None) * self.norm_h.to(H.dtype)
+        k_n = rms_norm(k, None) * self.norm_k.to(k.dtype)
+        s = (q_n * k_n).sum(-1).float() / math.sqrt(D)  # (B, T, M) eq. 4
+        if self.signed_sqrt:
+            s = s.sign() * s.abs().clamp_min(1e-6).sqrt()  # reference demo, not in eq. 4
+        s = self.hook_gate_score(s)
+        alpha = torch.sigmoid(s)
+        if branch_keep is not None:
+            alpha = alpha * branch_keep  # knock-out of whole branches
+        alpha = self.hook_gate(alpha)
+        v_gated = alpha.unsqueeze(-1).to(v.dtype) * v.unsqueeze(2)  # (B, T, M, D)
+        B, T, M, _ = v_gated.shape
+        normed = rms_norm(v_gated, None) * self.norm_conv.to(v_gated.dtype)
+        conv = causal_dilated_conv(normed.reshape(B, T, M * D), self.conv, self.dilation)  # (B, T, M*D)
+        return self.hook_out(F.silu(conv).view(B, T, M, D) + v_gated)  # eq. 5
+
+
+class Engram(nn.Module):
+    """One layer's memory: tables of every (order, head) in one matrix, plus the read-out."""
+
+    def __init__(self, cfg: MemoryConfig, spec: HashSpec, layer: int, d: int, n_branches: int) -> None:
+        super().__init__()
+        self.layer, self.cfg, self.n_branches = layer, cfg, n_branches
+        primes = torch.tensor(spec.primes[layer], dtype=torch.int64)
+        offsets = torch.cumsum(primes, 0) - primes
+        self.register_buffer("primes", primes, persistent=False)
+        self.register_buffer("offsets", offsets, persistent=False)  # first row of each head
+        self.table = nn.Embedding(int(primes.sum()), cfg.d_head, sparse=True)
+        nn.init.normal_(self.table.weight, std=0.02)
+        self.readout = EngramReadout(cfg, d, n_branches)
+        self.hook_hash_ids = HookPoint()
+        self.hook_rows = HookPoint()
+
+    def row_keep(self, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
+        """(B, T, H) 1.0 where the looked-up row is kept, 0.0 where knocked out."""
+        keep = torch.ones(hash_ids.shape, dtype=torch.float32, device=hash_ids.device)
+        hpo = self.cfg.heads_per_ngram
+        for order in ko.orders:
+            if 2 <= order <= self.cfg.max_ngram:
+                keep[..., (order - 2) * hpo : (order - 1) * hpo] = 0.0
+        for layer, order, head in ko.heads:
+            if layer == self.layer:
+                keep[..., (order - 2) * hpo + head] = 0.0
+        for layer, order, head, row in ko.rows:
+            if layer == self.layer:
+                h = (order - 2) * hpo + head
+                keep[..., h] = torch.where(hash_ids[..., h] == row, 0.0, keep[..., h])
+        return keep
+
+    def forward(self, H: torch.Tensor, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
+        hash_ids = self.hook_hash_ids(hash_ids)  # (B, T, H) head-local rows
+        e = self.table(hash_ids + self.offsets)  # (B, T, H, Dh) eq. 2
+        if ko.touches_rows(self.layer):
+            e = e * self.row_keep(hash_ids, ko).unsqueeze(-1)
+        e = self.hook_rows(e).flatten(-2)  # (B, T, H*Dh), order-major then head-minor (§4)
+        branch_keep = None
+        if ko.branches:
+            branch_keep = torch.ones(self.n_branches, device=H.device)
+            branch_keep[[m for m in ko.branches if 0 <= m < self.n_branches]] = 0.0
+        y = self.readout(H, e, branch_keep)
+        if ko.layer_off(self.layer):
+            y = torch.zeros_like(y)
+        return y

@@ -1,0 +1,166 @@
+"""Multi-head multiplicative-XOR N-gram hashing (ENGRAM.md §2-3, paper eq. 1).
+
+Pure functions of (compressed ids, hash spec, layer): no module state, no I/O.
+Bit-exact with DeepSeek's reference demo; `tests/data/engram_hash_vectors.json`
+holds the oracle. This module is not the embedding lookup: it only says which row
+of which head's table each position reads.
+
+Dimensions: B batch, T time, N max order, H heads per layer ((N-1) * heads_per_ngram).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+PRIME_1 = 10007  # the reference's per-layer seed stride (ENGRAM.md §3)
+
+
+@dataclass(frozen=True)
+class HashSpec:
+    """Everything that fixes which rows an N-gram reads."""
+
+    vocab_size: int  # compressed vocabulary size V'
+    table_sizes: tuple[int, ...]  # base table size per order, orders 2..max_ngram
+    max_ngram: int = 3  # N: suffix N-grams of orders 2..N
+    heads_per_ngram: int = 4  # hash heads (tables) per order
+    layer_ids: tuple[int, ...] = (1, 2)  # Engram layers, in configured order
+    pad_id: int = 0  # compressed pad id read before the sequence start
+    seed: int = 0  # base seed of the multipliers
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table_sizes", tuple(int(s) for s in self.table_sizes))
+        object.__setattr__(self, "layer_ids", tuple(int(x) for x in self.layer_ids))
+        if self.max_ngram < 2:
+            raise ValueError(f"max_ngram must be >= 2, got {self.max_ngram}")
+        if len(self.table_sizes) != self.max_ngram - 1:
+            raise ValueError(
+                f"table_sizes needs one base size per order 2..{self.max_ngram} "
+                f"({self.max_ngram - 1} values), got {len(self.table_sizes)}"
+            )
+        if self.vocab_size < 1 or self.heads_per_ngram < 1:
+            raise ValueError("vocab_size and heads_per_ngram must be positive")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id {self.pad_id} outside the vocabulary 0..{self.vocab_size - 1}")
+        if len(set(self.layer_ids)) != len(self.layer_ids):
+            raise ValueError(f"layer_ids must be distinct, got {self.layer_ids}")
+
+    @property
+    def orders(self) -> tuple[int, ...]:
+        return tuple(range(2, self.max_ngram + 1))
+
+    @property
+    def heads_per_layer(self) -> int:
+        return (self.max_ngram - 1) * self.heads_per_ngram
+
+    def head_index(self, order: int, head: int) -> int:
+        """Position of (order, head) in the order-major head axis."""
+        return (order - 2) * self.heads_per_ngram + head
+
+    @cached_property
+    def primes(self) -> dict[int, tuple[int, ...]]:
+        return table_primes(self)
+
+    @cached_property
+    def multipliers(self) -> dict[int, np.ndarray]:
+        return {layer: layer_multipliers(self, layer) for layer in self.layer_ids}
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
+
+
+def table_primes(spec: HashSpec) -> dict[int, tuple[int, ...]]:
+    """Per layer, the prime table size of every head, order-major (§3).
+
+    Layers in configured order, then orders, then heads; each head takes the
+    smallest unused prime above the previous head's (first head of an order:
+    >= that order's base size), so no two heads anywhere share a modulus.
+    """
+    taken: set[int] = set()
+    out: dict[int, tuple[int, ...]] = {}
+    for layer in spec.layer_ids:
+        sizes: list[int] = []
+        for base in spec.table_sizes:
+            candidate = base - 1
+            for _ in range(spec.heads_per_ngram):
+                candidate += 1
+                while not is_prime(candidate) or candidate in taken:
+                    candidate += 1
+                taken.add(candidate)
+                sizes.append(candidate)
+        out[layer] = tuple(sizes)
+    return out
+
+
+def layer_multipliers(spec: HashSpec, layer: int) -> np.ndarray:
+    """The N odd multipliers of one layer; m[0] multiplies the current token."""
+    half_bound = max(1, (np.iinfo(np.int64).max // spec.vocab_size) // 2)
+    rng = np.random.default_rng(spec.seed + PRIME_1 * layer)
+    r = rng.integers(0, half_bound, size=spec.max_ngram, dtype=np.int64)
+    return r * 2 + 1
+
+
+def shifted(ids: torch.Tensor, k: int, pad_id: int) -> torch.Tensor:
+    """ids delayed by k steps along time, the first k positions reading pad (§2)."""
+    if k == 0:
+        return ids
+    T = ids.shape[-1]
+    pad = ids.new_full((*ids.shape[:-1], min(k, T)), pad_id)
+    return torch.cat([pad, ids[..., : max(T - k, 0)]], dim=-1)
+
+
+def _as_ids(ids: np.ndarray | torch.Tensor | list, vocab_size: int) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(ids) if isinstance(ids, list) else ids)
+    if t.dim() != 2:
+        raise ValueError(f"ids must be 2-D (batch, time), got shape {tuple(t.shape)}")
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(f"ids must be integers, got {t.dtype}")
+    t = t.to(torch.int64)
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
+        raise ValueError(f"compressed ids must lie in 0..{vocab_size - 1}; got min {int(t.min())}, max {int(t.max())}")
+    return t
+
+
+def ngram_mix(ids: torch.Tensor, spec: HashSpec, layer: int) -> torch.Tensor:
+    """mix_{t,n} for every order: (B, T, N-1) int64 (eq. 1, before the modulus)."""
+    m = spec.multipliers[layer]
+    mixes = []
+    mix = ids * int(m[0])
+    for k in range(1, spec.max_ngram):
+        mix = torch.bitwise_xor(mix, shifted(ids, k, spec.pad_id) * int(m[k]))
+        mixes.append(mix)
+    return torch.stack(mixes, dim=-1)  # (B, T, N-1)
+
+
+def hash_ids(ids: np.ndarray | torch.Tensor | list, spec: HashSpec, layer: int) -> torch.Tensor:
+    """Row read by every head at every position: (B, T, H) int64, head-local ids.
+
+    Heads are order-major; all heads of one order share mix and differ only in
+    their prime modulus, so one broadcast remainder covers them.
+    """
+    if layer not in spec.layer_ids:
+        raise ValueError(f"layer {layer} is not an Engram layer of this spec {spec.layer_ids}")
+    x = _as_ids(ids, spec.vocab_size)
+    mix = ngram_mix(x, spec, layer)  # (B, T, N-1)
+    primes = torch.tensor(spec.primes[layer], dtype=torch.int64).view(spec.max_ngram - 1, -1)
+    rows = torch.remainder(mix.unsqueeze(-1), primes)  # (B, T, N-1, heads)
+    return rows.flatten(-2)  # (B, T, H)
+
+
+def suffix_ngrams(ids: np.ndarray | torch.Tensor | list, spec: HashSpec, order: int) -> torch.Tensor:
+    """The suffix N-gram of one order at every position, oldest token first: (B, T, order)."""
+    x = _as_ids(ids, spec.vocab_size)
+    return torch.stack([shifted(x, k, spec.pad_id) for k in reversed(range(order))], dim=-1)

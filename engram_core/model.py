@@ -1,0 +1,172 @@
+"""The Engram language model, in data-flow order: compression -> hashing -> blocks -> logits.
+
+A block with an Engram module adds the memory's output to every residual branch
+before attention and the MLP (§2.3). Every activation worth seeing passes a named
+`HookPoint`; `run_with_cache` returns them keyed by name.
+
+B batch, T time, M branches, L Engram layers, H hash heads, D width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .engram import Engram
+from .hashing import hash_ids
+from .knockout import NO_KNOCKOUT, KnockOut
+from .layers import MLP, Attention, HookPoint, HyperResidual, RMSNorm
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        b = cfg.backbone
+        self.engram = None
+        if cfg.memory is not None and layer in cfg.memory.layer_ids:
+            self.engram = Engram(cfg.memory, cfg.memory.hash_spec, layer, b.d_model, b.n_branches)
+        attn = Attention(b.d_model, b.n_head, b.block_size, b.rope_base)
+        self.attn = HyperResidual(attn, b.d_model, b.n_branches, b.sinkhorn_iters)
+        self.mlp = HyperResidual(MLP(b.d_model, b.mlp_ratio), b.d_model, b.n_branches, b.sinkhorn_iters)
+        self.hook_resid_pre = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, H: torch.Tensor, rows: torch.Tensor | None, ko: KnockOut) -> torch.Tensor:
+        H = self.hook_resid_pre(H)  # (B, T, M, D)
+        if self.engram is not None:
+            H = H + self.engram(H, rows, ko)  # §2.3: memory before attention and MLP
+        return self.hook_resid_post(self.mlp(self.attn(H)))
+
+
+class EngramLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, compression: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        b = cfg.backbone
+        table = np.arange(b.vocab_size) if compression is None else np.asarray(compression)
+        if table.shape != (b.vocab_size,):
+            raise ValueError(f"compression table has shape {table.shape}, expected ({b.vocab_size},)")
+        if cfg.memory is not None and (table.max() >= cfg.memory.vocab_size or table.min() < 0):
+            raise ValueError("compression table maps outside the compressed vocabulary")
+        self.register_buffer("compression", torch.as_tensor(table, dtype=torch.int64), persistent=False)
+        self.wte = nn.Embedding(b.vocab_size, b.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(b.n_layer))
+        self.norm = RMSNorm(b.d_model)
+        self.hook_compressed_ids = HookPoint()
+        self.hook_logits = HookPoint()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        n = self.cfg.backbone.n_layer
+        for name, p in self.named_parameters():
+            if (
+                name.endswith(("qkv.weight", "up.weight", "phi.weight", "w_v.weight", "w_k.weight"))
+                or name == "wte.weight"
+            ):
+                nn.init.normal_(p, std=0.02)
+            elif name.endswith(("proj.weight", "down.weight")):
+                nn.init.normal_(p, std=0.02 / (2 * n) ** 0.5)
+
+    @property
+    def engram_layers(self) -> tuple[int, ...]:
+        return () if self.cfg.memory is None else self.cfg.memory.layer_ids
+
+    def check_ids(self, ids: torch.Tensor, long_ok: bool = False) -> torch.Tensor:
+        """Clear errors for what torch would otherwise reject deep inside."""
+        ids = torch.as_tensor(ids)
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+        if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"token ids must be a (batch, time) integer tensor, got {ids.dtype} {tuple(ids.shape)}")
+        b = self.cfg.backbone
+        if ids.shape[1] > b.block_size and not long_ok:
+            raise ValueError(
+                f"{ids.shape[1]} tokens exceed the context of {b.block_size}; "
+                "use EngramLM.forward_long for sliding windows"
+            )
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= b.vocab_size):
+            raise ValueError(f"token ids must lie in 0..{b.vocab_size - 1}, got {int(ids.min())}..{int(ids.max())}")
+        return ids.long()
+
+    def hash_rows(self, ids: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Compress raw ids and hash them: per Engram layer, (B, T, H) head-local rows."""
+        cids = self.hook_compressed_ids(self.compression[ids])  # §1
+        spec = self.cfg.memory.hash_spec if self.cfg.memory is not None else None
+        return {layer: hash_ids(cids, spec, layer) for layer in self.engram_layers}  # §3, eq. 1
+
+    def forward(
+        self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT, rows: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T, V) of raw token ids (B, T); `rows` may carry precomputed hashes."""
+        ids = self.check_ids(ids)
+        if rows is None:
+            rows = self.hash_rows(ids)
+        M = self.cfg.backbone.n_branches
+        H = self.wte(ids).unsqueeze(2).expand(-1, -1, M, -1)  # (B, T, M, D)
+        for i, block in enumerate(self.blocks):
+            H = block(H, rows.get(i), knockout)
+        return self.hook_logits(F.linear(self.norm(H.mean(2)), self.wte.weight))  # tied head
+
+    @torch.no_grad()
+    def forward_long(self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT) -> torch.Tensor:
+        """Logits for sequences longer than the context, by sliding windows.
+
+        Windows of block_size tokens advance by half a context; each position takes
+        its logits from the window where it has the most history (at least half a
+        context once past the start). Hash rows come from the whole sequence, so
+        N-grams that straddle a window's start still read their true rows.
+        """
+        ids = self.check_ids(ids, long_ok=True)
+        T, C = ids.shape[1], self.cfg.backbone.block_size
+        if T <= C:
+            return self(ids, knockout=knockout)
+        rows = self.hash_rows(ids)
+        out = torch.empty(ids.shape[0], T, self.cfg.backbone.vocab_size)
+        stride, start, done = C // 2, 0, 0
+        while done < T:
+            start = min(start, T - C)
+            logits = self(ids[:, start : start + C], knockout, {k: v[:, start : start + C] for k, v in rows.items()})
+            out[:, done : start + C] = logits[:, done - start :]
+            done, start = start + C, start + stride
+        return out
+
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
+        logits = self(ids, **kw)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def hook_names(self) -> list[str]:
+        return [n for n, m in self.named_modules() if isinstance(m, HookPoint)]
+
+    @torch.no_grad()
+    def run_with_cache(
+        self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT, names: Iterable[str] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits plus every hooked activation (or those in `names`), detached, keyed by hook name."""
+        wanted = set(self.hook_names() if names is None else names)
+        unknown = wanted - set(self.hook_names())
+        if unknown:
+            raise KeyError(f"no such hooks: {sorted(unknown)}")
+        cache: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, mod in self.named_modules():
+            if name in wanted:
+                handles.append(
+                    mod.register_forward_hook(lambda _m, _i, out, n=name: cache.__setitem__(n, out.detach()))
+                )
+        try:
+            logits = self(ids, knockout=knockout)
+        finally:
+            for h in handles:
+                h.remove()
+        return logits, cache
+
+    def param_counts(self) -> dict[str, int]:
+        tables = sum(p.numel() for n, p in self.named_parameters() if n.endswith("table.weight"))
+        total = sum(p.numel() for p in self.parameters())
+        engram = sum(p.numel() for n, p in self.named_parameters() if ".engram." in n)
+        return {"total": total, "tables": tables, "engram_dense": engram - tables, "backbone": total - engram}

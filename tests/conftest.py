@@ -1,0 +1,63 @@
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from engram_core import BackboneConfig, EngramLM, MemoryConfig, ModelConfig, build_compression  # noqa: E402
+from engram_core.tokenizer import EOS, train_bpe  # noqa: E402
+
+TINY_TEXT = (
+    "To be, or not to be, that is the question. Apple apple APPLE. "
+    "def __init__(self, value):\n    self.value = value\n    return isinstance(value, int)\n"
+    "I pray you, my lord, let me know not. "
+) * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_bpe([TINY_TEXT], vocab_size=300)
+
+
+def tiny_config(vocab_size: int, comp_size: int, pad: int, **mem) -> ModelConfig:
+    backbone = BackboneConfig(vocab_size=vocab_size, n_layer=3, d_model=32, n_head=2, block_size=64, n_branches=2)
+    memory = MemoryConfig(
+        layer_ids=(0, 1),
+        heads_per_ngram=2,
+        d_head=8,
+        table_sizes=(31, 37),
+        vocab_size=comp_size,
+        pad_id=pad,
+        **mem,
+    )
+    return ModelConfig(backbone=backbone, memory=memory)
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(tiny_tokenizer):
+    comp = build_compression(tiny_tokenizer)
+    pad = int(comp.table[tiny_tokenizer.token_to_id(EOS)])
+    return tiny_tokenizer, comp, pad
+
+
+@pytest.fixture()
+def tiny_model(tiny_parts):
+    tok, comp, pad = tiny_parts
+    torch.manual_seed(0)
+    model = EngramLM(tiny_config(tok.get_vocab_size(), comp.size, pad), comp.table)
+    # give the zero-initialised conv and the tables some signal, as training would
+    with torch.no_grad():
+        for block in model.blocks:
+            if block.engram is not None:
+                block.engram.readout.conv.normal_(0, 0.3)
+                block.engram.table.weight.normal_(0, 1.0)
+    return model.eval()
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(1234)

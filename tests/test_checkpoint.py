@@ -1,0 +1,115 @@
+"""Checkpoints: bit-exact round trip, and a clear error for every broken folder."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from engram_core import CheckpointError, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture()
+def saved(tmp_path, tiny_model, tiny_tokenizer):
+    return save_checkpoint(tmp_path / "ck", tiny_model, tiny_tokenizer, meta={"note": "tiny"})
+
+
+def test_round_trip_bit_exact(saved, tiny_model):
+    ck = load_checkpoint(saved)
+    a, b = tiny_model.state_dict(), ck.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ids = torch.randint(0, tiny_model.cfg.backbone.vocab_size, (2, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(tiny_model(ids), ck.model(ids))
+    assert ck.model.cfg == tiny_model.cfg
+    assert ck.meta == {"note": "tiny"}
+    assert torch.equal(ck.model.compression, tiny_model.compression)
+
+
+def test_bf16_weights_load_as_float32(tmp_path, tiny_model, tiny_tokenizer):
+    path = save_checkpoint(tmp_path / "bf", tiny_model, tiny_tokenizer, dtype=torch.bfloat16)
+    ck = load_checkpoint(path)
+    w = ck.model.blocks[0].engram.table.weight
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w, tiny_model.blocks[0].engram.table.weight.to(torch.bfloat16).float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_missing_file(saved, name):
+    (saved / name).unlink()
+    with pytest.raises(CheckpointError, match=f"missing {name}"):
+        load_checkpoint(saved)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+
+
+def test_corrupted_weights(saved):
+    data = bytearray((saved / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (saved / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(saved)
+
+
+def test_truncated_weights_without_checksum(saved):
+    (saved / "model.safetensors").write_bytes((saved / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(saved, verify=False)
+
+
+def test_broken_config_json(saved):
+    (saved / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(saved)
+
+
+def edit_config(saved, fn):
+    cfg = json.loads((saved / "config.json").read_text())
+    fn(cfg)
+    (saved / "config.json").write_text(json.dumps(cfg))
+
+
+def test_shape_mismatch(saved):
+    edit_config(saved, lambda c: c["model"]["memory"].update(d_head=16))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_checkpoint(saved)
+
+
+def test_config_mismatch_missing_tensor(saved):
+    edit_config(saved, lambda c: c["model"]["memory"].update(layer_ids=[0, 1, 2]))
+    with pytest.raises(CheckpointError, match="missing tensor blocks.2.engram"):
+        load_checkpoint(saved)
+
+
+def test_unknown_config_field(saved):
+    edit_config(saved, lambda c: c["model"]["backbone"].update(n_experts=8))
+    with pytest.raises(CheckpointError, match="n_experts"):
+        load_checkpoint(saved)
+
+
+def test_compression_must_match_tokenizer(saved):
+    def swap(c):
+        t = c["compression"]["table"]
+        t[10], t[11] = t[11], t[10]
+
+    edit_config(saved, swap)
+    with pytest.raises(CheckpointError, match="compression map"):
+        load_checkpoint(saved)
+
+
+def test_foreign_tokenizer(saved, tmp_path):
+    from engram_core.tokenizer import train_bpe
+
+    train_bpe(["something else entirely"] * 10, vocab_size=280).save(str(saved / "tokenizer.json"))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(saved)
+
+
+def test_no_pickle_in_folder(saved):
+    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    shutil.rmtree(saved)
