@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default-model"
@@ -71,9 +72,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(line)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="engram", description="Engram Inspector: a compact Engram LM and its memory.")
-    sub = p.add_subparsers(dest="command", required=True)
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The core's subcommands; higher layers add theirs to the same parser."""
     s = sub.add_parser("hash-vectors", help="recompute primes, multipliers and expected rows of a hash-vector file")
     s.add_argument("file")
     s.set_defaults(fn=cmd_hash_vectors)
@@ -94,19 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("text", nargs="?", default="To be, or not to be, that is the question.")
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_demo)
+
+
+def build_parser(*adders: Callable[[argparse._SubParsersAction], None]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="engram", description="Engram Inspector: a compact Engram LM and its memory.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_commands, *adders):
+        add(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, adders: tuple = ()) -> int:
     from .checkpoint import CheckpointError
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(*adders).parse_args(argv)
     if args.command == "train" and "MALLOC_MMAP_MAX_" not in os.environ:
         # glibc reads these at start-up: they stop page faults on large fresh
         # logits buffers (CALIBRATION.md), so re-run this process with them set
         env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
         argv = sys.argv[1:] if argv is None else argv
         os.execve(sys.executable, [sys.executable, "-m", "engram_core.cli", *argv], env)
+    if getattr(args, "checkpoint", None) is not None and not Path(args.checkpoint).exists():
+        print(f"engram {args.command}: error: checkpoint folder {args.checkpoint} does not exist", file=sys.stderr)
+        return 2
     try:
         args.fn(args)
     except (UserError, CheckpointError) as e:

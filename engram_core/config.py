@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .hashing import HashSpec
@@ -52,8 +53,9 @@ class MemoryConfig:
         object.__setattr__(self, "layer_ids", tuple(self.layer_ids))
         object.__setattr__(self, "table_sizes", tuple(self.table_sizes))
 
-    @property
+    @cached_property
     def hash_spec(self) -> HashSpec:
+        # cached: the spec memoises its primes and multipliers, which every forward reads
         return HashSpec(
             vocab_size=self.vocab_size,
             table_sizes=self.table_sizes,

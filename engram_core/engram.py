@@ -111,6 +111,9 @@ class Engram(nn.Module):
 
     def forward(self, H: torch.Tensor, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
         hash_ids = self.hook_hash_ids(hash_ids)  # (B, T, H) head-local rows
+        if ko.layer_off(self.layer):
+            # a knocked-out module adds nothing, so nothing after the hash needs computing
+            return H.new_zeros(H.shape)
         e = self.table(hash_ids + self.offsets)  # (B, T, H, Dh) eq. 2
         if ko.touches_rows(self.layer):
             e = e * self.row_keep(hash_ids, ko).unsqueeze(-1)
@@ -119,7 +122,4 @@ class Engram(nn.Module):
         if ko.branches:
             branch_keep = torch.ones(self.n_branches, device=H.device)
             branch_keep[[m for m in ko.branches if 0 <= m < self.n_branches]] = 0.0
-        y = self.readout(H, e, branch_keep)
-        if ko.layer_off(self.layer):
-            y = torch.zeros_like(y)
-        return y
+        return self.readout(H, e, branch_keep)

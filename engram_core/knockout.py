@@ -67,3 +67,48 @@ class KnockOut:
 
 
 NO_KNOCKOUT = KnockOut()
+
+
+def parse_knockout(spec: str) -> KnockOut:
+    """A knock-out from a compact string, as typed on the command line or kept in a URL.
+
+    Comma-separated items: `all`, `none`, `layer=L`, `order=N`, `head=L:N:K`,
+    `branch=M`, `row=L:N:K:R`. Example: `layer=1,order=3,row=2:2:0:1234`.
+    """
+    fields: dict[str, set] = {"layers": set(), "orders": set(), "heads": set(), "branches": set(), "rows": set()}
+    all_off = False
+    keys = {
+        "layer": ("layers", 1),
+        "order": ("orders", 1),
+        "head": ("heads", 3),
+        "branch": ("branches", 1),
+        "row": ("rows", 4),
+    }
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        if item in ("all", "none"):
+            all_off = all_off or item == "all"
+            continue
+        key, _, value = item.partition("=")
+        if key not in keys or not value:
+            raise ValueError(
+                f"bad knock-out item {item!r}: use all, none, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R"
+            )
+        name, arity = keys[key]
+        try:
+            parts = tuple(int(v) for v in value.split(":"))
+        except ValueError:
+            raise ValueError(f"bad knock-out item {item!r}: values must be integers") from None
+        if len(parts) != arity:
+            raise ValueError(f"bad knock-out item {item!r}: {key} takes {arity} value(s) separated by ':'")
+        fields[name].add(parts[0] if arity == 1 else parts)
+    return KnockOut(all=all_off, **{k: frozenset(v) for k, v in fields.items()})
+
+
+def format_knockout(ko: KnockOut) -> str:
+    """The inverse of `parse_knockout` (sorted, so equal knock-outs give equal strings)."""
+    items = ["all"] if ko.all else []
+    items += [f"layer={x}" for x in sorted(ko.layers)] + [f"order={x}" for x in sorted(ko.orders)]
+    items += ["head=" + ":".join(map(str, h)) for h in sorted(ko.heads)]
+    items += [f"branch={x}" for x in sorted(ko.branches)]
+    items += ["row=" + ":".join(map(str, r)) for r in sorted(ko.rows)]
+    return ",".join(items) or "none"

@@ -18,9 +18,19 @@ from torch import nn
 
 from .config import ModelConfig
 from .engram import Engram
-from .hashing import hash_ids
+from .hashing import hash_all
 from .knockout import NO_KNOCKOUT, KnockOut
 from .layers import MLP, Attention, HookPoint, HyperResidual, RMSNorm
+
+
+def sliding_windows(T: int, C: int) -> list[tuple[int, int]]:
+    """(start, first owned position) of each window of C tokens over T, half a context apart."""
+    out, start, done = [], 0, 0
+    while done < T:
+        start = max(0, min(start, T - C))
+        out.append((start, done))
+        done, start = start + C, start + C // 2
+    return out
 
 
 class Block(nn.Module):
@@ -97,7 +107,7 @@ class EngramLM(nn.Module):
         """Compress raw ids and hash them: per Engram layer, (B, T, H) head-local rows."""
         cids = self.hook_compressed_ids(self.compression[ids])  # §1
         spec = self.cfg.memory.hash_spec if self.cfg.memory is not None else None
-        return {layer: hash_ids(cids, spec, layer) for layer in self.engram_layers}  # §3, eq. 1
+        return hash_all(cids, spec) if spec is not None else {}  # §3, eq. 1
 
     def forward(
         self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT, rows: dict[int, torch.Tensor] | None = None
@@ -112,28 +122,9 @@ class EngramLM(nn.Module):
             H = block(H, rows.get(i), knockout)
         return self.hook_logits(F.linear(self.norm(H.mean(2)), self.wte.weight))  # tied head
 
-    @torch.no_grad()
     def forward_long(self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT) -> torch.Tensor:
-        """Logits for sequences longer than the context, by sliding windows.
-
-        Windows of block_size tokens advance by half a context; each position takes
-        its logits from the window where it has the most history (at least half a
-        context once past the start). Hash rows come from the whole sequence, so
-        N-grams that straddle a window's start still read their true rows.
-        """
-        ids = self.check_ids(ids, long_ok=True)
-        T, C = ids.shape[1], self.cfg.backbone.block_size
-        if T <= C:
-            return self(ids, knockout=knockout)
-        rows = self.hash_rows(ids)
-        out = torch.empty(ids.shape[0], T, self.cfg.backbone.vocab_size)
-        stride, start, done = C // 2, 0, 0
-        while done < T:
-            start = min(start, T - C)
-            logits = self(ids[:, start : start + C], knockout, {k: v[:, start : start + C] for k, v in rows.items()})
-            out[:, done : start + C] = logits[:, done - start :]
-            done, start = start + C, start + stride
-        return out
+        """Logits for sequences longer than the context, by sliding windows (see `run_with_cache_long`)."""
+        return self.run_with_cache_long(ids, knockout, names=())[0]
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
         logits = self(ids, **kw)
@@ -144,7 +135,11 @@ class EngramLM(nn.Module):
 
     @torch.no_grad()
     def run_with_cache(
-        self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT, names: Iterable[str] | None = None
+        self,
+        ids: torch.Tensor,
+        knockout: KnockOut = NO_KNOCKOUT,
+        names: Iterable[str] | None = None,
+        rows: dict[int, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits plus every hooked activation (or those in `names`), detached, keyed by hook name."""
         wanted = set(self.hook_names() if names is None else names)
@@ -159,11 +154,43 @@ class EngramLM(nn.Module):
                     mod.register_forward_hook(lambda _m, _i, out, n=name: cache.__setitem__(n, out.detach()))
                 )
         try:
-            logits = self(ids, knockout=knockout)
+            logits = self(ids, knockout=knockout, rows=rows)
         finally:
             for h in handles:
                 h.remove()
         return logits, cache
+
+    @torch.no_grad()
+    def run_with_cache_long(
+        self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT, names: Iterable[str] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`run_with_cache` for any length, by sliding windows.
+
+        Windows of block_size tokens advance by half a context; each position takes
+        its logits and activations from the window where it has the most history
+        (at least half a context once past the start). Hash rows come from the whole
+        sequence, so N-grams that straddle a window's start still read their true rows.
+        Every hooked activation has time on dim 1, so windows stitch along it.
+        """
+        ids = self.check_ids(ids, long_ok=True)
+        T, C = ids.shape[1], self.cfg.backbone.block_size
+        if T <= C:
+            return self.run_with_cache(ids, knockout, names)
+        rows = self.hash_rows(ids)
+        parts: dict[str, list[torch.Tensor]] = {}
+        logits_parts = []
+        for start, own in sliding_windows(T, C):
+            window = ids[:, start : start + C]
+            logits, cache = self.run_with_cache(
+                window, knockout, names, {k: v[:, start : start + C] for k, v in rows.items()}
+            )
+            logits_parts.append(logits[:, own - start :])
+            for k, v in cache.items():
+                parts.setdefault(k, []).append(v[:, own - start :])
+        out = {k: torch.cat(v, 1) for k, v in parts.items()}
+        if names is None or "hook_compressed_ids" in names:
+            out["hook_compressed_ids"] = self.compression[ids]  # hashed once above, outside the windows
+        return torch.cat(logits_parts, 1), out
 
     def param_counts(self) -> dict[str, int]:
         tables = sum(p.numel() for n, p in self.named_parameters() if n.endswith("table.weight"))
