@@ -1,0 +1,66 @@
+"""The shipped default model: within budget, faithful to its card, and its memory matters."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engram_core import KnockOut, load_checkpoint
+from engram_core.data import plays_dir
+from engram_core.tokenizer import encode
+from engram_core.train import eval_windows, evaluate
+
+MODEL = Path(__file__).resolve().parent.parent / "assets" / "default-model"
+
+
+@pytest.fixture(scope="module")
+def ck():
+    return load_checkpoint(MODEL)
+
+
+@pytest.fixture(scope="module")
+def card():
+    return json.loads((MODEL / "MODEL_CARD.json").read_text())
+
+
+def test_weights_within_budget():
+    assert (MODEL / "model.safetensors").stat().st_size <= 40_000_000
+
+
+def test_card_meets_the_floors(card):
+    for domain in ("plays", "code"):
+        v = card["val_loss"][domain]
+        assert v["memory_off"] - v["memory_on"] >= 0.3, domain
+        assert card["baseline"]["val_loss"][domain] - v["memory_on"] >= 0.05, domain
+    assert card["baseline"]["train_tokens"] == card["train_tokens"]
+    assert card["train_seconds"] <= 15 * 60
+
+
+def test_card_matches_the_weights(ck, card):
+    assert card["parameters"] == ck.model.param_counts()
+    assert card["config"] == json.loads(json.dumps(ck.model.cfg.to_dict()))
+
+
+@pytest.mark.slow
+def test_memory_matters_on_held_out_hamlet(ck):
+    """Recomputed here, not read from the card: knocking all memory out costs >= 0.3 nats/token."""
+    text = next(plays_dir().rglob("hamlet.md")).read_text()
+    ids = np.asarray(encode(ck.tokenizer, text[:60_000])[0], dtype=np.uint16)
+    w = eval_windows(ids, ck.model.cfg.backbone.block_size, 24)
+    on = evaluate(ck.model, w)
+    off = evaluate(ck.model, w, knockout=KnockOut(all=True))
+    assert on < 4.2
+    assert off - on >= 0.3
+    layer2 = evaluate(ck.model, w, knockout=KnockOut(layers={2}))
+    assert on < layer2 < off
+
+
+def test_gates_are_sane(ck):
+    ids = torch.tensor([encode(ck.tokenizer, "I pray you, my lord, let me know your pleasure.")[0]])
+    _, cache = ck.model.run_with_cache(ids)
+    for layer in ck.model.engram_layers:
+        g = cache[f"blocks.{layer}.engram.readout.hook_gate"]
+        assert g.shape == (1, ids.shape[1], 4)
+        assert 0.05 < float(g.mean()) < 0.95 and float(g.std()) > 0.01
