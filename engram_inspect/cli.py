@@ -1,0 +1,233 @@
+"""The `engram` command's analysis subcommands: trace, stats, neighbours, project.
+
+Bad input (missing file, empty text, unknown format, a checkpoint that does not
+load) gets one clear line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engram_core.cli import DEFAULT_CHECKPOINT, UserError
+from engram_core.cli import main as core_main
+
+
+def _checkpoint(args: argparse.Namespace):
+    from engram_core import load_checkpoint
+
+    return load_checkpoint(args.checkpoint)
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if args.file is not None:
+        try:
+            return Path(args.file).read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise UserError(f"cannot read {args.file}: {e.strerror}") from e
+    if args.text is None:
+        raise UserError("give a TEXT or --file F")
+    return args.text
+
+
+def cmd_trace(args: argparse.Namespace) -> None:
+    from engram_core.knockout import parse_knockout
+
+    from .capture import capture
+    from .export import FORMATS, to_json, write
+
+    fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "json")
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt != "json" and not args.output:
+        raise UserError(f"--format {fmt} writes a binary or tabular file: give -o OUT")
+    text = _read_text(args)
+    try:
+        mask = parse_knockout(args.knockout) if args.knockout else None
+        trace = capture(_checkpoint(args), text, mask=mask, top_k=args.top_k)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if args.output:
+        write(trace, args.output, fmt)
+        print(f"wrote {args.output} ({fmt}, {trace.n_tokens} tokens)", file=sys.stderr)
+    else:
+        sys.stdout.write(to_json(trace) + "\n")
+
+
+def _progress(desc: str):
+    """A progress(done, total, message) callback drawing a tqdm bar on stderr, from its first call."""
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def update(done: int, total: int, message: str) -> None:
+        if not bars:
+            bars.append(tqdm(desc=desc, total=max(total, 1), leave=False, dynamic_ncols=True))
+        bar = bars[0]
+        bar.total = max(total, 1)
+        bar.n = done
+        bar.set_postfix_str(message[:60])
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    from engram_core.tokenizer import encode
+
+    from .collisions import load_or_build
+    from .export import write_table
+    from .health import gate_weighted_hits, health_table
+
+    ck = _checkpoint(args)
+    if ck.model.cfg.memory is None:
+        raise UserError("this checkpoint has no Engram memory")
+    streams = None
+    if args.corpus:
+        import numpy as np
+
+        streams = [np.asarray(encode(ck.tokenizer, _read_text_file(f))[0], dtype=np.int64) for f in args.corpus]
+        if not any(len(s) for s in streams):
+            raise UserError("the corpus files hold no text")
+    index = load_or_build(ck, streams, progress=_progress("collision index"))
+    gate_hits = None
+    if args.gate_tokens > 0:
+        gate_streams = streams if streams is not None else _val_streams(ck)
+        gate_hits = gate_weighted_hits(ck, gate_streams, max_tokens=args.gate_tokens)
+    health = health_table(index, gate_hits)
+    heads = {(r["layer"], r["order"], r["head"]): r for r in index.head_table()}
+    cols = ["layer", "order", "head", "rows", "usage", "kl_uniform", "gini", "rows_for_50", "rows_for_90"]
+    cols += ["rows_for_99", "dead_rows"]
+    print(" ".join(f"{c:>11}" for c in [*cols, "collisions"]))
+    for r in health:
+        rate = heads[(r["layer"], r["order"], r["head"])]["collision_rate"]
+        print(" ".join(f"{_fmt(r[c]):>11}" for c in cols) + f" {rate:11.3f}")
+    if args.output:
+        for name, rows in (("health", health), ("collisions", index.head_table())):
+            path = write_table(rows, f"{args.output}-{name}.{args.format}")
+            print(f"wrote {path}", file=sys.stderr)
+
+
+def _read_text_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from e
+
+
+def _val_streams(ck):
+    from engram_core.pipeline import prepare_corpus
+
+    _, streams, _ = prepare_corpus(ck.model.cfg.backbone.vocab_size, log=lambda *_: None)
+    return [v for k, v in sorted(streams.items()) if k.startswith("val/")]
+
+
+def _labels(ck):
+    """The training corpus's collision index, or None (with a note) where that corpus is not this model's."""
+    from .collisions import load_or_build
+
+    try:
+        return load_or_build(ck, progress=_progress("collision index"))
+    except ValueError as e:
+        print(f"note: neighbours shown without their corpus N-grams ({e})", file=sys.stderr)
+        return None
+
+
+def cmd_neighbours(args: argparse.Namespace) -> None:
+    from .collisions import ngram_text
+    from .neighbours import NeighbourIndex, nearest_ngram
+    from .rows import RowAddress
+
+    ck = _checkpoint(args)
+    if ck.model.cfg.memory is None:
+        raise UserError("this checkpoint has no Engram memory")
+    layer = ck.model.engram_layers[0] if args.layer is None else args.layer
+    try:
+        index = NeighbourIndex.build(ck)
+        if args.row:
+            parts = [int(x) for x in args.row.split(":")]
+            if len(parts) != 4:
+                raise UserError("--row takes L:N:K:R (layer, order, head, row)")
+            index.layout.check(RowAddress(*parts))
+        elif not args.ngram:
+            raise UserError("give an NGRAM text or --row L:N:K:R")
+        else:
+            index.layout.check(RowAddress(layer, args.order, args.head or 0, 0))
+        labels = _labels(ck)
+        if args.row:
+            address = RowAddress(*parts)
+            results = [(address, index.nearest_rows(address, args.k, labels), None)]
+        else:
+            found = nearest_ngram(ck, index, args.ngram, layer, args.order, args.head, args.k, labels)
+            results = [(r.address, r.neighbours, r.ngram) for r in found]
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    for address, neighbours, ngram in results:
+        seen = f" (seen {labels.count(ngram)}x)" if labels is not None and ngram else ""
+        what = f"{ngram_text(ck, ngram)!r}{seen} reads " if ngram else ""
+        print(f"{what}layer {address.layer} order {address.order} head {address.head} row {address.row}:")
+        for nb in neighbours:
+            a = nb.address
+            grams = ", ".join(f"{ngram_text(ck, g)!r} x{c}" for g, c in nb.ngrams[:3]) or "(no corpus N-gram)"
+            print(f"  {nb.similarity:6.3f}  L{a.layer} n{a.order} h{a.head} row {a.row:>6}  {grams}")
+
+
+def cmd_project(args: argparse.Namespace) -> None:
+    from .projection import compute_projection
+
+    ck = _checkpoint(args)
+    if ck.model.cfg.memory is None:
+        raise UserError("this checkpoint has no Engram memory")
+    try:
+        p = compute_projection(ck, args.method, args.scope, progress=_progress(args.method), recompute=True)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    print(f"{args.method} of {len(p.rows):,} rows ({args.scope}) cached beside the checkpoint")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("trace", help="capture what the memory does for a text and export it")
+    s.add_argument("text", nargs="?", help="the text (or use --file)")
+    s.add_argument("--file", help="read the text from this file")
+    s.add_argument("--format", help="json, csv, parquet or npz (default: from -o's suffix, else json)")
+    s.add_argument("-o", "--output", help="file to write (json goes to stdout without -o)")
+    s.add_argument("--knockout", help="mask to compare with, e.g. all, layer=1, order=3, head=1:2:0, row=1:2:0:99")
+    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    s.set_defaults(fn=cmd_trace)
+    s = sub.add_parser("stats", help="memory health and collision rates of every table")
+    s.add_argument("--corpus", nargs="*", help="text files to index instead of the training corpus")
+    s.add_argument("--gate-tokens", type=int, default=0, help="also weight hits by the gate over this many tokens")
+    s.add_argument("-o", "--output", help="write OUTPUT-health.FORMAT and OUTPUT-collisions.FORMAT")
+    s.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    s.set_defaults(fn=cmd_stats)
+    s = sub.add_parser("neighbours", help="nearest memory rows of an N-gram's rows (or of one row)")
+    s.add_argument("ngram", nargs="?", help="text whose last tokens form the N-gram")
+    s.add_argument("--layer", type=int, help="Engram layer (default: the first)")
+    s.add_argument("--order", type=int, default=2)
+    s.add_argument("--head", type=int, help="one head (default: every head of the order)")
+    s.add_argument("--row", help="a row instead of an N-gram: L:N:K:R")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    s.set_defaults(fn=cmd_neighbours)
+    s = sub.add_parser("project", help="recompute the PCA or UMAP map of memory rows (cached)")
+    s.add_argument("--method", choices=["umap", "pca"], default="umap")
+    s.add_argument("--scope", default="pooled", help="pooled, layer1, or layer1-order2-head0")
+    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    s.set_defaults(fn=cmd_project)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return core_main(argv, adders=(add_commands,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

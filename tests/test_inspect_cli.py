@@ -1,0 +1,81 @@
+"""`engram trace | stats | neighbours | project` on a tiny checkpoint: outputs load back, bad input is one line."""
+
+import csv
+
+import pytest
+
+from engram_core import load_checkpoint, save_checkpoint
+from engram_inspect.capture import capture
+from engram_inspect.cli import main
+from engram_inspect.export import from_json, read
+
+TEXT = "I pray you, my lord, let me know."
+
+
+@pytest.fixture()
+def ckdir(tmp_path, tiny_model, tiny_tokenizer):
+    return str(save_checkpoint(tmp_path / "ck", tiny_model, tiny_tokenizer))
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet", "npz"])
+def test_trace_writes_each_format(ckdir, tmp_path, fmt, capsys):
+    out = tmp_path / f"t.{fmt}"
+    assert main(["trace", TEXT, "-o", str(out), "--knockout", "layer=1", "--checkpoint", ckdir]) == 0
+    from engram_core.knockout import KnockOut
+
+    want = capture(load_checkpoint(ckdir), TEXT, mask=KnockOut(layers={1}))
+    assert read(out) == want
+
+
+def test_trace_json_to_stdout_from_file(ckdir, tmp_path, capsys):
+    f = tmp_path / "in.txt"
+    f.write_text(TEXT)
+    assert main(["trace", "--file", str(f), "--checkpoint", ckdir]) == 0
+    assert from_json(capsys.readouterr().out) == capture(load_checkpoint(ckdir), TEXT)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["trace", ""], "empty"),
+        (["trace", "--file", "/no/such/file"], "cannot read"),
+        (["trace", "hi", "--format", "xml"], "unknown format"),
+        (["trace", "hi", "--format", "npz"], "give -o"),
+        (["trace", "hi", "--knockout", "layer=x"], "bad knock-out"),
+        (["neighbours", "hi", "--layer", "7"], "not an Engram layer"),
+        (["neighbours", "hi", "--order", "9"], "order"),
+        (["neighbours", "--row", "0:2:0"], "L:N:K:R"),
+        (["stats", "--corpus", "/no/such/file"], "cannot read"),
+    ],
+)
+def test_bad_input_is_one_line(ckdir, capsys, argv, message):
+    assert main([*argv, "--checkpoint", ckdir]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err[-1:]) == 1 and message in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    assert main(["trace", "hi", "--checkpoint", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_stats_and_neighbours_on_a_corpus_file(ckdir, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 30)
+    assert main(["stats", "--corpus", str(corpus), "-o", str(tmp_path / "s"), "--checkpoint", ckdir]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "s-health.csv")))
+    assert len(rows) == 2 * 2 * 2  # layers x orders x heads of the tiny model
+    assert all(0 < float(r["usage"]) <= 1 for r in rows)
+    heads = list(csv.DictReader(open(tmp_path / "s-collisions.csv")))
+    assert {int(h["prime"]) for h in heads} == {
+        p for ps in load_checkpoint(ckdir).model.cfg.memory.hash_spec.primes.values() for p in ps
+    }
+
+
+def test_neighbours_prints_k_rows(ckdir, capsys):
+    assert main(["neighbours", "my lord", "--order", "2", "--head", "1", "-k", "4", "--checkpoint", ckdir]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "reads layer 0 order 2 head 1 row" in out[0]
+    assert len(out) == 5
+    sims = [float(line.split()[0]) for line in out[1:]]
+    assert sims == sorted(sims, reverse=True) and all(-1 <= x <= 1 for x in sims)
