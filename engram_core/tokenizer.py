@@ -7,6 +7,7 @@ replaced by U+FFFD before encoding.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -28,11 +29,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
     return tok
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_text(text: str) -> str:
-    """Make any Python str encodable: lone surrogates become U+FFFD."""
+    """Make any Python str encodable: each lone surrogate becomes one U+FFFD (offsets stay put)."""
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__}")
-    return text.encode("utf-8", errors="replace").decode("utf-8")
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def encode(tok: Tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:

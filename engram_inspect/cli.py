@@ -125,7 +125,7 @@ def _read_text_file(path: str) -> str:
 def _val_streams(ck):
     from engram_core.pipeline import prepare_corpus
 
-    _, streams, _ = prepare_corpus(ck.model.cfg.backbone.vocab_size, log=lambda *_: None)
+    _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
     return [v for k, v in sorted(streams.items()) if k.startswith("val/")]
 
 

@@ -395,7 +395,7 @@ def training_streams(ck: Checkpoint) -> list[np.ndarray]:
     """The shipped training corpus (plays, code), tokenized as the checkpoint was trained on."""
     from engram_core.pipeline import prepare_corpus
 
-    tok, streams, _ = prepare_corpus(ck.model.cfg.backbone.vocab_size, log=lambda *_: None)
+    tok, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
     if tok.get_vocab() != ck.tokenizer.get_vocab():
         raise ValueError("the cached training corpus was tokenized with another tokenizer than this checkpoint's")
     return [v for k, v in sorted(streams.items()) if k.startswith("train/")]

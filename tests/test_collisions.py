@@ -201,7 +201,7 @@ def test_shipped_model_rows_match_hooks():
     from engram_core.pipeline import prepare_corpus
 
     ck = load_checkpoint("assets/default-model")
-    _, streams, _ = prepare_corpus(ck.model.cfg.backbone.vocab_size, log=lambda *_: None)
+    _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
     sample = [streams["val/plays"][:4000], streams["val/code"][:4000]]
     index = build_collision_index(ck, sample)
     spec = ck.model.cfg.memory.hash_spec

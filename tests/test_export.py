@@ -282,3 +282,22 @@ def test_shapes_are_checked_before_writing(traces, tmp_path):
         write(bad, tmp_path / "t.json")
     with pytest.raises(ValueError, match="topk_text is not"):
         write(dataclasses.replace(tr, topk_text=[]), tmp_path / "t.csv")
+
+
+def test_write_table_csv_and_parquet(tmp_path):
+    import csv as _csv
+
+    import pyarrow.parquet as pq
+
+    from engram_inspect.export import write_table
+
+    rows = [{"layer": 1, "order": 2, "usage": 0.5, "name": 'a,"b"'}, {"layer": 2, "order": 3, "usage": 1.0, "name": ""}]
+    write_table(rows, tmp_path / "t.csv")
+    back = list(_csv.DictReader(open(tmp_path / "t.csv", newline="")))
+    assert [r["name"] for r in back] == ['a,"b"', ""] and float(back[0]["usage"]) == 0.5
+    write_table(rows, tmp_path / "t.parquet")
+    assert pq.read_table(tmp_path / "t.parquet").to_pylist() == rows
+    with pytest.raises(ValueError, match="csv or parquet"):
+        write_table(rows, tmp_path / "t.xlsx")
+    with pytest.raises(ValueError, match="no rows"):
+        write_table([], tmp_path / "e.csv")
