@@ -1,0 +1,1 @@
+"""The Engram Inspector app: a thin Gradio layer over engram_inspect (one module per tab)."""

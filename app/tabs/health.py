@@ -1,0 +1,47 @@
+"""Health: memory health and collision tables per table, gate distributions, logit lens."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import views
+from ..context import Ctx
+
+HEALTH_COLUMNS = [
+    "layer",
+    "order",
+    "head",
+    "rows",
+    "usage",
+    "kl_uniform",
+    "gini",
+    "rows_for_50",
+    "rows_for_90",
+    "rows_for_99",
+    "dead_rows",
+]
+
+
+def build(ctx: Ctx) -> None:
+    s = ctx.session
+    with gr.Tab("Health", id="health"):
+        load = gr.Button("Load memory health and collisions (indexes the training corpus on first use)")
+        health = gr.Dataframe(headers=HEALTH_COLUMNS, label="memory health per table (training corpus)")
+        collisions = gr.Dataframe(label="collisions per table")
+        with gr.Row():
+            hist = gr.Plot(label="gate distribution")
+            lens = gr.Plot(label="logit lens")
+
+    def tables():
+        rows = s.health()
+        coll = s.collisions().head_table()
+        fmt = lambda v: round(v, 4) if isinstance(v, float) else v  # noqa: E731
+        return [[fmt(r[c]) for c in HEALTH_COLUMNS] for r in rows], [[fmt(v) for v in r.values()] for r in coll]
+
+    def redraw(trace):
+        if trace is None:
+            return None, None
+        return views.gate_histogram(trace), views.lens_figure(trace)
+
+    load.click(tables, None, [health, collisions], api_name="health_tables")
+    ctx.on_trace.append((redraw, [ctx.trace], [hist, lens]))

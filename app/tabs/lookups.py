@@ -1,0 +1,51 @@
+"""Lookups: the token strip coloured by the gate, and what one token's N-grams read."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import views
+from ..context import Ctx
+
+
+def build(ctx: Ctx) -> None:
+    s = ctx.session
+    with gr.Tab("Lookups", id="lookups"):
+        which = gr.Dropdown(
+            views.gate_choices(s.layers, s.n_branches), value="mean", label="colour tokens by the gate of"
+        )
+        strip = gr.HighlightedText(
+            label="tokens (colour: gate alpha; click a token)",
+            show_legend=True,
+            combine_adjacent=False,
+            elem_id="token-strip",
+        )
+        pos = gr.Number(value=0, precision=0, label="selected token position", minimum=0)
+        table = gr.Dataframe(
+            headers=views.LOOKUP_HEADERS, label="what this token's N-grams read", wrap=True, elem_id="lookup-table"
+        )
+
+    def redraw(trace, which_gate):
+        return (views.token_strip(trace, which_gate), 0) if trace is not None else ([], 0)
+
+    def lookup(trace, p):
+        if trace is None:
+            return []
+        p = min(max(int(p or 0), 0), trace.n_tokens - 1)
+        index = s.collisions()
+        return views.lookup_rows(trace, p, index, lambda g: _ngram_text(s, g))
+
+    def select(trace, evt: gr.SelectData):
+        return evt.index if isinstance(evt.index, int) else evt.index[0]
+
+    which.change(redraw, [ctx.trace, which], [strip, pos], api_name="lookups_colour")
+    strip.select(select, [ctx.trace], [pos], api_name="lookups_select")
+    pos.change(lookup, [ctx.trace, pos], [table], api_name="lookups_token")
+    ctx.on_trace.append((redraw, [ctx.trace, which], [strip, pos]))
+    ctx.on_trace.append((lookup, [ctx.trace, pos], [table]))
+
+
+def _ngram_text(session, gram) -> str:
+    from engram_inspect.collisions import ngram_text
+
+    return views.show(ngram_text(session.ck, gram))

@@ -1,0 +1,87 @@
+"""Memory map: a WebGL scatter of memory rows, the current text's rows on top, and neighbours.
+
+A click on a point (see app/main.py's script) or a typed N-gram or row lists the
+faiss nearest rows with the corpus N-grams that hash to them; "knock out" sends
+the listed rows to the knock-out mask.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import views
+from ..context import Ctx
+
+NEIGHBOUR_HEADERS = ["similarity", "layer", "order", "head", "row", "corpus N-grams (count)"]
+
+
+def build(ctx: Ctx) -> None:
+    s = ctx.session
+    with gr.Tab("Memory map", id="memory-map"):
+        with gr.Row():
+            method = gr.Radio(["umap", "pca"], value="umap", label="projection")
+            colour = gr.Radio(["order", "head", "layer", "hits"], value="order", label="colour by")
+        plot = gr.Plot(label="memory rows", elem_id="memory-map")
+        with gr.Row():
+            query = gr.Textbox(
+                label="N-gram (text) or row L:N:K:R", placeholder=" my lord   or   1:2:0:8615", elem_id="row-query"
+            )
+            layer = gr.Dropdown(list(s.layers), value=s.layers[0] if s.layers else None, label="layer")
+            order = gr.Dropdown([2, 3], value=2, label="order")
+            k = gr.Slider(1, 50, value=10, step=1, label="k")
+        find = gr.Button("Find nearest rows", elem_id="find-neighbours")
+        table = gr.Dataframe(headers=NEIGHBOUR_HEADERS, label="nearest rows", elem_id="neighbours-table", wrap=True)
+        send = gr.Button("Knock out these rows")
+
+    def redraw(trace, m, c):
+        p = s.projection(m)
+        if p is None:
+            gr.Warning("UMAP is not precomputed for this model: showing PCA (run `engram project`)")
+            p = s.projection("pca")
+        from engram_inspect.rows import RowLayout
+
+        hits = _hits(s) if c == "hits" else None
+        return views.memory_map(p, RowLayout.of(s.ck), trace, c, hits)
+
+    def neighbours(q, L, n, kk):
+        from ..api import neighbour_rows
+
+        rows = neighbour_rows(s, q, int(L), int(n), None, int(kk))
+        return [[r["similarity"], r["layer"], r["order"], r["head"], r["row"], r["ngrams"]] for r in rows]
+
+    def to_mask(rows, mask):
+        import pandas as pd  # noqa: F401 - gradio hands dataframes over as pandas
+
+        picked = (
+            [f"row={int(r[1])}:{int(r[2])}:{int(r[3])}:{int(r[4])}" for r in rows.values.tolist()] if len(rows) else []
+        )
+        keep = [] if mask in (None, "", "all", "none") else [mask]
+        return ",".join(keep + picked) or "none"
+
+    method.change(redraw, [ctx.trace, method, colour], [plot], api_name="map_method")
+    colour.change(redraw, [ctx.trace, method, colour], [plot], api_name="map_colour")
+    find.click(neighbours, [query, layer, order, k], [table], api_name="map_neighbours")
+    query.submit(neighbours, [query, layer, order, k], [table], api_name="map_neighbours_submit")
+    send.click(to_mask, [table, ctx.mask], [ctx.mask], api_name="map_to_mask")
+    ctx.on_trace.append((redraw, [ctx.trace, method, colour], [plot]))
+
+
+def _hits(session):
+    import numpy as np
+
+    from engram_inspect.health import table_hits
+    from engram_inspect.rows import RowAddress, RowLayout
+
+    def build():
+        index, layout = session.collisions(), RowLayout.of(session.ck)
+        out = np.zeros(layout.total, dtype=np.int64)
+        spec = layout.spec
+        for L in spec.layer_ids:
+            for n in spec.orders:
+                for h in range(spec.heads_per_ngram):
+                    start = layout.flat(RowAddress(L, n, h, 0))
+                    hits = table_hits(index, L, n, h)
+                    out[start : start + len(hits)] = hits
+        return out
+
+    return session._lazy("hits", build)

@@ -1,0 +1,215 @@
+"""Pure converters from engram_inspect results to what the app shows: figures and tables.
+
+No Gradio here, so every view is testable without a server. Figures are plotly.
+T tokens, L Engram layers, M branches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from engram_inspect.capture import PAD_TEXT, Trace
+from engram_inspect.diff import KnockoutDiff
+
+PALETTE = "Viridis"
+
+
+def show(token: str) -> str:
+    """A token as a label: whitespace and control characters made visible."""
+    out = token.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "␍").replace(PAD_TEXT, "·")
+    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in out) or "∅"
+
+
+def gate_choices(trace_layers: tuple[int, ...], n_branches: int) -> list[str]:
+    return ["mean"] + [f"layer {L} branch {m}" for L in trace_layers for m in range(n_branches)]
+
+
+def gate_values(trace: Trace, which: str) -> np.ndarray:
+    """(T,) alpha: the mean over layers and branches, or one 'layer L branch m'."""
+    if which == "mean":
+        return trace.gate.mean(axis=(0, 2))
+    _, L, _, m = which.split()
+    return trace.gate[trace.layers.index(int(L)), :, int(m)]
+
+
+def token_strip(trace: Trace, which: str = "mean") -> list[tuple[str, float]]:
+    """(token, alpha) pairs for a strip coloured by the gate."""
+    return [(t, round(float(a), 4)) for t, a in zip(trace.tokens, gate_values(trace, which), strict=True)]
+
+
+def lookup_rows(trace: Trace, pos: int, index=None, ngram_text=None) -> list[list]:
+    """For one position: per layer, order, head, the N-gram, the row, its neighbours in the corpus."""
+    rows = []
+    for li, L in enumerate(trace.layers):
+        for oi, n in enumerate(trace.orders):
+            gram = tuple(int(x) for x in trace.ngram_ids[oi, pos, :n])
+            seen = index.count(gram) if index is not None else None
+            for h in range(trace.heads_per_ngram):
+                row = int(trace.hash_rows[li, pos, trace.head_index(n, h)])
+                others, top = None, ""
+                if index is not None:
+                    at = [(g, c) for g, c in index.ngrams_at(L, n, h, row) if g != gram]
+                    others = len(at)
+                    if ngram_text is not None:
+                        top = ", ".join(f"{ngram_text(g)!r}×{c}" for g, c in at[:3])
+                rows.append([L, n, h, show(trace.ngram_text[oi][pos]), row, others, top, seen])
+    return rows
+
+
+LOOKUP_HEADERS = ["layer", "order", "head", "N-gram", "row", "other N-grams in row", "top others", "seen in training"]
+
+
+def gate_heatmap(trace: Trace) -> go.Figure:
+    L, T, M = trace.gate.shape
+    z = trace.gate.transpose(0, 2, 1).reshape(L * M, T)  # rows: (layer, branch)
+    s = trace.gate_score.transpose(0, 2, 1).reshape(L * M, T)
+    labels = [f"L{layer} b{m}" for layer in trace.layers for m in range(M)]
+    grams = [" | ".join(show(trace.ngram_text[o][t]) for o in range(len(trace.orders))) for t in range(T)]
+    hover = [
+        [f"{show(trace.tokens[t])}<br>{grams[t]}<br>alpha {z[r, t]:.3f}, score {s[r, t]:.3f}" for t in range(T)]
+        for r in range(L * M)
+    ]
+    fig = go.Figure(
+        go.Heatmap(z=z, y=labels, x=list(range(T)), text=hover, hoverinfo="text", colorscale=PALETTE, zmin=0, zmax=1)
+    )
+    fig.update_layout(
+        title="gate alpha per token, layer and branch",
+        xaxis_title="token position",
+        height=320,
+        margin=dict(l=60, r=20, t=40, b=40),
+    )
+    fig.update_xaxes(
+        tickmode="array", tickvals=list(range(T)), ticktext=[show(t) for t in trace.tokens]
+    ) if T <= 60 else None
+    return fig
+
+
+def top_gated(trace: Trace, n: int = 15) -> list[list]:
+    """The positions with the highest mean alpha, with their longest suffix N-gram."""
+    mean = trace.gate.mean(axis=(0, 2))
+    order = np.argsort(-mean, kind="stable")[:n]
+    return [[int(t), show(trace.tokens[t]), show(trace.ngram_text[-1][t]), round(float(mean[t]), 4)] for t in order]
+
+
+def gate_histogram(trace: Trace) -> go.Figure:
+    fig = go.Figure()
+    for li, L in enumerate(trace.layers):
+        for m in range(trace.gate.shape[2]):
+            fig.add_trace(
+                go.Histogram(
+                    x=trace.gate[li, :, m], name=f"L{L} b{m}", opacity=0.6, xbins=dict(start=0, end=1, size=0.05)
+                )
+            )
+    fig.update_layout(barmode="overlay", title="gate distribution (this text)", xaxis_title="alpha", height=300)
+    return fig
+
+
+def lens_figure(trace: Trace) -> go.Figure:
+    Y = trace.lens_kl_on.shape[0]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=list(range(Y)), y=trace.lens_kl_on.mean(1), name="memory on", mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=list(range(Y)), y=trace.lens_kl_off.mean(1), name="memory off", mode="lines+markers"))
+    fig.update_layout(
+        title="logit lens: KL(block || final), mean over tokens",
+        xaxis_title="block",
+        yaxis_title="KL (nats)",
+        height=300,
+    )
+    return fig
+
+
+def delta_figure(trace: Trace, diff: KnockoutDiff) -> go.Figure:
+    T = trace.n_tokens
+    labels = [f"{t}:{show(trace.tokens[t + 1])}" for t in range(T - 1)]
+    d = diff.delta_logprob[:-1]
+    fig = go.Figure(go.Bar(x=labels, y=d, marker_color=np.where(d < 0, "#c0392b", "#2e86c1"), name="Δ log p"))
+    fig.add_trace(go.Scatter(x=labels, y=diff.kl[:-1], name="KL(on || off)", yaxis="y2", mode="lines+markers"))
+    fig.update_layout(
+        title=f"Δ log p(next token) under the mask: mean loss change {diff.mean_loss_change:+.3f} nats/token",
+        yaxis=dict(title="Δ log p"),
+        yaxis2=dict(title="KL", overlaying="y", side="right"),
+        height=340,
+        legend=dict(orientation="h"),
+    )
+    return fig
+
+
+def topk_rows(trace: Trace, diff: KnockoutDiff) -> list[list]:
+    rows = []
+    for t in range(trace.n_tokens - 1):
+        on = ", ".join(
+            f"{show(s)} {np.exp(p):.2f}" for s, p in zip(trace.topk_text[t], trace.topk_logprob[t], strict=True)
+        )
+        off = ", ".join(
+            f"{show(s)} {np.exp(p):.2f}"
+            for s, p in zip(trace.masked_topk_text[t], trace.masked_topk_logprob[t], strict=True)
+        )
+        rows.append(
+            [t, show(trace.tokens[t]), show(trace.tokens[t + 1]), round(float(diff.delta_logprob[t]), 3), on, off]
+        )
+    return rows
+
+
+TOPK_HEADERS = ["pos", "token", "next (actual)", "Δ log p", "top-k memory on", "top-k masked"]
+
+
+def memory_map(
+    projection, layout, trace: Trace | None, color_by: str = "order", hits: np.ndarray | None = None
+) -> go.Figure:
+    """WebGL scatter of memory rows; rows the current text reads drawn on top."""
+    color = {"order": projection.order, "head": projection.head, "layer": projection.layer}.get(color_by)
+    if color_by == "hits" and hits is not None:
+        color = np.log1p(hits[projection.rows])
+    fig = go.Figure(
+        go.Scattergl(
+            x=projection.coords[:, 0],
+            y=projection.coords[:, 1],
+            mode="markers",
+            name="memory rows",
+            marker=dict(
+                size=3, color=color, colorscale=PALETTE, showscale=True, opacity=0.6, colorbar=dict(title=color_by)
+            ),
+            customdata=row_labels(projection, layout),
+            hovertemplate="row %{customdata} (layer:order:head:row)<extra></extra>",
+        )
+    )
+    if trace is not None:
+        flat = read_rows(trace, layout)
+        pos = {int(r): i for i, r in enumerate(projection.rows)}
+        hit = [pos[f] for f in flat if f in pos]
+        if hit:
+            fig.add_trace(
+                go.Scattergl(
+                    x=projection.coords[hit, 0],
+                    y=projection.coords[hit, 1],
+                    mode="markers",
+                    name="read by this text",
+                    marker=dict(size=9, color="#e74c3c", line=dict(width=1, color="white")),
+                )
+            )
+    fig.update_layout(
+        title=f"memory rows ({projection.method.upper()}, {len(projection.rows):,} sampled)",
+        height=560,
+        legend=dict(orientation="h"),
+    )
+    return fig
+
+
+def row_labels(projection, layout) -> np.ndarray:
+    """'L:N:K:R' for every point: what the neighbour search box takes."""
+    L, n, k, r = layout.decode(projection.rows)
+    return np.array([f"{a}:{b}:{c}:{d}" for a, b, c, d in zip(L, n, k, r, strict=True)], dtype=object)
+
+
+def read_rows(trace: Trace, layout) -> list[int]:
+    """Flat ids of every row the text reads."""
+    from engram_inspect.rows import RowAddress
+
+    out = []
+    for li, L in enumerate(trace.layers):
+        for n in trace.orders:
+            for h in range(trace.heads_per_ngram):
+                for r in np.unique(trace.hash_rows[li, :, trace.head_index(n, h)]):
+                    out.append(layout.flat(RowAddress(L, n, h, int(r))))
+    return out

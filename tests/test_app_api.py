@@ -1,0 +1,171 @@
+"""The app as an HTTP API: gradio_client against the app launched on a free port.
+
+Numbers are checked against engram_inspect called directly; bad inputs get a clear
+error and the server keeps serving; concurrent clients never see each other's state.
+"""
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
+from app.main import build_app  # noqa: E402
+from app.session import MAX_CHARS, Session  # noqa: E402
+from engram_core import KnockOut  # noqa: E402
+from engram_inspect.capture import capture  # noqa: E402
+from engram_inspect.diff import knockout_diff  # noqa: E402
+from engram_inspect.export import read  # noqa: E402
+
+MODEL = Path(__file__).resolve().parent.parent / "assets" / "default-model"
+TEXT = "I pray you, my lord, let me know your pleasure."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served():
+    session = Session.load(MODEL)
+    demo = build_app(session)
+    demo.queue(default_concurrency_limit=4)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield session, client, port
+    demo.close()
+
+
+def test_trace_matches_engram_inspect(served):
+    session, client, _ = served
+    got = client.predict(TEXT, "layer=2", api_name="/trace")
+    want = capture(session.ck, TEXT, mask=KnockOut(layers={2}))
+    assert got["tokens"] == want.tokens
+    assert got["hash_rows"] == want.hash_rows.tolist()
+    np.testing.assert_allclose(np.array(got["gate"]), want.gate, atol=1e-6)
+    np.testing.assert_allclose(got["kl"], want.kl, atol=1e-6)
+    assert got["logprob_next"][-1] is None
+    np.testing.assert_allclose(got["masked_logprob_next"][:-1], want.masked_logprob_next[:-1], atol=1e-6)
+    assert got["mask"] == "layer=2"
+
+
+def test_knockout_matches_diff(served):
+    session, client, _ = served
+    got = client.predict(TEXT, "all", api_name="/knockout")
+    want = knockout_diff(capture(session.ck, TEXT))
+    assert got["mean_loss_change"] == pytest.approx(want.mean_loss_change, abs=1e-5)
+    assert got["mean_loss_change"] > 0.1  # the shipped model's memory matters on a stock phrase
+    assert [x["position"] for x in got["biggest_losses"]] == [x.position for x in want.biggest_losses]
+    none = client.predict(TEXT, "none", api_name="/knockout")
+    assert none["mean_loss_change"] == 0.0 and not any(none["top1_changed"])
+
+
+def test_neighbours_of_a_row_and_an_ngram(served):
+    session, client, _ = served
+    rows = client.predict("1:2:0:99", 1, 2, 0, 5, api_name="/neighbours")
+    assert len(rows) == 5 and all(r["query"] == [1, 2, 0, 99] for r in rows)
+    idx = session.neighbour_index()
+    from engram_inspect.rows import RowAddress
+
+    want = idx.nearest_rows(RowAddress(1, 2, 0, 99), 5)
+    assert [(r["layer"], r["order"], r["head"], r["row"]) for r in rows] == [
+        (n.address.layer, n.address.order, n.address.head, n.address.row) for n in want
+    ]
+    sims = [r["similarity"] for r in rows]
+    assert sims == sorted(sims, reverse=True)
+    by_text = client.predict(" my lord", 1, 2, 1, 3, api_name="/neighbours")
+    assert len(by_text) == 3 and by_text[0]["ngrams"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet", "npz"])
+def test_export_file_loads_back(served, fmt):
+    session, client, _ = served
+    path = client.predict(TEXT, fmt, "all", api_name="/export")
+    assert read(path) == capture(session.ck, TEXT)
+
+
+BAD = ["", "   \n\t ", "x" * (MAX_CHARS + 1)]
+ODD = ["😀🎭", "日本語のテキスト", "שלום עולם مرحبا", "\x00\x01\x07 bell", "a" * 5000, "x" * 100_000]
+
+
+@pytest.mark.parametrize("text", BAD)
+def test_bad_text_is_a_clear_error_and_server_survives(served, text):
+    _, client, _ = served
+    with pytest.raises(Exception) as e:
+        client.predict(text, "all", api_name="/trace")
+    assert any(w in str(e.value) for w in ("empty", "at most")), str(e.value)
+    assert client.predict("still serving", "all", api_name="/trace")["tokens"]
+
+
+@pytest.mark.parametrize("text", ODD)
+def test_odd_text_gives_a_result(served, text):
+    _, client, _ = served
+    if len(text) > MAX_CHARS:  # a 100,000-character paste: a clear message
+        with pytest.raises(Exception, match="at most"):
+            client.predict(text, "all", api_name="/trace")
+        return
+    got = client.predict(text, "all", api_name="/trace")
+    assert len(got["tokens"]) >= 1
+
+
+def test_lone_surrogate_over_raw_http(served):
+    """A lone surrogate cannot be UTF-8 encoded, but JSON can escape it, as a browser's JSON.stringify does."""
+    import json
+
+    import httpx
+
+    _, _, port = served
+    base = f"http://127.0.0.1:{port}/gradio_api/call/trace"
+    r = httpx.post(
+        base, content='{"data": ["lone \\ud800 surrogate", "all"]}', headers={"content-type": "application/json"}
+    )
+    r.raise_for_status()
+    stream = httpx.get(f"{base}/{r.json()['event_id']}", timeout=60).text
+    data = [line[len("data: ") :] for line in stream.splitlines() if line.startswith("data: ")]
+    result = json.loads(data[-1])[0]
+    assert "\ufffd" in "".join(result["tokens"])  # the surrogate became U+FFFD, the rest is kept
+    assert "surrogate" in "".join(result["tokens"])
+
+
+def test_bad_mask_is_a_clear_error(served):
+    _, client, _ = served
+    with pytest.raises(Exception, match="bad knock-out"):
+        client.predict(TEXT, "layer=x", api_name="/knockout")
+
+
+def test_concurrent_clients_do_not_cross_talk(served):
+    session, _, port = served
+    texts = [f"Client {i} says: to be or not to be, {i * 7} times." for i in range(8)]
+    expected = {t: capture(session.ck, t).hash_rows.tolist() for t in texts}
+    errors = []
+
+    def worker(i):
+        c = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        for j in range(20):
+            t = texts[(i + j) % 8]
+            got = c.predict(t, "all", api_name="/trace")
+            if got["hash_rows"] != expected[t]:
+                errors.append((i, j))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(worker, range(8)))
+    assert errors == []
+
+
+def test_binds_loopback_only():
+    import argparse
+
+    from app.cli import add_commands
+
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers()
+    add_commands(sub)
+    args = p.parse_args(["app"])
+    assert args.host == "127.0.0.1"

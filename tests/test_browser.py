@@ -1,0 +1,139 @@
+"""A real browser (Playwright driving Debian's Chromium) against the app.
+
+Opens the app, runs a text, sees the token strip and the gate heatmap, switches
+memory off and sees the Δ view, clicks a memory-map point and sees neighbours,
+downloads a trace and loads it. Screenshots of each view go to
+$ENGRAM_SCREENSHOTS (default build/screenshots). `.ci/run` installs Chromium;
+`playwright install` is never called.
+"""
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from app.main import build_app  # noqa: E402
+from app.session import Session  # noqa: E402
+from engram_core import KnockOut  # noqa: E402
+from engram_inspect.capture import capture  # noqa: E402
+from engram_inspect.export import read  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "assets" / "default-model"
+SHOTS = Path(os.environ.get("ENGRAM_SCREENSHOTS", ROOT / "build" / "screenshots"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+TEXT = "Good night, sweet prince, and flights of angels sing thee to thy rest!"
+
+pytestmark = pytest.mark.slow
+
+if CHROMIUM is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must install Debian's chromium (scripts/test.sh does)")
+    pytest.skip("no chromium on this machine: apt-get install -y chromium", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    session = Session.load(MODEL)
+    demo = build_app(session)
+    demo.queue()
+    port = free_port()
+    from app.main import CLICK_JS
+
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, js=CLICK_JS)
+    yield session, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_the_whole_tour(app_url, page):
+    session, url = app_url
+    page.goto(url)
+    box = page.locator("#text-input textarea")
+    # the page runs the text of its link (or the first example) once when it opens
+    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=60_000)
+    box.fill(TEXT)
+    box.press("Enter")
+    strip = page.locator("#token-strip")
+    sync_api.expect(strip).to_contain_text("prince", timeout=60_000)
+    sync_api.expect(page.locator("#status")).to_contain_text("tokens")
+    shot(page, "lookups")
+
+    tab(page, "Gates")
+    sync_api.expect(page.locator("#gate-heatmap .js-plotly-plot")).to_be_visible()
+    shot(page, "gates")
+
+    tab(page, "Knock-out")
+    page.locator("#ko-apply").click()
+    summary = page.locator("#ko-summary")
+    sync_api.expect(summary).to_contain_text("mean loss change", timeout=60_000)
+    first = summary.inner_text()
+    sync_api.expect(page.locator("#ko-delta .js-plotly-plot")).to_be_visible()
+    shot(page, "knockout")
+    page.locator("#ko-all input").uncheck()
+    page.get_by_label("layer 1").check()
+    page.locator("#ko-apply").click()
+    sync_api.expect(summary).to_contain_text("layer=1", timeout=60_000)
+    assert summary.inner_text() != first  # the Δ view changed with the mask
+
+    tab(page, "Memory map")
+    plot = page.locator("#memory-map .js-plotly-plot")
+    plot.wait_for(timeout=60_000)
+    # a click on a point: plotly's own click event carrying the point's row id
+    page.wait_for_function("() => document.querySelector('#memory-map .js-plotly-plot').__engramHooked === true")
+    page.evaluate(
+        "() => { const d = document.querySelector('#memory-map .js-plotly-plot');"
+        " const row = d.data[0].customdata[0];"
+        " d.emit('plotly_click', {points: [{customdata: row}]}); }"
+    )
+    sync_api.expect(page.locator("#neighbours-table")).to_contain_text("0.", timeout=60_000)
+    shot(page, "memory-map")
+
+    tab(page, "Export")
+    page.locator("#export-trace").click()
+    link = page.locator("#export-file a").first
+    link.wait_for(timeout=60_000)
+    with page.expect_download() as dl:
+        link.click()
+    path = Path(dl.value.path())
+    trace = read(path, "json")
+    assert trace == capture(session.ck, TEXT, mask=KnockOut(layers={1}))  # the knock-out run is the current trace
+    shot(page, "export")
