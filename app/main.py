@@ -79,13 +79,11 @@ def build_app(session: Session) -> gr.Blocks:
         with gr.Tabs():
             for tab in (lookups, gates, memory_map, knockout, health, export, card):
                 tab.build(ctx)
-        _wire_run(ctx, run, status, link)
+        loaded = demo.load(_from_url, None, [text, mask], api_name="load_state")
+        _wire_run(ctx, (run.click, text.submit, loaded.then), status, link)
         _wire_export_api(ctx)
         api.register(session)
         dark.click(None, js=DARK_JS, api_name="dark_mode")
-        demo.load(_from_url, None, [text, mask], api_name="load_state").then(
-            *_run_event(ctx, status, link), api_name="load_run"
-        )
     return demo
 
 
@@ -103,9 +101,10 @@ def _run_event(ctx: Ctx, status, link):
     return run, [ctx.text, ctx.mask], [ctx.trace, status, link]
 
 
-def _wire_run(ctx: Ctx, run, status, link) -> None:
+def _wire_run(ctx: Ctx, triggers, status, link) -> None:
+    """Each trigger (Run, Enter, opening a link) captures the text, then every view redraws."""
     fn, inputs, outputs = _run_event(ctx, status, link)
-    for i, trigger in enumerate((run.click, ctx.text.submit)):
+    for i, trigger in enumerate(triggers):
         ev = trigger(fn, inputs, outputs, api_name=f"run_{i}")
         for j, (view, v_in, v_out) in enumerate(ctx.on_trace):
             ev = ev.then(view, v_in, v_out, api_name=f"view_{i}_{j}")

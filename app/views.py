@@ -155,12 +155,17 @@ TOPK_HEADERS = ["pos", "token", "next (actual)", "Δ log p", "top-k memory on", 
 
 
 def memory_map(
-    projection, layout, trace: Trace | None, color_by: str = "order", hits: np.ndarray | None = None
+    projection, layout, trace: Trace | None, color_by: str = "order", values: np.ndarray | None = None
 ) -> go.Figure:
-    """WebGL scatter of memory rows; rows the current text reads drawn on top."""
+    """WebGL scatter of memory rows; rows the current text reads drawn on top.
+
+    values: per flat row id, the corpus hits (color_by "hits") or the mean gate ("mean gate").
+    """
     color = {"order": projection.order, "head": projection.head, "layer": projection.layer}.get(color_by)
-    if color_by == "hits" and hits is not None:
-        color = np.log1p(hits[projection.rows])
+    if color_by == "hits" and values is not None:
+        color = np.log1p(values[projection.rows])
+    elif color_by == "mean gate" and values is not None:
+        color = values[projection.rows]  # mean alpha of held-out tokens reading the row; NaN: unread
     fig = go.Figure(
         go.Scattergl(
             x=projection.coords[:, 0],

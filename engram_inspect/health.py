@@ -283,3 +283,31 @@ def _accumulate(out: dict[HeadKey, np.ndarray], cache: dict[str, torch.Tensor], 
             for h in range(spec.heads_per_ngram):
                 acc = out[(ly, n, h)]
                 acc += np.bincount(rows[:, spec.head_index(n, h)], weights=alpha, minlength=len(acc))
+
+
+def mean_gate_per_row(
+    ck: Checkpoint, token_streams: Iterable[np.ndarray] | Mapping[str, np.ndarray], max_tokens: int = 16_384
+) -> dict[HeadKey, np.ndarray]:
+    """Per (layer, order, head), the mean gate α of the sampled tokens that read each row; NaN where none did."""
+    model = ck.model
+    spec = model.cfg.memory.hash_spec if model.cfg.memory is not None else None
+    if spec is None:
+        raise ValueError("this checkpoint has no Engram memory")
+    streams = token_streams.values() if isinstance(token_streams, Mapping) else token_streams
+    windows = sample_windows(streams, model.cfg.backbone.block_size, max_tokens)
+    sums = {k: np.zeros(spec.primes[k[0]][spec.head_index(k[1], k[2])]) for k in _head_keys(spec)}
+    counts = {k: np.zeros_like(v) for k, v in sums.items()}
+    for w in windows:
+        cache = _capture(ck, torch.as_tensor(w.astype(np.int64))[None])
+        _accumulate(sums, cache, spec)
+        ones = {
+            f"blocks.{ly}.engram.readout.hook_gate": torch.ones_like(cache[f"blocks.{ly}.engram.readout.hook_gate"])
+            for ly in spec.layer_ids
+        }
+        _accumulate(counts, {**cache, **ones}, spec)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {k: np.where(counts[k] > 0, sums[k] / counts[k], np.nan) for k in sums}
+
+
+def _head_keys(spec: HashSpec) -> list[HeadKey]:
+    return [(ly, n, h) for ly in spec.layer_ids for n in spec.orders for h in range(spec.heads_per_ngram)]

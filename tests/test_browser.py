@@ -76,6 +76,9 @@ def page(app_url):
 
 
 def shot(page, name: str) -> None:
+    # let every pending event finish drawing first (Gradio shows "processing" meanwhile)
+    page.wait_for_timeout(1000)
+    page.wait_for_function("() => !/processing/.test(document.body.innerText)", timeout=60_000)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -137,3 +140,18 @@ def test_the_whole_tour(app_url, page):
     trace = read(path, "json")
     assert trace == capture(session.ck, TEXT, mask=KnockOut(layers={1}))  # the knock-out run is the current trace
     shot(page, "export")
+
+    tab(page, "Health")
+    page.get_by_role("button", name="Load memory health").click()
+    sync_api.expect(page.locator("#health-table")).to_contain_text("27011", timeout=120_000)  # the first table's prime
+    shot(page, "health")
+
+
+def test_link_reopens_text_and_mask(app_url, page):
+    _, url = app_url
+    from urllib.parse import urlencode
+
+    page.goto(url + "?" + urlencode({"text": "O, I am fortune's fool!", "mask": "layer=2"}))
+    sync_api.expect(page.locator("#status")).to_contain_text("layer=2", timeout=60_000)
+    sync_api.expect(page.locator("#token-strip")).to_contain_text("fort", timeout=60_000)
+    assert "mask=layer%3D2" in page.locator("#share-link textarea, #share-link input").first.input_value()

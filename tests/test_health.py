@@ -166,3 +166,24 @@ def test_gate_weighted_hits_match_run_with_cache(tiny_model, tiny_parts, rng):
     totals = {k: float(v.sum()) for k, v in got.items() if k[0] == 0}
     assert 0 < min(totals.values()) and max(totals.values()) < 39
     assert max(totals.values()) - min(totals.values()) < 1e-9  # every head of a layer sees every token
+
+
+def test_mean_gate_per_row_against_a_direct_loop(tiny_parts, tiny_model):
+    import torch
+
+    from engram_core import Checkpoint
+    from engram_inspect.health import mean_gate_per_row
+
+    tok = tiny_parts[0]
+    ck = Checkpoint(model=tiny_model, tokenizer=tok, meta={})
+    ids = np.asarray(tok.encode("I pray you, my lord, let me know. " * 9).ids, dtype=np.int64)[:64]  # one context
+    got = mean_gate_per_row(ck, [ids], max_tokens=10_000)
+    _, cache = tiny_model.run_with_cache(torch.as_tensor(ids)[None])
+    spec = tiny_model.cfg.memory.hash_spec
+    for (ly, n, h), means in got.items():
+        rows = cache[f"blocks.{ly}.engram.hook_hash_ids"][0, :, spec.head_index(n, h)].numpy()
+        alpha = cache[f"blocks.{ly}.engram.readout.hook_gate"][0].mean(-1).numpy()
+        for r in np.unique(rows):
+            assert means[r] == pytest.approx(alpha[rows == r].mean(), abs=1e-6)
+        unread = np.setdiff1d(np.arange(len(means)), rows)
+        assert np.isnan(means[unread]).all()

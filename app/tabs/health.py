@@ -26,13 +26,16 @@ def build(ctx: Ctx) -> None:
     s = ctx.session
     with gr.Tab("Health", id="health"):
         load = gr.Button("Load memory health and collisions (indexes the training corpus on first use)")
-        health = gr.Dataframe(headers=HEALTH_COLUMNS, label="memory health per table (training corpus)")
+        health = gr.Dataframe(
+            headers=HEALTH_COLUMNS, label="memory health per table (training corpus)", elem_id="health-table"
+        )
         collisions = gr.Dataframe(label="collisions per table")
         with gr.Row():
             hist = gr.Plot(label="gate distribution")
             lens = gr.Plot(label="logit lens")
 
-    def tables():
+    def tables(progress=gr.Progress()):  # noqa: B008 - how Gradio injects a progress bar
+        progress(0, desc="indexing the training corpus (first use only)")
         rows = s.health()
         coll = s.collisions().head_table()
         fmt = lambda v: round(v, 4) if isinstance(v, float) else v  # noqa: E731

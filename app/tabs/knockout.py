@@ -34,7 +34,8 @@ def greedy(session, ids: list[int], mask, n: int = CONTINUATION_TOKENS) -> str:
                 nxt = int(model(x[:, -model.cfg.backbone.block_size :], knockout=mask)[0, -1].argmax())
                 out.append(nxt)
                 x = torch.cat([x, torch.tensor([[nxt]])], 1)
-        return session.ck.tokenizer.decode(out)
+        text = session.ck.tokenizer.decode(out)
+        return text if text.strip() else views.show(text)  # a run of blank lines, made visible
 
     return session.run_model(run)
 

@@ -20,7 +20,7 @@ def build(ctx: Ctx) -> None:
     with gr.Tab("Memory map", id="memory-map"):
         with gr.Row():
             method = gr.Radio(["umap", "pca"], value="umap", label="projection")
-            colour = gr.Radio(["order", "head", "layer", "hits"], value="order", label="colour by")
+            colour = gr.Radio(["order", "head", "layer", "hits", "mean gate"], value="order", label="colour by")
         plot = gr.Plot(label="memory rows", elem_id="memory-map")
         with gr.Row():
             query = gr.Textbox(
@@ -40,8 +40,8 @@ def build(ctx: Ctx) -> None:
             p = s.projection("pca")
         from engram_inspect.rows import RowLayout
 
-        hits = _hits(s) if c == "hits" else None
-        return views.memory_map(p, RowLayout.of(s.ck), trace, c, hits)
+        values = _hits(s) if c == "hits" else s.mean_gate() if c == "mean gate" else None
+        return views.memory_map(p, RowLayout.of(s.ck), trace, c, values)
 
     def neighbours(q, L, n, kk):
         from ..api import neighbour_rows
