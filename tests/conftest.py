@@ -44,9 +44,8 @@ def tiny_parts(tiny_tokenizer):
     return tiny_tokenizer, comp, pad
 
 
-@pytest.fixture()
-def tiny_model(tiny_parts):
-    tok, comp, pad = tiny_parts
+def make_tiny_model(parts) -> EngramLM:
+    tok, comp, pad = parts
     torch.manual_seed(0)
     model = EngramLM(tiny_config(tok.get_vocab_size(), comp.size, pad), comp.table)
     # give the zero-initialised conv and the tables some signal, as training would
@@ -56,6 +55,11 @@ def tiny_model(tiny_parts):
                 block.engram.readout.conv.normal_(0, 0.3)
                 block.engram.table.weight.normal_(0, 1.0)
     return model.eval()
+
+
+@pytest.fixture()
+def tiny_model(tiny_parts):
+    return make_tiny_model(tiny_parts)
 
 
 @pytest.fixture()

@@ -4,9 +4,7 @@ Numbers are checked against engram_inspect called directly; bad inputs get a cle
 error and the server keeps serving; concurrent clients never see each other's state.
 """
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,32 +12,20 @@ import pytest
 gr = pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
-from app.main import build_app  # noqa: E402
-from app.session import MAX_CHARS, Session  # noqa: E402
+from app.session import MAX_CHARS  # noqa: E402
 from engram_core import KnockOut  # noqa: E402
 from engram_inspect.capture import capture  # noqa: E402
 from engram_inspect.diff import knockout_diff  # noqa: E402
 from engram_inspect.export import read  # noqa: E402
+from tests.serving import serve  # noqa: E402
 
-MODEL = Path(__file__).resolve().parent.parent / "assets" / "default-model"
 TEXT = "I pray you, my lord, let me know your pleasure."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served():
-    session = Session.load(MODEL)
-    demo = build_app(session)
-    demo.queue(default_concurrency_limit=4)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-    yield session, client, port
+    session, demo, url = serve()
+    yield session, Client(url, verbose=False), int(url.rsplit(":", 1)[1].strip("/"))
     demo.close()
 
 

@@ -9,21 +9,18 @@ $ENGRAM_SCREENSHOTS (default build/screenshots). `.ci/run` installs Chromium;
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from app.main import build_app  # noqa: E402
-from app.session import Session  # noqa: E402
 from engram_core import KnockOut  # noqa: E402
 from engram_inspect.capture import capture  # noqa: E402
 from engram_inspect.export import read  # noqa: E402
+from tests.serving import serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "assets" / "default-model"
 SHOTS = Path(os.environ.get("ENGRAM_SCREENSHOTS", ROOT / "build" / "screenshots"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -46,22 +43,12 @@ if CHROMIUM is None:
     pytest.skip("no chromium on this machine: apt-get install -y chromium", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url():
-    session = Session.load(MODEL)
-    demo = build_app(session)
-    demo.queue()
-    port = free_port()
     from app.main import CLICK_JS
 
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, js=CLICK_JS)
-    yield session, f"http://127.0.0.1:{port}/"
+    session, demo, url = serve(js=CLICK_JS)
+    yield session, url
     demo.close()
 
 

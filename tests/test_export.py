@@ -8,9 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from engram_core import Checkpoint, EngramLM, KnockOut
+from engram_core import Checkpoint, KnockOut
 from engram_inspect.capture import SCHEMA, Trace, capture
 from engram_inspect.export import (
     ARRAY_FIELDS,
@@ -24,7 +23,7 @@ from engram_inspect.export import (
     to_json,
     write,
 )
-from tests.conftest import TINY_TEXT, tiny_config
+from tests.conftest import TINY_TEXT, make_tiny_model
 
 SUFFIX = {"json": ".json", "csv": ".csv", "parquet": ".parquet", "npz": ".npz"}
 ODD = 'To be, "or" not,\r\n🙂 东京 שלום \u202e \x00 \ufffd \u2400 \x07 tab\tend \ud800 #'
@@ -40,16 +39,8 @@ ODD_STRINGS = ["", ",", '"', "\r", "\n", "\r\n", "\x00", "a\x00", "\x00a", "🙂
 
 @pytest.fixture(scope="module")
 def ck(tiny_parts):
-    # the conftest's tiny_model, built once for this module so the captures can be shared
-    tok, comp, pad = tiny_parts
-    torch.manual_seed(0)
-    model = EngramLM(tiny_config(tok.get_vocab_size(), comp.size, pad), comp.table)
-    with torch.no_grad():
-        for block in model.blocks:
-            if block.engram is not None:
-                block.engram.readout.conv.normal_(0, 0.3)
-                block.engram.table.weight.normal_(0, 1.0)
-    return Checkpoint(model=model.eval(), tokenizer=tok, meta={})
+    # the conftest's tiny model, built once for this module so the captures can be shared
+    return Checkpoint(model=make_tiny_model(tiny_parts), tokenizer=tiny_parts[0], meta={})
 
 
 @pytest.fixture(scope="module")
