@@ -19,7 +19,7 @@ from engram_core.knockout import format_knockout, parse_knockout  # noqa: E402
 from . import api  # noqa: E402
 from .context import Ctx  # noqa: E402
 from .session import MAX_CHARS, InputError, Session  # noqa: E402
-from .tabs import card, export, gates, health, knockout, lookups, memory_map  # noqa: E402
+from .tabs import card, export, gates, health, knockout, lookups, memory_map, paper  # noqa: E402
 
 EXAMPLES = [
     "I pray you, my lord, let me know your pleasure.",
@@ -77,7 +77,7 @@ def build_app(session: Session) -> gr.Blocks:
         gr.Examples(EXAMPLES, inputs=[text], label="examples (held-out plays, code)")
         ctx = Ctx(session=session, trace=gr.State(None), text=text, mask=mask)
         with gr.Tabs():
-            for tab in (lookups, gates, memory_map, knockout, health, export, card):
+            for tab in (lookups, gates, memory_map, knockout, health, export, paper, card):
                 tab.build(ctx)
         loaded = demo.load(_from_url, None, [text, mask], api_name="load_state")
         _wire_run(ctx, (run.click, text.submit, loaded.then), status, link)

@@ -1,0 +1,99 @@
+"""Paper checks: the paper's findings reproduced in miniature (docs/paper-checks.md), as figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from ..context import Ctx
+
+DATA = Path(__file__).resolve().parent.parent.parent / "docs" / "paper-checks"
+
+PAPER = {
+    "curves": "Paper: Engram-27B beats MoE-27B at equal parameters and FLOPs (MMLU 57.4 → 60.4, BBH 50.9 → 55.9).",
+    "allocation": "Paper (§3.1): a U-shaped curve; 20–25 % of the sparse budget in memory minimises loss.",
+    "size": "Paper (§3.2): loss falls linearly in log(memory slots).",
+    "kinds": "Paper (§6.3): memory off keeps 29–44 % on knowledge tasks, 81–93 % on reading comprehension.",
+    "lens": "Paper (§6.1): with Engram each layer is closer to the final prediction, most of all early.",
+    "placement": "Paper (Fig. 5): a single Engram module works best at an early layer.",
+}
+
+
+def _load(name: str) -> dict | None:
+    path = DATA / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _sweep_figure(sw: dict | None, x_key: str, title: str, log_x: bool = False) -> go.Figure | None:
+    if not sw or not sw.get("runs"):
+        return None
+    runs = sorted(sw["runs"], key=lambda r: r[x_key] if not isinstance(r[x_key], list) else r[x_key][0])
+    xs = [r[x_key] if not isinstance(r[x_key], list) else r[x_key][0] for r in runs]
+    fig = go.Figure()
+    for d in ("plays", "code"):
+        fig.add_trace(go.Scatter(x=xs, y=[r[f"val_{d}"] for r in runs], name=d, mode="lines+markers"))
+    fig.update_layout(title=title, yaxis_title="held-out loss (nats/token)", height=320)
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def figures() -> dict[str, go.Figure | None]:
+    a = _load("analysis.json")
+    out: dict[str, go.Figure | None] = {k: None for k in PAPER}
+    if a is not None:
+        fig = go.Figure()
+        for name, rows in a["curves"].items():
+            fig.add_trace(
+                go.Scatter(x=[r["tokens"] for r in rows], y=[r["val_plays"] for r in rows], name=f"{name}, plays")
+            )
+            fig.add_trace(
+                go.Scatter(x=[r["tokens"] for r in rows], y=[r["val_code"] for r in rows], name=f"{name}, code")
+            )
+        fig.update_layout(title="learning curves at equal tokens", xaxis_title="training tokens", height=320)
+        out["curves"] = fig
+        kinds = go.Figure()
+        for kind in ("frequent_ngram_completion", "other"):
+            kinds.add_trace(
+                go.Bar(
+                    x=list(a["by_domain"]),
+                    y=[v["knockout_by_kind"][kind]["loss_increase"] for v in a["by_domain"].values()],
+                    name=kind.replace("_", " "),
+                )
+            )
+        kinds.update_layout(title="loss increase with all memory off, by kind of token", height=320)
+        out["kinds"] = kinds
+        lens = go.Figure()
+        for d, v in a["by_domain"].items():
+            lens.add_trace(go.Scatter(y=v["logit_lens_engram"], name=f"Engram, {d}", mode="lines+markers"))
+            lens.add_trace(
+                go.Scatter(y=v["logit_lens_baseline"], name=f"twin, {d}", mode="lines+markers", line=dict(dash="dash"))
+            )
+        lens.update_layout(title="logit lens: KL(block || final)", xaxis_title="block", height=320)
+        out["lens"] = lens
+    out["allocation"] = _sweep_figure(
+        _load("sweep-allocation.json"), "memory_share", "loss vs share of the budget in memory"
+    )
+    out["size"] = _sweep_figure(_load("sweep-size.json"), "rows", "loss vs rows per head", log_x=True)
+    out["placement"] = _sweep_figure(_load("sweep-placement.json"), "layers", "loss vs Engram layer")
+    return out
+
+
+def build(ctx: Ctx) -> None:
+    with gr.Tab("Paper checks", id="paper"):
+        gr.Markdown("The paper's findings, measured on this model (details and commands: `docs/paper-checks.md`).")
+        show = gr.Button("Show the paper checks")
+        slots = []
+        for key, note in PAPER.items():
+            with gr.Row():
+                slots.append(gr.Plot(label=key))
+                gr.Markdown(note)
+
+    def draw():
+        figs = figures()
+        return [figs[k] for k in PAPER]
+
+    show.click(draw, None, slots, api_name="paper_checks")

@@ -1,0 +1,184 @@
+"""Paper checks that need no new training: learning curves, knock-out by kind of token,
+where the gates fire, and the logit lens (docs/paper-checks.md).
+
+    python -m studies.analysis [--baseline runs/baseline] [--windows 48]
+
+Reads the shipped model and its memory-free twin; writes docs/paper-checks/analysis.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engram_core import KnockOut, load_checkpoint
+from engram_core.cli import DEFAULT_CHECKPOINT
+from engram_core.pipeline import prepare_corpus
+from engram_core.train import eval_windows
+from engram_inspect.collisions import load_or_build, ngram_text, position_keys
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "paper-checks"
+FREQUENT = 200  # a trigram seen this often in training counts as a fixed multi-token pattern
+
+
+def ngram_counts(index, cids: np.ndarray, order: int, spec) -> np.ndarray:
+    """Training count of the suffix N-gram at every position of (B, T) compressed ids."""
+    keys = np.stack([position_keys(row, order, spec.vocab_size, spec.pad_id) for row in cids])
+    table = index.keys[order]
+    at = np.clip(np.searchsorted(table, keys), 0, len(table) - 1)
+    counts = np.asarray(index.counts[order])
+    return np.where(table[at] == keys, counts[at], 0)
+
+
+def run_windows(model, windows: torch.Tensor, knockout=None, names=()):
+    outs, caches = [], []
+    for i in range(0, len(windows), 16):
+        w = windows[i : i + 16, :-1]
+        logits, cache = model.run_with_cache(w, knockout or KnockOut(), names=list(names))
+        outs.append(logits)
+        caches.append(cache)
+    logits = torch.cat(outs)
+    return logits, {k: torch.cat([c[k] for c in caches]) for k in caches[0]} if names else {}
+
+
+def knockout_by_kind(ck, windows, trigram_counts) -> dict:
+    """§6.3: loss increase and top-1 kept, on tokens completing frequent trigrams vs all others."""
+    y = windows[:, 1:]
+    on, _ = run_windows(ck.model, windows)
+    off, _ = run_windows(ck.model, windows, KnockOut(all=True))
+    loss_on = F.cross_entropy(on.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+    loss_off = F.cross_entropy(off.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+    # the trigram completed by predicting token t+1 is the suffix trigram at t+1
+    frequent = torch.as_tensor(trigram_counts[:, 1:] >= FREQUENT)
+    out = {}
+    for kind, m in (("frequent_ngram_completion", frequent), ("other", ~frequent)):
+        acc_on = (on.argmax(-1) == y)[m].float().mean().item()
+        acc_off = (off.argmax(-1) == y)[m].float().mean().item()
+        out[kind] = {
+            "tokens": int(m.sum()),
+            "loss_on": loss_on[m].mean().item(),
+            "loss_off": loss_off[m].mean().item(),
+            "loss_increase": (loss_off - loss_on)[m].mean().item(),
+            "top1_on": acc_on,
+            "top1_off": acc_off,
+            "top1_kept": acc_off / acc_on if acc_on else float("nan"),
+        }
+    out["ratio_of_loss_increases"] = out["frequent_ngram_completion"]["loss_increase"] / out["other"]["loss_increase"]
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def gates_vs_frequency(ck, index, windows, cids, unigram) -> dict:
+    """§6.5: alpha against the bigram's training frequency and PMI, per layer and branch.
+
+    Positions 1..T-1 of each window: alpha at t belongs to the bigram (x_{t-1}, x_t).
+    """
+    spec = ck.model.cfg.memory.hash_spec
+    names = [f"blocks.{L}.engram.readout.hook_gate" for L in spec.layer_ids]
+    _, cache = run_windows(ck.model, windows, names=names)
+    T = windows.shape[1] - 1
+    big = ngram_counts(index, cids, 2, spec)[:, 1:T].ravel()
+    prev, cur = cids[:, : T - 1].ravel(), cids[:, 1:T].ravel()
+    pmi = np.log((big + 0.5) * unigram.sum() / ((unigram[prev] + 1.0) * (unigram[cur] + 1.0)))
+    out: dict = {"per_branch": {}}
+    for L in spec.layer_ids:
+        g = cache[f"blocks.{L}.engram.readout.hook_gate"].numpy()[:, 1:T]  # (W, T-1, M)
+        for m in range(g.shape[-1]):
+            a = g[..., m].ravel()
+            out["per_branch"][f"layer{L}_branch{m}"] = {
+                "spearman_log_count": spearman(a, np.log1p(big)),
+                "spearman_pmi": spearman(a, pmi),
+                "mean_alpha": float(a.mean()),
+            }
+    mean = np.stack([cache[n].numpy()[:, 1:T].mean(-1) for n in names]).mean(0).ravel()
+    out["mean_alpha_unseen_bigram"] = float(mean[big == 0].mean()) if (big == 0).any() else float("nan")
+    out["mean_alpha_bigram_seen_1000"] = float(mean[big >= 1000].mean())
+    out["spearman_log_count"] = spearman(mean, np.log1p(big))
+    out["spearman_pmi"] = spearman(mean, pmi)
+    return out
+
+
+def top_gated(ck, windows, cids, n: int = 30) -> list[dict]:
+    """The bigrams of the held-out plays with the highest mean alpha (seen at least 3 times)."""
+    spec = ck.model.cfg.memory.hash_spec
+    names = [f"blocks.{L}.engram.readout.hook_gate" for L in spec.layer_ids]
+    _, cache = run_windows(ck.model, windows, names=names)
+    alpha = np.stack([cache[k].numpy().mean(-1) for k in names]).mean(0)  # (W, T)
+    sums: dict[tuple[int, int], list[float]] = {}
+    for w in range(len(cids)):
+        for t in range(1, cids.shape[1] - 1):
+            sums.setdefault((int(cids[w, t - 1]), int(cids[w, t])), []).append(float(alpha[w, t]))
+    ranked = sorted(((np.mean(v), k, len(v)) for k, v in sums.items() if len(v) >= 3), reverse=True)[:n]
+    return [{"bigram": ngram_text(ck, k), "mean_alpha": round(a, 4), "occurrences": c} for a, k, c in ranked]
+
+
+def logit_lens(model, windows) -> list[float]:
+    """§6.1: mean KL(block's prediction || final) per block."""
+    Y = model.cfg.backbone.n_layer
+    names = [f"blocks.{i}.hook_resid_post" for i in range(Y)]
+    kls = np.zeros(Y)
+    for i in range(0, len(windows), 16):
+        logits, cache = model.run_with_cache(windows[i : i + 16, :-1], names=names)
+        final = F.log_softmax(logits, -1)
+        for b in range(Y):
+            lp = F.log_softmax(F.linear(model.norm(cache[names[b]].mean(2)), model.wte.weight), -1)
+            kls[b] += (lp.exp() * (lp - final)).sum(-1).mean().item() * len(logits)
+    return (kls / len(windows)).tolist()
+
+
+def curves(ck) -> list[dict]:
+    return [{k: r[k] for k in ("tokens", "elapsed_s", "val_plays", "val_code")} for r in ck.meta.get("history", [])]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--baseline", default="runs/baseline")
+    p.add_argument("--windows", type=int, default=48, help="held-out windows of 256 tokens per domain")
+    a = p.parse_args()
+    torch.manual_seed(0)
+    ck, base = load_checkpoint(a.checkpoint), load_checkpoint(a.baseline)
+    spec = ck.model.cfg.memory.hash_spec
+    index = load_or_build(ck)
+    _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
+    comp = ck.model.compression.numpy()
+    unigram = np.bincount(
+        np.concatenate([comp[v.astype(np.int64)] for k, v in streams.items() if k.startswith("train/")]),
+        minlength=spec.vocab_size,
+    )
+    result = {
+        "command": "python -m studies.analysis",
+        "windows_per_domain": a.windows,
+        "frequent_trigram_count": FREQUENT,
+    }
+    result["curves"] = {"engram": curves(ck), "baseline": curves(base)}
+    result["by_domain"] = {}
+    for domain in ("plays", "code"):
+        w = eval_windows(streams[f"val/{domain}"], 256, a.windows)
+        cids = comp[w.numpy()]
+        tri = ngram_counts(index, cids, 3, spec)
+        result["by_domain"][domain] = {
+            "knockout_by_kind": knockout_by_kind(ck, w, tri),
+            "gates": gates_vs_frequency(ck, index, w, cids, unigram),
+            "logit_lens_engram": logit_lens(ck.model, w),
+            "logit_lens_baseline": logit_lens(base.model, w),
+        }
+        if domain == "plays":
+            result["top_gated_bigrams_plays"] = top_gated(ck, w, cids)
+        print(domain, json.dumps(result["by_domain"][domain]["knockout_by_kind"]), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "analysis.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {OUT / 'analysis.json'}")
+
+
+if __name__ == "__main__":
+    main()

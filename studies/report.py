@@ -1,0 +1,306 @@
+"""Render docs/paper-checks.md from the study results (analysis.json, sweep-*.json).
+
+python -m studies.report
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "docs" / "paper-checks"
+CARD = ROOT / "assets" / "default-model" / "MODEL_CARD.json"
+NO_INTERIOR_MINIMUM = (
+    "**Differs**: the curve has no interior minimum here. Likeliest reason: at a few hundred thousand "
+    "training tokens the tables see each row only a few times, and a short run favours whichever side learns fastest."
+)
+FEW_READS = "**Differs**: more rows did not help at this training budget, where most rows are read only a few times."
+NO_INTERIOR_MINIMUM = (
+    "**Differs**: the curve has no interior minimum here. Likeliest reason: at a few hundred thousand "
+    "training tokens the tables see each row only a few times, and a short run favours whichever side learns fastest."
+)
+FEW_READS = "**Differs**: more rows did not help at this training budget, where most rows are read only a few times."
+ENGRAM_STEP_COST = 1.10  # bench/README.md: Engram training step vs the memory-free twin
+
+
+def load(name: str) -> dict | None:
+    path = DATA / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def line_chart(title: str, x: list, series: dict[str, list[float]], ylabel: str) -> str:
+    """A mermaid xychart (GitHub renders it): one line per series."""
+    lo = min(min(v) for v in series.values())
+    hi = max(max(v) for v in series.values())
+    lines = [
+        "```mermaid",
+        "xychart-beta",
+        f'    title "{title}"',
+        "    x-axis [" + ", ".join(f'"{v}"' for v in x) + "]",
+        f'    y-axis "{ylabel}" {lo - 0.05:.2f} --> {hi + 0.05:.2f}',
+    ]
+    lines += ["    line [" + ", ".join(f"{v:.3f}" for v in vals) + "]" for vals in series.values()]
+    lines += ["```", "Lines, in order: " + ", ".join(series) + "."]
+    return "\n".join(lines)
+
+
+def study_1(card: dict, analysis: dict) -> list[str]:
+    e, b = analysis["curves"]["engram"], analysis["curves"]["baseline"]
+    vl, bl = card["val_loss"], card["baseline"]["val_loss"]
+    # equal wall clock: the twin's step is cheaper, so it would see ENGRAM_STEP_COST x the tokens;
+    # its own curve's last slope says what those extra tokens would buy
+    slope = {
+        d: (b[-1][f"val_{d}"] - b[-2][f"val_{d}"]) / (b[-1]["tokens"] - b[-2]["tokens"]) for d in ("plays", "code")
+    }
+    extra = (ENGRAM_STEP_COST - 1) * b[-1]["tokens"]
+    rows = [
+        f"| {d} | {vl[d]['memory_on']:.3f} | {bl[d]:.3f} | {bl[d] - vl[d]['memory_on']:+.3f} | "
+        f"{bl[d] + slope[d] * extra:.3f} |"
+        for d in ("plays", "code")
+    ]
+    return [
+        "## 1. Memory helps at equal compute",
+        "",
+        f"Same backbone, recipe, seed and batches; {card['train_tokens']:,} training tokens each "
+        f"({card['eval_tokens_per_domain']:,} held-out tokens per domain).",
+        "",
+        "| domain | Engram | memory-free twin | gain at equal tokens | twin at equal wall clock (estimate) |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        line_chart(
+            "held-out plays loss vs training tokens (M)",
+            [f"{r['tokens'] / 1e6:.1f}" for r in e],
+            {"Engram": [r["val_plays"] for r in e], "memory-free twin": [r["val_plays"] for r in b]},
+            "nats/token",
+        ),
+        "",
+        f"An Engram training step costs {ENGRAM_STEP_COST:.2f}x the twin's (bench/README.md), so at equal wall clock "
+        "the twin would see 10 % more tokens; extending its own learning curve by its last slope gives the last "
+        "column. The memory's lead survives equal wall clock at this budget. (The twin's recorded wall clock is not "
+        "used: it trained while the machine was shared.) Paper: Engram-27B beats MoE-27B at equal parameters and "
+        "FLOPs on every benchmark (e.g. MMLU 57.4 -> 60.4, BBH 50.9 -> 55.9). **Agrees.**",
+        "",
+    ]
+
+
+def sweep_table(runs: list[dict], key: str, label: str) -> list[str]:
+    out = [f"| {label} | table parameters | plays | code | plays, memory off |", "|---|---|---|---|---|"]
+    for r in runs:
+        off = r.get("val_plays_memory_off")
+        out.append(
+            f"| {r[key]} | {r['parameters']['tables']:,} | {r['val_plays']:.3f} | {r['val_code']:.3f} | "
+            + (f"{off:.3f}" if off is not None else "-")
+            + " |"
+        )
+    return out
+
+
+def study_2(sw: dict | None) -> list[str]:
+    head = ["## 2. Sparsity allocation (paper §3.1)", ""]
+    if not sw or len(sw["runs"]) < 2:
+        return head + ["Not yet run: `python -m studies.sweep allocation`.", ""]
+    runs = sorted(sw["runs"], key=lambda r: r["memory_share"])
+    mean = [(r["val_plays"] + r["val_code"]) / 2 for r in runs]
+    best = runs[int(np.argmin(mean))]
+    return head + [
+        "A fixed budget of 4.19M parameters (MLP plus tables) split between the dense MLP and the memory tables; "
+        f"{runs[0]['tokens']:,} training tokens per run, seed {runs[0]['seed']}, one run per split.",
+        "",
+        *sweep_table(runs, "memory_share", "memory share"),
+        "",
+        line_chart(
+            "mean held-out loss vs share of the budget in memory",
+            [f"{r['memory_share']:.2f}" for r in runs],
+            {"mean of plays and code": mean},
+            "nats/token",
+        ),
+        "",
+        f"The minimum falls at a memory share of **{best['memory_share']:.2f}**. Paper: 20-25 % of the sparse budget "
+        "in memory minimises loss, a U-shaped curve. "
+        + ("**Agrees in shape.**" if 0 < runs.index(best) < len(runs) - 1 else NO_INTERIOR_MINIMUM),
+        "",
+    ]
+
+
+def study_3(sw: dict | None) -> list[str]:
+    head = ["## 3. Loss vs memory size (paper §3.2)", ""]
+    if not sw or len(sw["runs"]) < 2:
+        return head + ["Not yet run: `python -m studies.sweep size`.", ""]
+    runs = sorted(sw["runs"], key=lambda r: r["rows"])
+    x = np.log2([r["rows"] for r in runs])
+    y = np.array([(r["val_plays"] + r["val_code"]) / 2 for r in runs])
+    slope, icpt = np.polyfit(x, y, 1)
+    resid = float(np.abs(y - (slope * x + icpt)).max())
+    return head + [
+        f"Same backbone, base table size over a {runs[-1]['rows'] / runs[0]['rows']:.0f}x range; "
+        f"{runs[0]['tokens']:,} training tokens per run.",
+        "",
+        *sweep_table(runs, "rows", "rows per head"),
+        "",
+        line_chart(
+            "mean held-out loss vs rows per head", [str(r["rows"]) for r in runs], {"mean loss": list(y)}, "nats/token"
+        ),
+        "",
+        f"A line in log2(rows) fits with slope **{slope:+.3f} nats per doubling** (largest residual {resid:.3f}). "
+        "Paper: loss falls linearly in log(memory slots). " + ("**Agrees.**" if slope < 0 else FEW_READS),
+        "",
+    ]
+
+
+def study_4(analysis: dict) -> list[str]:
+    out = [
+        "## 4. Knock-out by kind of token (paper §6.3)",
+        "",
+        f"All memory off at inference. 'Frequent N-gram completions' are tokens whose trigram (with the two "
+        f"tokens before) occurs at least {analysis['frequent_trigram_count']} times in training: names, stock "
+        "phrases, code idioms.",
+        "",
+        "| domain | kind | tokens | loss on | loss off | increase | top-1 on | top-1 off | top-1 kept |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d, v in analysis["by_domain"].items():
+        k = v["knockout_by_kind"]
+        for kind in ("frequent_ngram_completion", "other"):
+            r = k[kind]
+            out.append(
+                f"| {d} | {kind.replace('_', ' ')} | {r['tokens']:,} | {r['loss_on']:.2f} | {r['loss_off']:.2f} | "
+                f"{r['loss_increase']:+.2f} | {r['top1_on']:.2f} | {r['top1_off']:.2f} | {100 * r['top1_kept']:.0f} % |"
+            )
+    ratios = {d: v["knockout_by_kind"]["ratio_of_loss_increases"] for d, v in analysis["by_domain"].items()}
+    out += [
+        "",
+        "Ratio of loss increases (frequent completions / others): "
+        + ", ".join(f"{d} **{r:.1f}x**" for d, r in ratios.items())
+        + ".",
+        "",
+        "Paper: with memory off, knowledge-heavy tasks keep 29-44 % of their score, reading comprehension 81-93 %. "
+        "Here the loss measure **agrees**: tokens that complete stored patterns lose several times more. The top-1 "
+        "share kept differs less between the kinds than in the paper (both lose about a third): a 4-layer model "
+        "leans on its memory for almost every token, so removing it hurts everything, not only recall.",
+        "",
+    ]
+    return out
+
+
+def study_5(analysis: dict) -> list[str]:
+    out = [
+        "## 5. Where the gates fire (paper §6.5)",
+        "",
+        "| domain | mean alpha, unseen bigram | mean alpha, bigram seen 1,000+ times "
+        "| Spearman(alpha, log count) | Spearman(alpha, PMI) |",
+        "|---|---|---|---|---|",
+    ]
+    for d, v in analysis["by_domain"].items():
+        g = v["gates"]
+        out.append(
+            f"| {d} | {g['mean_alpha_unseen_bigram']:.3f} | {g['mean_alpha_bigram_seen_1000']:.3f} | "
+            f"{g['spearman_log_count']:+.2f} | {g['spearman_pmi']:+.2f} |"
+        )
+    out += ["", "Per branch (Spearman with log count; mean alpha):", "", "| branch | plays | code |", "|---|---|---|"]
+    branches = analysis["by_domain"]["plays"]["gates"]["per_branch"]
+    for name in branches:
+        cells = [
+            f"{v['gates']['per_branch'][name]['spearman_log_count']:+.2f}; "
+            f"{v['gates']['per_branch'][name]['mean_alpha']:.2f}"
+            for v in analysis["by_domain"].values()
+        ]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    top = analysis["top_gated_bigrams_plays"]
+    out += [
+        "",
+        "The 30 top-gated bigrams of the held-out plays (seen at least 3 times there; each shown in one spelling of "
+        "its compressed ids, so a line break may print as a tab):",
+        "",
+        ", ".join(f"`{t['bigram']!r}` {t['mean_alpha']:.2f}" for t in top),
+        "",
+        "Paper: gates are high where a multi-token static pattern ends, and not every branch is interpretable. "
+        "**Agrees on the plays**: alpha rises with the bigram's training frequency, and the top-gated bigrams are "
+        "speaker names and stage layout (`**DUKE`, `**KING`, `### SCENE`) and stock phrases (`how now`). On code the "
+        "correlation is near zero, and branches differ in sign: some branches track frequency, others do not.",
+        "",
+    ]
+    return out
+
+
+def study_6(analysis: dict) -> list[str]:
+    out = [
+        "## 6. LogitLens (paper §6.1)",
+        "",
+        "Mean KL(block's prediction || final prediction), nats:",
+        "",
+        "| domain | model | block 0 | block 1 | block 2 | block 3 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d, v in analysis["by_domain"].items():
+        for name, key in (("Engram", "logit_lens_engram"), ("memory-free twin", "logit_lens_baseline")):
+            out.append(f"| {d} | {name} | " + " | ".join(f"{x:.3f}" for x in v[key]) + " |")
+    out += [
+        "",
+        "Paper: with Engram each layer's prediction is closer to the final one, most of all in early layers. "
+        "**Agrees where the memory is**: blocks 1 and 2 (the Engram blocks) sit much closer to the final prediction "
+        "than the twin's. Block 0 runs before any memory and is further away in the Engram model: its later blocks "
+        "do more of the work, so block 0's own reading is less final.",
+        "",
+    ]
+    return out
+
+
+def study_7(sw: dict | None) -> list[str]:
+    head = ["## 7. Placement (paper Fig. 5)", ""]
+    if not sw or len(sw["runs"]) < 2:
+        return head + ["Not yet run: `python -m studies.sweep placement`.", ""]
+    runs = sorted(sw["runs"], key=lambda r: r["layers"][0])
+    mean = [(r["val_plays"] + r["val_code"]) / 2 for r in runs]
+    best = runs[int(np.argmin(mean))]["layers"][0]
+    return head + [
+        "One Engram module (twice the rows per head, so the same table parameters as the default two), at each "
+        f"depth of the 4-block backbone; {runs[0]['tokens']:,} training tokens per run.",
+        "",
+        *sweep_table(runs, "layers", "layer"),
+        "",
+        f"Best layer: **{best}**. Paper: a single module is best early (layer 2 of 30). "
+        + ("**Agrees.**" if best <= 1 else "**Differs**: likeliest reason, in a 4-block model every layer is early."),
+        "",
+    ]
+
+
+def main() -> None:
+    card, analysis = json.loads(CARD.read_text()), load("analysis.json")
+    parts = [
+        "# Paper checks: the Engram paper's findings, in miniature",
+        "",
+        "Each study below runs on the held-out plays (Hamlet, The Tempest, Twelfth Night) and the held-out "
+        "standard-library modules, with fixed seeds. The numbers are in `docs/paper-checks/*.json`; the app's "
+        "'Paper checks' tab draws the same figures. Commands:",
+        "",
+        "```bash",
+        ".venv/bin/engram train --no-memory --out runs/baseline          # the memory-free twin (study 1, 6)",
+        ".venv/bin/python -m studies.analysis                              # studies 1, 4, 5, 6",
+        ".venv/bin/python -m studies.sweep allocation --tokens 500000     # study 2",
+        ".venv/bin/python -m studies.sweep size --tokens 500000           # study 3",
+        ".venv/bin/python -m studies.sweep placement --tokens 500000      # study 7",
+        ".venv/bin/python -m studies.report                                # this page",
+        "```",
+        "",
+        "The sweeps train for 500,000 tokens per run (about 3 minutes each on 2 cores): enough to rank "
+        "configurations early in training, not to settle them. One seed per run, so no spread is reported yet.",
+        "",
+    ]
+    if analysis is None:
+        parts.append("Run `python -m studies.analysis` first.")
+    else:
+        parts += study_1(card, analysis)
+        parts += study_2(load("sweep-allocation.json"))
+        parts += study_3(load("sweep-size.json"))
+        parts += study_4(analysis) + study_5(analysis) + study_6(analysis)
+        parts += study_7(load("sweep-placement.json"))
+    (ROOT / "docs" / "paper-checks.md").write_text("\n".join(parts))
+    print(f"wrote {ROOT / 'docs' / 'paper-checks.md'}")
+
+
+if __name__ == "__main__":
+    main()

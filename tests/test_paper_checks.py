@@ -1,0 +1,53 @@
+"""Paper checks: the sweep keeps its budget, the report and the app tab show the recorded numbers."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from studies.sweep import MLP_UNIT, TABLES, allocation_runs, placement_runs, size_runs
+
+DATA = Path(__file__).resolve().parent.parent / "docs" / "paper-checks"
+
+
+def test_allocation_holds_the_budget():
+    runs = allocation_runs()
+    assert len(runs) >= 5 and runs[0]["rows"] == 0
+    budgets = {r["mlp_ratio"] * MLP_UNIT + r["rows"] * TABLES * 32 for r in runs}
+    assert max(budgets) - min(budgets) <= TABLES * 32  # equal up to rounding rows down
+    shares = [r["memory_share"] for r in runs]
+    assert shares == sorted(shares) and shares[-1] > 0.8
+
+
+def test_size_and_placement_ranges():
+    rows = [r["rows"] for r in size_runs()]
+    assert max(rows) / min(rows) >= 16
+    assert [r["layers"] for r in placement_runs()] == [[0], [1], [2], [3]]
+
+
+@pytest.mark.skipif(not (DATA / "analysis.json").is_file(), reason="no recorded analysis")
+def test_app_tab_draws_the_recorded_numbers():
+    pytest.importorskip("plotly")
+    from app.tabs.paper import figures
+
+    a = json.loads((DATA / "analysis.json").read_text())
+    figs = figures()
+    bars = figs["kinds"].data[0]
+    assert list(bars.y) == [
+        v["knockout_by_kind"]["frequent_ngram_completion"]["loss_increase"] for v in a["by_domain"].values()
+    ]
+    assert list(figs["lens"].data[0].y) == a["by_domain"]["plays"]["logit_lens_engram"]
+
+
+def test_report_renders_every_study(tmp_path, monkeypatch):
+    import studies.report as report
+
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setattr(report, "DATA", DATA)
+    report.main()
+    text = (tmp_path / "docs" / "paper-checks.md").read_text()
+    for i in range(1, 8):
+        assert f"## {i}." in text
+    card = json.loads(report.CARD.read_text())
+    assert f"{card['val_loss']['plays']['memory_on']:.3f}" in text
