@@ -133,6 +133,11 @@ def test_the_whole_tour(app_url, page):
     sync_api.expect(page.locator("#health-table")).to_contain_text("27011", timeout=120_000)  # the first table's prime
     shot(page, "health")
 
+    tab(page, "Paper checks")
+    page.get_by_role("button", name="Show the paper checks").click()
+    sync_api.expect(page.locator(".js-plotly-plot").filter(has_text="learning curves")).to_be_visible(timeout=60_000)
+    shot(page, "paper-checks")
+
 
 def test_link_reopens_text_and_mask(app_url, page):
     _, url = app_url
