@@ -85,15 +85,38 @@ def study_1(card: dict, analysis: dict) -> list[str]:
     ]
 
 
-def sweep_table(runs: list[dict], key: str, label: str) -> list[str]:
-    out = [f"| {label} | table parameters | plays | code | plays, memory off |", "|---|---|---|---|---|"]
+LOSSES = ("val_plays", "val_code", "val_plays_memory_off")
+
+
+def by_config(runs: list[dict]) -> list[dict]:
+    """One record per configuration: losses averaged over its seeds, with their range."""
+    groups: dict[str, list[dict]] = {}
     for r in runs:
-        off = r.get("val_plays_memory_off")
-        out.append(
-            f"| {r[key]} | {r['parameters']['tables']:,} | {r['val_plays']:.3f} | {r['val_code']:.3f} | "
-            + (f"{off:.3f}" if off is not None else "-")
-            + " |"
-        )
+        groups.setdefault(r["name"], []).append(r)
+    out = []
+    for rs in groups.values():
+        rec = {**rs[0], "seeds": sorted(r["seed"] for r in rs)}
+        for k in LOSSES:
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if vals:
+                rec[k], rec[f"{k}_range"] = float(np.mean(vals)), float(max(vals) - min(vals))
+        out.append(rec)
+    return out
+
+
+def _cell(r: dict, key: str) -> str:
+    if r.get(key) is None:
+        return "-"
+    spread = f" ± {r[f'{key}_range'] / 2:.3f}" if len(r["seeds"]) > 1 else ""
+    return f"{r[key]:.3f}{spread}"
+
+
+def sweep_table(runs: list[dict], key: str, label: str) -> list[str]:
+    out = [f"| {label} | table parameters | seeds | plays | code | plays, memory off |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        cells = " | ".join(_cell(r, k) for k in LOSSES)
+        out.append(f"| {r[key]} | {r['parameters']['tables']:,} | {len(r['seeds'])} | {cells} |")
+    out += ["", "Losses are means over seeds; ± is half the range between seeds."]
     return out
 
 
@@ -101,12 +124,12 @@ def study_2(sw: dict | None) -> list[str]:
     head = ["## 2. Sparsity allocation (paper §3.1)", ""]
     if not sw or len(sw["runs"]) < 2:
         return head + ["Not yet run: `python -m studies.sweep allocation`.", ""]
-    runs = sorted(sw["runs"], key=lambda r: r["memory_share"])
+    runs = sorted(by_config(sw["runs"]), key=lambda r: r["memory_share"])
     mean = [(r["val_plays"] + r["val_code"]) / 2 for r in runs]
     best = runs[int(np.argmin(mean))]
     return head + [
         "A fixed budget of 4.19M parameters (MLP plus tables) split between the dense MLP and the memory tables; "
-        f"{runs[0]['tokens']:,} training tokens per run, seed {runs[0]['seed']}, one run per split.",
+        f"{runs[0]['tokens']:,} training tokens per run.",
         "",
         *sweep_table(runs, "memory_share", "memory share"),
         "",
@@ -128,7 +151,7 @@ def study_3(sw: dict | None) -> list[str]:
     head = ["## 3. Loss vs memory size (paper §3.2)", ""]
     if not sw or len(sw["runs"]) < 2:
         return head + ["Not yet run: `python -m studies.sweep size`.", ""]
-    runs = sorted(sw["runs"], key=lambda r: r["rows"])
+    runs = sorted(by_config(sw["runs"]), key=lambda r: r["rows"])
     x = np.log2([r["rows"] for r in runs])
     y = np.array([(r["val_plays"] + r["val_code"]) / 2 for r in runs])
     slope, icpt = np.polyfit(x, y, 1)
@@ -251,7 +274,7 @@ def study_7(sw: dict | None) -> list[str]:
     head = ["## 7. Placement (paper Fig. 5)", ""]
     if not sw or len(sw["runs"]) < 2:
         return head + ["Not yet run: `python -m studies.sweep placement`.", ""]
-    runs = sorted(sw["runs"], key=lambda r: r["layers"][0])
+    runs = sorted(by_config(sw["runs"]), key=lambda r: r["layers"][0])
     mean = [(r["val_plays"] + r["val_code"]) / 2 for r in runs]
     best = runs[int(np.argmin(mean))]["layers"][0]
     return head + [
@@ -287,7 +310,8 @@ def main() -> None:
         "```",
         "",
         "The sweeps train for 500,000 tokens per run (about 3 minutes each on 2 cores): enough to rank "
-        "configurations early in training, not to settle them. One seed per run, so no spread is reported yet.",
+        "configurations early in training, not to settle them. Where a configuration ran with several seeds, "
+        "the tables give the mean and half the range.",
         "",
     ]
     if analysis is None:

@@ -51,3 +51,17 @@ def test_report_renders_every_study(tmp_path, monkeypatch):
         assert f"## {i}." in text
     card = json.loads(report.CARD.read_text())
     assert f"{card['val_loss']['plays']['memory_on']:.3f}" in text
+
+
+def test_seeds_average_into_one_row():
+    from studies.report import _cell, by_config
+
+    runs = [
+        {"name": "a", "seed": 0, "val_plays": 4.0, "val_code": 3.0},
+        {"name": "a", "seed": 1, "val_plays": 4.2, "val_code": 3.0},
+        {"name": "b", "seed": 0, "val_plays": 5.0, "val_code": 2.0, "val_plays_memory_off": 6.0},
+    ]
+    a, b = by_config(runs)
+    assert a["seeds"] == [0, 1] and a["val_plays"] == pytest.approx(4.1) and a["val_plays_range"] == pytest.approx(0.2)
+    assert _cell(a, "val_plays") == "4.100 ± 0.100" and _cell(a, "val_plays_memory_off") == "-"
+    assert _cell(b, "val_plays") == "5.000" and b["seeds"] == [0]

@@ -30,11 +30,15 @@ def _load(name: str) -> dict | None:
 def _sweep_figure(sw: dict | None, x_key: str, title: str, log_x: bool = False) -> go.Figure | None:
     if not sw or not sw.get("runs"):
         return None
-    runs = sorted(sw["runs"], key=lambda r: r[x_key] if not isinstance(r[x_key], list) else r[x_key][0])
-    xs = [r[x_key] if not isinstance(r[x_key], list) else r[x_key][0] for r in runs]
+    points: dict = {}  # x -> runs there (several seeds average into one point)
+    for r in sw["runs"]:
+        x = r[x_key][0] if isinstance(r[x_key], list) else r[x_key]
+        points.setdefault(x, []).append(r)
+    xs = sorted(points)
     fig = go.Figure()
     for d in ("plays", "code"):
-        fig.add_trace(go.Scatter(x=xs, y=[r[f"val_{d}"] for r in runs], name=d, mode="lines+markers"))
+        ys = [sum(r[f"val_{d}"] for r in points[x]) / len(points[x]) for x in xs]
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=f"{d} (mean over seeds)", mode="lines+markers"))
     fig.update_layout(title=title, yaxis_title="held-out loss (nats/token)", height=320)
     if log_x:
         fig.update_xaxes(type="log")
