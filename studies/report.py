@@ -17,8 +17,8 @@ NO_INTERIOR_MINIMUM = (
     "**Differs**: loss keeps falling as memory takes more of the budget; there is no interior minimum. Likeliest "
     "reasons: the paper trades memory against MoE experts at equal activated parameters, while here the other side "
     "is the dense MLP, so every split also changes compute per token; and 500,000 tokens is early in training, "
-    "where lookups (trained at 5x the learning rate) pay off fastest. Longer runs and repeated seeds would tell "
-    "whether the flattening end of the curve turns up."
+    "where lookups (trained at 5x the learning rate) pay off fastest. On the plays the curve is flat from half "
+    "the budget on, within the spread between seeds; longer runs would tell whether it turns up."
 )
 FEW_READS = "**Differs**: more rows did not help at this training budget, where most rows are read only a few times."
 ENGRAM_STEP_COST = 1.10  # bench/README.md: Engram training step vs the memory-free twin
