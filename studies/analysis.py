@@ -77,14 +77,19 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def gates_vs_frequency(ck, index, windows, cids, unigram) -> dict:
+def gate_cache(ck, windows) -> dict:
+    """alpha per window, position and branch at every Engram layer: one pass, shared by the gate studies."""
+    names = [f"blocks.{L}.engram.readout.hook_gate" for L in ck.model.cfg.memory.hash_spec.layer_ids]
+    return run_windows(ck.model, windows, names=names)[1]
+
+
+def gates_vs_frequency(ck, index, windows, cids, unigram, cache) -> dict:
     """§6.5: alpha against the bigram's training frequency and PMI, per layer and branch.
 
     Positions 1..T-1 of each window: alpha at t belongs to the bigram (x_{t-1}, x_t).
     """
     spec = ck.model.cfg.memory.hash_spec
     names = [f"blocks.{L}.engram.readout.hook_gate" for L in spec.layer_ids]
-    _, cache = run_windows(ck.model, windows, names=names)
     T = windows.shape[1] - 1
     big = ngram_counts(index, cids, 2, spec)[:, 1:T].ravel()
     prev, cur = cids[:, : T - 1].ravel(), cids[:, 1:T].ravel()
@@ -107,11 +112,10 @@ def gates_vs_frequency(ck, index, windows, cids, unigram) -> dict:
     return out
 
 
-def top_gated(ck, windows, cids, n: int = 30) -> list[dict]:
+def top_gated(ck, cids, cache, n: int = 30) -> list[dict]:
     """The bigrams of the held-out plays with the highest mean alpha (seen at least 3 times)."""
     spec = ck.model.cfg.memory.hash_spec
     names = [f"blocks.{L}.engram.readout.hook_gate" for L in spec.layer_ids]
-    _, cache = run_windows(ck.model, windows, names=names)
     alpha = np.stack([cache[k].numpy().mean(-1) for k in names]).mean(0)  # (W, T)
     sums: dict[tuple[int, int], list[float]] = {}
     for w in range(len(cids)):
@@ -168,12 +172,12 @@ def main() -> None:
         tri = ngram_counts(index, cids, 3, spec)
         result["by_domain"][domain] = {
             "knockout_by_kind": knockout_by_kind(ck, w, tri),
-            "gates": gates_vs_frequency(ck, index, w, cids, unigram),
+            "gates": gates_vs_frequency(ck, index, w, cids, unigram, gates := gate_cache(ck, w)),
             "logit_lens_engram": logit_lens(ck.model, w),
             "logit_lens_baseline": logit_lens(base.model, w),
         }
         if domain == "plays":
-            result["top_gated_bigrams_plays"] = top_gated(ck, w, cids)
+            result["top_gated_bigrams_plays"] = top_gated(ck, cids, gates)
         print(domain, json.dumps(result["by_domain"][domain]["knockout_by_kind"]), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "analysis.json").write_text(json.dumps(result, indent=1))
