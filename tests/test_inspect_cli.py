@@ -79,3 +79,45 @@ def test_neighbours_prints_k_rows(ckdir, capsys):
     assert len(out) == 5
     sims = [float(line.split()[0]) for line in out[1:]]
     assert sims == sorted(sims, reverse=True) and all(-1 <= x <= 1 for x in sims)
+
+
+def _snapshot(folder) -> dict:
+    from pathlib import Path
+
+    return {str(p): p.stat().st_mtime_ns for p in Path(folder).rglob("*")}
+
+
+def test_caches_never_go_beside_a_read_only_checkpoint(ckdir, tmp_path, monkeypatch, capsys):
+    """Bug 9: `engram stats`, collision index and projections write only under ENGRAM_CACHE."""
+    import os
+    import stat
+    from pathlib import Path
+
+    from engram_inspect.cache import checkpoint_key
+    from engram_inspect.collisions import load_or_build
+    from engram_inspect.projection import compute_projection
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ENGRAM_CACHE", str(cache))
+    for p in Path(ckdir).iterdir():
+        p.chmod(stat.S_IRUSR)
+    Path(ckdir).chmod(stat.S_IRUSR | stat.S_IXUSR)
+    before = _snapshot(ckdir)
+    try:
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text(TEXT * 30)
+        assert main(["stats", "--corpus", str(corpus), "-o", str(tmp_path / "s"), "--checkpoint", ckdir]) == 0
+        ck = load_checkpoint(ckdir)
+        ids = capture(ck, TEXT * 3).token_ids
+        load_or_build(ck, [ids])
+        compute_projection(ck, "pca", "pooled")
+        assert _snapshot(ckdir) == before  # nothing written, nothing touched
+        written = {p.relative_to(cache).parts[0] for p in cache.rglob("*.npz")}
+        assert written == {checkpoint_key(ck)}
+        assert len(list(cache.rglob("collisions*.npz"))) == 2  # the corpus file's index and `ids`'s
+        assert len(list(cache.rglob("projection-pca-pooled*.npz"))) == 1
+    finally:
+        Path(ckdir).chmod(stat.S_IRWXU)
+        for p in Path(ckdir).iterdir():
+            p.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    assert os.access(ckdir, os.W_OK)
