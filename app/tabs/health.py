@@ -29,7 +29,10 @@ def build(ctx: Ctx) -> None:
         health = gr.Dataframe(
             headers=HEALTH_COLUMNS, label="memory health per table (training corpus)", elem_id="health-table"
         )
-        collisions = gr.Dataframe(label="collisions per table")
+        # a Dataframe without headers names its columns 1..N
+        collisions = gr.Dataframe(
+            headers=views.COLLISION_COLUMNS, label="collisions per table", elem_id="collision-table"
+        )
         with gr.Row():
             hist = gr.Plot(label="gate distribution")
             lens = gr.Plot(label="logit lens")
@@ -37,9 +40,8 @@ def build(ctx: Ctx) -> None:
     def tables(progress=gr.Progress()):  # noqa: B008 - how Gradio injects a progress bar
         progress(0, desc="indexing the training corpus (first use only)")
         rows = s.health()
-        coll = s.collisions().head_table()
         fmt = lambda v: round(v, 4) if isinstance(v, float) else v  # noqa: E731
-        return [[fmt(r[c]) for c in HEALTH_COLUMNS] for r in rows], [[fmt(v) for v in r.values()] for r in coll]
+        return [[fmt(r[c]) for c in HEALTH_COLUMNS] for r in rows], views.collision_rows(s.collisions().head_table())
 
     def redraw(trace):
         if trace is None:

@@ -15,8 +15,9 @@ def build(ctx: Ctx) -> None:
             views.gate_choices(s.layers, s.n_branches), value="mean", label="colour tokens by the gate of"
         )
         strip = gr.HighlightedText(
-            label="tokens (colour: gate alpha; click a token)",
+            label="tokens (colour: gate alpha, 0 to 1; click a token)",
             show_legend=True,
+            color_map=views.GATE_COLOURS,
             combine_adjacent=False,
             elem_id="token-strip",
         )

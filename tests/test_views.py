@@ -1,0 +1,62 @@
+"""The app's pure views and tab wiring on a tiny checkpoint: what the user reads is what the data says."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio")
+
+from app import views  # noqa: E402
+from engram_inspect.capture import capture  # noqa: E402
+
+
+def _component(demo, elem_id):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tiny_session):
+    from app.main import build_app
+
+    return build_app(tiny_session)
+
+
+def test_gate_bins_by_hand():
+    assert views.gate_bin(0.0) == "α 0.0–0.1"
+    assert views.gate_bin(0.099) == "α 0.0–0.1"
+    assert views.gate_bin(0.55) == "α 0.5–0.6"
+    assert views.gate_bin(1.0) == "α 0.9–1.0"  # alpha = 1 belongs to the last bin, not an eleventh
+    assert views.GATE_BINS[0].startswith("α 0.0") and views.GATE_BINS[-1].endswith("1.0")
+    # the colour deepens with alpha: opacities strictly increase bin by bin
+    opacity = [float(c.rsplit(",", 1)[1].rstrip(")")) for c in views.GATE_COLOURS.values()]
+    assert list(views.GATE_COLOURS) == views.GATE_BINS and opacity == sorted(set(opacity))
+
+
+def test_token_strip_legend_runs_from_0_to_1(tiny_session, tiny_demo):
+    """Bug 8: numeric scores get Gradio's fixed -1..+1 legend; the strip must carry 0..1 bins."""
+    tr = capture(tiny_session.ck, "I pray you, my lord.")
+    gate = np.zeros_like(tr.gate)
+    gate[:, :, :] = np.linspace(0, 1, tr.n_tokens)[None, :, None]
+    tr = dataclasses.replace(tr, gate=gate)
+    strip = views.token_strip(tr)
+    assert [t for t, _ in strip] == tr.tokens
+    assert strip[0][1] == "α 0.0–0.1" and strip[-1][1] == "α 0.9–1.0"
+    shown = _component(tiny_demo, "token-strip")
+    assert shown.color_map == views.GATE_COLOURS  # the legend lists the ten bins, 0 to 1
+    sent = shown.postprocess(strip).model_dump()
+    labels = [e["class_or_confidence"] for e in sent]
+    assert all(isinstance(x, str) and x in views.GATE_BINS for x in labels)  # no number: no -1..+1 scale
+
+
+def test_collision_table_has_named_columns(tiny_session, tiny_demo, monkeypatch, tmp_path):
+    """Bug 7: the Health tab's collision table showed columns named 1..7."""
+    from engram_inspect.collisions import build_collision_index
+
+    tr = capture(tiny_session.ck, "I pray you, my lord. " * 5)
+    head_table = build_collision_index(tiny_session.ck, [tr.token_ids]).head_table()
+    assert views.COLLISION_COLUMNS == list(head_table[0])
+    rows = views.collision_rows(head_table)
+    sent = _component(tiny_demo, "collision-table").postprocess(rows)
+    assert sent.headers == views.COLLISION_COLUMNS
+    assert [r[3] for r in sent.data] == [h["prime"] for h in head_table]
