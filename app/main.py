@@ -119,7 +119,7 @@ def _wire_export_api(ctx: Ctx) -> None:
     """/export: text + format -> a trace file (an event, since the API returns a file)."""
     with gr.Row(visible=False):
         e_text, e_fmt, e_mask = gr.Textbox(), gr.Textbox(value="json"), gr.Textbox(value="all")
-        e_file, e_go = gr.File(), gr.Button()
+        e_file, e_go = gr.File(file_count="multiple"), gr.Button()
 
     def export_text(text: str, fmt: str, mask: str):
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engram_inspect.export import FORMATS, write
+from engram_inspect.export import FORMATS, sidecar_path, write
 
 from .. import views
 from ..context import Ctx
@@ -20,7 +20,8 @@ from ..context import Ctx
 EXPORT_DIR = Path(tempfile.gettempdir()) / "engram-inspector-exports"
 
 
-def export_file(trace, fmt: str) -> str:
+def export_file(trace, fmt: str) -> list[str]:
+    """The trace file, and for CSV its metadata sidecar (`<file>.json`), which `read` needs beside it."""
     if trace is None:
         raise gr.Error("run a text first: there is no trace to export")
     if fmt not in FORMATS:
@@ -28,7 +29,7 @@ def export_file(trace, fmt: str) -> str:
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
     path = EXPORT_DIR / f"trace-{uuid.uuid4().hex[:12]}.{fmt}"
     write(trace, path, fmt)
-    return str(path)
+    return [str(path)] + ([str(sidecar_path(path))] if fmt == "csv" else [])
 
 
 def figure_file(trace, which: str) -> str:
@@ -52,7 +53,7 @@ def build(ctx: Ctx) -> None:
     with gr.Tab("Export", id="export"):
         fmt = gr.Radio(list(FORMATS), value="json", label="trace format")
         go = gr.Button("Export trace", elem_id="export-trace")
-        out = gr.File(label="trace file", elem_id="export-file")
+        out = gr.File(label="trace file (CSV: with its .json sidecar)", file_count="multiple", elem_id="export-file")
         which = gr.Radio(
             ["gate heatmap", "Δ log p", "logit lens", "gate distribution"], value="gate heatmap", label="figure"
         )
