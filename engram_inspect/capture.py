@@ -48,7 +48,7 @@ class Trace:
     gate_score: np.ndarray  # (L, T, M) gate before the sigmoid
     gate: np.ndarray  # (L, T, M) alpha
     out_norm: np.ndarray  # (L, T) L2 norm of the Engram output over branches and width
-    mask: dict  # KnockOut.to_dict() of the masked run
+    mask: KnockOut  # what the masked run switched off (exporters write it as a dict)
     logprob_next: np.ndarray  # (T,) log p(actual next token), memory on; NaN at the last position
     topk_ids: np.ndarray  # (T, K) memory on
     topk_logprob: np.ndarray  # (T, K)
@@ -181,7 +181,7 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
         gate_score=stack("readout.hook_gate_score").float().numpy(),
         gate=stack("readout.hook_gate").float().numpy(),
         out_norm=stack("readout.hook_out").flatten(2).norm(dim=-1).float().numpy(),
-        mask=mask.to_dict(),
+        mask=mask,
         logprob_next=on_next.numpy(),
         topk_ids=on_top.numpy().astype(np.int64),
         topk_logprob=on_topv.numpy(),

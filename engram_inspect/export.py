@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from engram_core import KnockOut
+
 from .capture import SCHEMA, Trace
 
 FORMATS = ("json", "csv", "parquet", "npz")
@@ -96,7 +98,7 @@ def _meta(trace: Trace) -> dict[str, Any]:
         "layers": list(trace.layers),
         "orders": list(trace.orders),
         "heads_per_ngram": trace.heads_per_ngram,
-        "mask": trace.mask,
+        "mask": trace.mask.to_dict(),
         "dims": dims(trace),
     }
 
@@ -121,7 +123,7 @@ def _build(schema: str, meta: dict[str, Any], texts: dict[str, Any], arrays: dic
             layers=tuple(int(x) for x in meta["layers"]),
             orders=tuple(int(x) for x in meta["orders"]),
             heads_per_ngram=int(meta["heads_per_ngram"]),
-            mask=meta["mask"],
+            mask=KnockOut.from_dict(meta["mask"]),
             tokens=list(texts["tokens"]),
             **{n: [list(r) for r in texts[n]] for n in TEXT_FIELDS[1:]},
             **{n: arrays[n] for n in ARRAY_FIELDS},

@@ -54,7 +54,7 @@ def test_masked_predictions_equal_knocked_out_forward(ck):
     )
     kl = (logp_on.exp() * (logp_on - logp_m)).sum(-1)
     np.testing.assert_allclose(tr.kl, kl.numpy(), rtol=1e-5, atol=1e-7)
-    assert tr.mask == KnockOut(layers={1}).to_dict()
+    assert tr.mask == KnockOut(layers={1})
 
 
 def test_logit_lens_last_block_is_final(ck):

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-pytest.importorskip("gradio")
+gr = pytest.importorskip("gradio")
 
 from app import views  # noqa: E402
 from engram_inspect.capture import capture  # noqa: E402
@@ -60,3 +60,45 @@ def test_collision_table_has_named_columns(tiny_session, tiny_demo, monkeypatch,
     sent = _component(tiny_demo, "collision-table").postprocess(rows)
     assert sent.headers == views.COLLISION_COLUMNS
     assert [r[3] for r in sent.data] == [h["prime"] for h in head_table]
+
+
+def _fn(demo, name):
+    return next(f for f in demo.fns.values() if f.name == name)
+
+
+def test_api_lists_only_the_documented_endpoints(tiny_demo):
+    import re
+    from pathlib import Path
+
+    documented = set(re.findall(r"^## (/\w+)$", (Path(__file__).parent.parent / "docs" / "api.md").read_text(), re.M))
+    assert documented == {"/trace", "/knockout", "/neighbours", "/export"}
+    info = tiny_demo.get_api_info()
+    assert set(info["named_endpoints"]) == documented and not info["unnamed_endpoints"]
+
+
+def test_a_run_draws_only_the_tab_on_screen(tiny_session, tiny_demo, monkeypatch):
+    """The Knock-out tab's two greedy continuations run when it is shown, not on every Run."""
+    from app.tabs import knockout
+
+    calls = []
+    monkeypatch.setattr(knockout, "greedy", lambda s, ids, mask, n=24: calls.append(mask) or "...")
+    runs = [f for f in tiny_demo.fns.values() if f.name == "run"]
+    assert len(runs) == 2  # Run/Enter (one event with two triggers) and opening a link
+    redraw = _fn(tiny_demo, "redraw_shown")
+    tr = capture(tiny_session.ck, "I pray you, my lord.")
+    assert isinstance(redraw.inputs[0], gr.State)  # the id of the tab on screen, then the views' inputs
+    values = [tr if isinstance(b, gr.State) else b.value for b in redraw.inputs[1:]]
+    out = dict(zip(_ids(redraw.outputs), redraw.fn("gates", *values), strict=True))
+    assert calls == []
+    assert out["gate-heatmap"] is not None and out["gate-heatmap"] != gr.skip()
+    assert out["ko-summary"] == gr.skip() and out["token-strip"] == gr.skip()
+    out = dict(zip(_ids(redraw.outputs), redraw.fn("knockout", *values), strict=True))
+    assert len(calls) == 2 and "mean loss change" in out["ko-summary"] and out["gate-heatmap"] == gr.skip()
+    # showing the tab draws it
+    select = next(f for f in tiny_demo.fns.values() if f.name == "on_select" and "ko-summary" in _ids(f.outputs))
+    shown, *drawn = select.fn(tr)
+    assert shown == "knockout" and len(calls) == 4
+
+
+def _ids(blocks):
+    return [getattr(b, "elem_id", None) for b in blocks]

@@ -50,7 +50,7 @@ def figure_file(trace, which: str) -> str:
 
 
 def build(ctx: Ctx) -> None:
-    with gr.Tab("Export", id="export"):
+    with ctx.tab("export", gr.Tab("Export", id="export")):
         fmt = gr.Radio(list(FORMATS), value="json", label="trace format")
         go = gr.Button("Export trace", elem_id="export-trace")
         out = gr.File(label="trace file (CSV: with its .json sidecar)", file_count="multiple", elem_id="export-file")
@@ -59,5 +59,5 @@ def build(ctx: Ctx) -> None:
         )
         fig_go = gr.Button("Export figure (HTML)")
         fig_out = gr.File(label="figure file")
-    go.click(export_file, [ctx.trace, fmt], [out], api_name="export_current")
-    fig_go.click(figure_file, [ctx.trace, which], [fig_out], api_name="export_figure")
+    go.click(export_file, [ctx.trace, fmt], [out], api_visibility="private")  # the HTTP API is /export
+    fig_go.click(figure_file, [ctx.trace, which], [fig_out], api_visibility="private")

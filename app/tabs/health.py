@@ -24,7 +24,7 @@ HEALTH_COLUMNS = [
 
 def build(ctx: Ctx) -> None:
     s = ctx.session
-    with gr.Tab("Health", id="health"):
+    with ctx.tab("health", gr.Tab("Health", id="health")):
         load = gr.Button("Load memory health and collisions (indexes the training corpus on first use)")
         health = gr.Dataframe(
             headers=HEALTH_COLUMNS, label="memory health per table (training corpus)", elem_id="health-table"
@@ -48,5 +48,5 @@ def build(ctx: Ctx) -> None:
             return None, None
         return views.gate_histogram(trace), views.lens_figure(trace)
 
-    load.click(tables, None, [health, collisions], api_name="health_tables")
-    ctx.on_trace.append((redraw, [ctx.trace], [hist, lens]))
+    load.click(tables, None, [health, collisions], api_visibility="private")
+    ctx.view("health", redraw, [ctx.trace], [hist, lens])

@@ -17,7 +17,7 @@ NEIGHBOUR_HEADERS = ["similarity", "layer", "order", "head", "row", "corpus N-gr
 
 def build(ctx: Ctx) -> None:
     s = ctx.session
-    with gr.Tab("Memory map", id="memory-map"):
+    with ctx.tab("memory-map", gr.Tab("Memory map", id="memory-map")):
         with gr.Row():
             method = gr.Radio(["umap", "pca"], value="umap", label="projection")
             colour = gr.Radio(["order", "head", "layer", "hits", "mean gate"], value="order", label="colour by")
@@ -43,7 +43,7 @@ def build(ctx: Ctx) -> None:
         values = _hits(s) if c == "hits" else s.mean_gate() if c == "mean gate" else None
         return views.memory_map(p, RowLayout.of(s.ck), trace, c, values)
 
-    def neighbours(q, L, n, kk):
+    def find_rows(q, L, n, kk):
         from ..api import neighbour_rows
 
         rows = neighbour_rows(s, q, int(L), int(n), None, int(kk))
@@ -58,12 +58,11 @@ def build(ctx: Ctx) -> None:
         keep = [] if mask in (None, "", "all", "none") else [mask]
         return ",".join(keep + picked) or "none"
 
-    method.change(redraw, [ctx.trace, method, colour], [plot], api_name="map_method")
-    colour.change(redraw, [ctx.trace, method, colour], [plot], api_name="map_colour")
-    find.click(neighbours, [query, layer, order, k], [table], api_name="map_neighbours")
-    query.submit(neighbours, [query, layer, order, k], [table], api_name="map_neighbours_submit")
-    send.click(to_mask, [table, ctx.mask], [ctx.mask], api_name="map_to_mask")
-    ctx.on_trace.append((redraw, [ctx.trace, method, colour], [plot]))
+    hidden = {"api_visibility": "private"}  # the HTTP API is /neighbours (app.api)
+    gr.on([method.change, colour.change], redraw, [ctx.trace, method, colour], [plot], **hidden)
+    gr.on([find.click, query.submit], find_rows, [query, layer, order, k], [table], **hidden)
+    send.click(to_mask, [table, ctx.mask], [ctx.mask], **hidden)
+    ctx.view("memory-map", redraw, [ctx.trace, method, colour], [plot])
 
 
 def _hits(session):

@@ -87,7 +87,7 @@ def figures() -> dict[str, go.Figure | None]:
 
 
 def build(ctx: Ctx) -> None:
-    with gr.Tab("Paper checks", id="paper"):
+    with ctx.tab("paper", gr.Tab("Paper checks", id="paper")):
         gr.Markdown("The paper's findings, measured on this model (details and commands: `docs/paper-checks.md`).")
         show = gr.Button("Show the paper checks")
         slots = []
@@ -100,4 +100,4 @@ def build(ctx: Ctx) -> None:
         figs = figures()
         return [figs[k] for k in PAPER]
 
-    show.click(draw, None, slots, api_name="paper_checks")
+    show.click(draw, None, slots, api_visibility="private")
