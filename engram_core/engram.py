@@ -82,7 +82,7 @@ class Engram(nn.Module):
 
     def __init__(self, cfg: MemoryConfig, spec: HashSpec, layer: int, d: int, n_branches: int) -> None:
         super().__init__()
-        self.layer, self.cfg, self.n_branches = layer, cfg, n_branches
+        self.layer, self.cfg, self.spec, self.n_branches = layer, cfg, spec, n_branches
         primes = torch.tensor(spec.primes[layer], dtype=torch.int64)
         offsets = torch.cumsum(primes, 0) - primes
         self.register_buffer("primes", primes, persistent=False)
@@ -94,18 +94,22 @@ class Engram(nn.Module):
         self.hook_rows = HookPoint()
 
     def row_keep(self, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
-        """(B, T, H) 1.0 where the looked-up row is kept, 0.0 where knocked out."""
+        """(B, T, H) 1.0 where the looked-up row is kept, 0.0 where knocked out.
+
+        `ko` must be valid for this model (`KnockOut.validate`): an unchecked head
+        past the end of its order would land on the next order's head.
+        """
         keep = torch.ones(hash_ids.shape, dtype=torch.float32, device=hash_ids.device)
-        hpo = self.cfg.heads_per_ngram
+        spec = self.spec
         for order in ko.orders:
-            if 2 <= order <= self.cfg.max_ngram:
-                keep[..., (order - 2) * hpo : (order - 1) * hpo] = 0.0
+            first = spec.head_index(order, 0)
+            keep[..., first : first + spec.heads_per_ngram] = 0.0
         for layer, order, head in ko.heads:
             if layer == self.layer:
-                keep[..., (order - 2) * hpo + head] = 0.0
+                keep[..., spec.head_index(order, head)] = 0.0
         for layer, order, head, row in ko.rows:
             if layer == self.layer:
-                h = (order - 2) * hpo + head
+                h = spec.head_index(order, head)
                 keep[..., h] = torch.where(hash_ids[..., h] == row, 0.0, keep[..., h])
         return keep
 
@@ -121,5 +125,5 @@ class Engram(nn.Module):
         branch_keep = None
         if ko.branches:
             branch_keep = torch.ones(self.n_branches, device=H.device)
-            branch_keep[[m for m in ko.branches if 0 <= m < self.n_branches]] = 0.0
+            branch_keep[sorted(ko.branches)] = 0.0
         return self.readout(H, e, branch_keep)
