@@ -32,7 +32,10 @@ class HashSpec:
     seed: int = 0  # base seed of the multipliers
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "table_sizes", tuple(int(s) for s in self.table_sizes))
+        try:
+            object.__setattr__(self, "table_sizes", tuple(int(s) for s in self.table_sizes))
+        except (TypeError, ValueError):
+            raise ValueError(f"table_sizes must be integers, one per order, got {self.table_sizes!r}") from None
         object.__setattr__(self, "layer_ids", tuple(int(x) for x in self.layer_ids))
         if self.max_ngram < 2:
             raise ValueError(f"max_ngram must be >= 2, got {self.max_ngram}")
