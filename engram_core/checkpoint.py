@@ -21,9 +21,11 @@ from tokenizers import Tokenizer
 
 from .compression import build_compression
 from .config import ModelConfig
+from .data import cache_dir
 from .model import EngramLM
 
 FORMAT = "engram-checkpoint/1"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default-model"  # the shipped model
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 
 
@@ -45,6 +47,32 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def checkpoint_key(ck: Checkpoint) -> str:
+    """A short hash of the model config, compression map and weights: equal keys, equal model.
+
+    Files shipped precomputed beside the default model carry this key in their
+    names, so changing how it is computed orphans them.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps(ck.model.cfg.to_dict(), sort_keys=True).encode())
+    h.update(ck.model.compression.cpu().numpy().tobytes())
+    if ck.path is not None and (ck.path / CONFIG).is_file():
+        h.update(str(json.loads((ck.path / CONFIG).read_text()).get("weights_sha256")).encode())
+    else:
+        for name, t in sorted(ck.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_cache_dir(ck: Checkpoint) -> Path:
+    """Where data derived from this checkpoint is cached: `cache_dir()/<checkpoint_key>` (not created here).
+
+    Never the checkpoint's own folder, which may be read-only or inside an installed package.
+    """
+    return cache_dir() / checkpoint_key(ck)
 
 
 def save_checkpoint(
@@ -77,6 +105,13 @@ def save_checkpoint(
         }
     (folder / CONFIG).write_text(json.dumps(config, indent=1))
     return folder
+
+
+def save_card(folder: str | Path, card: dict[str, Any], markdown: str) -> None:
+    """Write MODEL_CARD.json and MODEL_CARD.md beside the weights: part of the checkpoint, shipped with it."""
+    folder = Path(folder)
+    (folder / "MODEL_CARD.json").write_text(json.dumps(card, indent=1))
+    (folder / "MODEL_CARD.md").write_text(markdown)
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
