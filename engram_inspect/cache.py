@@ -1,40 +1,26 @@
 """Where derived data of a checkpoint is cached, keyed by what it was computed from.
 
 Everything this package computes and keeps goes under the cache directory
-(`ENGRAM_CACHE`, default `~/.cache/engram-inspector`), in one folder per checkpoint
-key; nothing is ever written beside the weights, since a checkpoint folder may be
-read-only or inside an installed package. The only files read from beside the
-weights are those that ship precomputed with a model (`<name>-<key><suffix>`, e.g.
-the default model's projections and mean gates).
+(`ENGRAM_CACHE`, default `~/.cache/engram-inspector`), in the checkpoint's own folder
+(`engram_core.checkpoint.checkpoint_cache_dir`); nothing is ever written beside the
+weights, since a checkpoint folder may be read-only or inside an installed package.
+The only files read from beside the weights are those that ship precomputed with a
+model (`<name>-<key><suffix>`, e.g. the default model's projections and mean gates).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from engram_core import Checkpoint
-from engram_core.data import cache_dir
+from engram_core.checkpoint import checkpoint_cache_dir, checkpoint_key  # re-exported: they live with checkpoints
 
-
-def checkpoint_key(ck: Checkpoint) -> str:
-    """A short hash of the model config, compression map and weights: equal keys, equal model."""
-    h = hashlib.sha256()
-    h.update(json.dumps(ck.model.cfg.to_dict(), sort_keys=True).encode())
-    h.update(ck.model.compression.cpu().numpy().tobytes())
-    if ck.path is not None and (ck.path / "config.json").is_file():
-        h.update(str(json.loads((ck.path / "config.json").read_text()).get("weights_sha256")).encode())
-    else:
-        for name, t in sorted(ck.model.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+__all__ = ["cache_file", "checkpoint_cache", "checkpoint_key", "find_file", "shipped_file"]
 
 
 def checkpoint_cache(ck: Checkpoint) -> Path:
-    """This checkpoint's own folder in the cache directory (created on demand)."""
-    folder = cache_dir() / checkpoint_key(ck)
+    """This checkpoint's own folder in the cache directory, created on demand."""
+    folder = checkpoint_cache_dir(ck)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
