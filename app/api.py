@@ -6,6 +6,8 @@ Endpoints (documented in docs/api.md): /trace, /knockout, /neighbours, and /expo
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 
 from engram_core.knockout import parse_knockout
@@ -27,19 +29,21 @@ def user_trace(session: Session, text: str, mask: str | None) -> Trace:
         raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
 
+ROW_QUERY = re.compile(r"-?\d+(\s*:\s*-?\d+){3}")  # a row address L:N:K:R, not an N-gram's text
+
+
 def neighbour_rows(session: Session, query: str, layer: int, order: int, head: int | None, k: int) -> list[dict]:
     """Nearest rows of a row ("L:N:K:R") or of the rows an N-gram's text reads."""
+    from engram_core.addresses import RowAddress
     from engram_inspect.collisions import ngram_text
     from engram_inspect.neighbours import nearest_ngram
-    from engram_inspect.rows import RowAddress
 
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("type an N-gram or a row L:N:K:R")
     index, labels = session.neighbour_index(), session.collisions()
     try:
-        parts = query.strip().split(":")
-        if len(parts) == 4 and all(p.strip().lstrip("-").isdigit() for p in parts):
-            address = RowAddress(*(int(p) for p in parts))
+        if ROW_QUERY.fullmatch(query.strip()):
+            address = RowAddress.parse(query)
             found = [(address, index.nearest_rows(address, k, labels))]
         else:
             found = [

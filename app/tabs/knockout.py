@@ -1,16 +1,19 @@
 """Knock-out: switch parts of the memory off and watch the current text re-run live.
 
-The switches carry values (layer ids, orders, "L:N:K" heads, branch ids), from which
+The switches carry values (layer ids, orders, `HeadAddress` strings, branch ids), from which
 `switches_knockout` builds a KnockOut directly; only the typed row list is text, and
 it goes through the one parser of user strings, `parse_knockout`.
 """
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import gradio as gr
 import torch
 
 from engram_core import KnockOut
+from engram_core.addresses import HeadAddress
 from engram_core.knockout import format_knockout, parse_knockout
 
 from .. import views
@@ -30,15 +33,10 @@ def switches_knockout(all_off: bool, layers: list, orders: list, heads: list, br
         all=bool(all_off),
         layers=frozenset(int(x) for x in layers or ()),
         orders=frozenset(int(x) for x in orders or ()),
-        heads=frozenset(_head(x) for x in heads or ()),
+        heads=frozenset(astuple(HeadAddress.parse(x)) for x in heads or ()),
         branches=frozenset(int(x) for x in branches or ()),
         rows=from_rows.rows,
     )
-
-
-def _head(value: str) -> tuple[int, int, int]:
-    layer, order, head = (int(x) for x in str(value).split(":"))
-    return layer, order, head
 
 
 def greedy(session, ids: list[int], mask: KnockOut, n: int = CONTINUATION_TOKENS) -> str:
@@ -67,7 +65,7 @@ def build(ctx: Ctx) -> None:
             branches = gr.CheckboxGroup([(f"branch {m}", m) for m in range(s.n_branches)], label="branches off")
         heads = gr.CheckboxGroup(
             [
-                (f"L{L} n{n} h{h}", f"{L}:{n}:{h}")
+                (f"L{L} n{n} h{h}", str(HeadAddress(L, n, h)))
                 for L in s.layers
                 for n in spec.orders
                 for h in range(spec.heads_per_ngram)
@@ -89,6 +87,7 @@ def build(ctx: Ctx) -> None:
     def compose(*values) -> str:
         try:
             ko = switches_knockout(*values)
+            ko.validate(s.ck.model.cfg)  # a row past its head's prime says so before any run
         except ValueError as e:
             raise gr.Error(str(e)) from e
         return format_knockout(ko)  # the mask box shows the mask as a user would type it

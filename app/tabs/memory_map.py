@@ -50,13 +50,18 @@ def build(ctx: Ctx) -> None:
         return [[r["similarity"], r["layer"], r["order"], r["head"], r["row"], r["ngrams"]] for r in rows]
 
     def to_mask(rows, mask):
-        import pandas as pd  # noqa: F401 - gradio hands dataframes over as pandas
+        """The listed rows added to the mask (an `all` mask gives way: it would hide them)."""
+        import dataclasses
 
-        picked = (
-            [f"row={int(r[1])}:{int(r[2])}:{int(r[3])}:{int(r[4])}" for r in rows.values.tolist()] if len(rows) else []
-        )
-        keep = [] if mask in (None, "", "all", "none") else [mask]
-        return ",".join(keep + picked) or "none"
+        from engram_core.knockout import format_knockout, parse_knockout
+
+        try:
+            base = parse_knockout(mask or "none")
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+        # gradio hands the table over as a pandas frame: columns similarity, layer, order, head, row, ...
+        picked = {tuple(int(x) for x in r[1:5]) for r in rows.values.tolist()} if len(rows) else set()
+        return format_knockout(dataclasses.replace(base, all=False, rows=base.rows | picked))
 
     hidden = {"api_visibility": "private"}  # the HTTP API is /neighbours (app.api)
     gr.on([method.change, colour.change], redraw, [ctx.trace, method, colour], [plot], **hidden)
