@@ -14,6 +14,11 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# one intra-op thread: the suite's models are tiny (or one text at a time), and the app server's
+# request threads and the subprocess tests share the same 2 cores; two spinning OpenMP threads per
+# process oversubscribe them (a tiny training test ran 9x slower on a busy 2-core machine).
+# Set before torch is imported, so subprocesses inherit it; export OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -2,12 +2,14 @@
 
 import csv
 
+import numpy as np
 import pytest
 
 from engram_core import load_checkpoint, save_checkpoint
 from engram_inspect.capture import capture
 from engram_inspect.cli import main
 from engram_inspect.export import from_json, read
+from tests.conftest import TINY_TEXT
 
 TEXT = "I pray you, my lord, let me know."
 
@@ -72,7 +74,13 @@ def test_stats_and_neighbours_on_a_corpus_file(ckdir, tmp_path, capsys):
     }
 
 
-def test_neighbours_prints_k_rows(ckdir, capsys):
+def test_neighbours_prints_k_rows(ckdir, capsys, monkeypatch, tmp_path):
+    # the tiny model's "training corpus" is the tiny text: tokenizing the real corpus with the
+    # tiny tokenizer would take minutes and proves nothing about the command's output
+    from engram_inspect import collisions
+
+    monkeypatch.setattr(collisions, "training_streams", lambda ck: [np.asarray(ck.tokenizer.encode(TINY_TEXT).ids)])
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))  # that index must not land in the user's cache
     assert main(["neighbours", "my lord", "--order", "2", "--head", "1", "-k", "4", "--checkpoint", ckdir]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert "reads layer 0 order 2 head 1 row" in out[0]
