@@ -24,6 +24,7 @@ from engram_core import Checkpoint, KnockOut
 from engram_core.hashing import suffix_ngrams
 from engram_core.tokenizer import encode
 
+from .activations import GATE, GATE_SCORE, HASH_IDS, OUT, activations, lens_kl, memory_names, resid_names
 from .cache import checkpoint_key
 
 SCHEMA = "engram-trace/1"
@@ -107,20 +108,6 @@ def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[
     return nxt, top.indices, top.values, logp
 
 
-def _lens_kl(model, cache: dict[str, torch.Tensor], final_logp: torch.Tensor) -> torch.Tensor:
-    """Per block, KL(block's own prediction || final prediction) per position (paper §6.1).
-
-    The last block's prediction is the final one, so its row is exactly zero.
-    """
-    Y, T = model.cfg.backbone.n_layer, final_logp.shape[0]
-    kls = torch.zeros(Y, T)
-    if Y > 1:
-        H = torch.stack([cache[f"blocks.{i}.hook_resid_post"][0].mean(1) for i in range(Y - 1)])  # (Y-1, T, D)
-        logp = F.log_softmax(F.linear(model.norm(H), model.wte.weight).float(), -1)  # (Y-1, T, V)
-        kls[:-1] = (logp.exp() * (logp - final_logp)).sum(-1)
-    return kls
-
-
 def _decode_each(tok, ids: np.ndarray) -> list:
     """Decoded text of every id in an integer array, decoding each distinct id once."""
     uniq, inv = np.unique(ids, return_inverse=True)
@@ -143,20 +130,16 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
     ids = torch.tensor([ids_list])
     mem = model.cfg.memory
     layers = mem.layer_ids
-    names = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.backbone.n_layer)] + ["hook_compressed_ids"]
-    for L in layers:
-        p = f"blocks.{L}.engram."
-        names += [p + "hook_hash_ids", p + "readout.hook_gate_score", p + "readout.hook_gate", p + "readout.hook_out"]
-    model.eval()
-    logits, cache = model.run_with_cache_long(ids, names=names)
-    lens_names = [n for n in names if n.endswith("resid_post")]
+    lens_names = resid_names(model)
+    names = [*lens_names, "hook_compressed_ids", *memory_names(layers, (HASH_IDS, GATE_SCORE, GATE, OUT))]
+    logits, cache = activations(model, ids, names)
     off = KnockOut(all=True)
-    m_logits, m_cache = model.run_with_cache_long(ids, mask, names=lens_names)
+    m_logits, m_cache = activations(model, ids, lens_names, mask)
     on_next, on_top, on_topv, on_logp = _next_token_stats(logits[0], ids[0], top_k)
     m_next, m_top, m_topv, m_logp = _next_token_stats(m_logits[0], ids[0], top_k)
     off_cache, off_final = m_cache, m_logp
     if mask != off:  # the logit lens with memory off needs its own pass
-        off_logits, off_cache = model.run_with_cache_long(ids, off, names=lens_names)
+        off_logits, off_cache = activations(model, ids, lens_names, off)
         off_final = F.log_softmax(off_logits[0].float(), -1)
     cids = cache["hook_compressed_ids"]
     spec = mem.hash_spec
@@ -189,8 +172,8 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
         masked_topk_ids=m_top.numpy().astype(np.int64),
         masked_topk_logprob=m_topv.numpy(),
         kl=(on_logp.exp() * (on_logp - m_logp)).sum(-1).numpy(),
-        lens_kl_on=_lens_kl(model, cache, on_logp).numpy(),
-        lens_kl_off=_lens_kl(model, off_cache, off_final).numpy(),
+        lens_kl_on=lens_kl(model, cache, on_logp[None])[:, 0].numpy(),
+        lens_kl_off=lens_kl(model, off_cache, off_final[None])[:, 0].numpy(),
         topk_text=_decode_each(tok, on_top.numpy()),
         masked_topk_text=_decode_each(tok, m_top.numpy()),
     )
