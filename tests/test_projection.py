@@ -140,13 +140,26 @@ def test_cache_round_trip(tiny_ck, tmp_path, monkeypatch):
         compute_projection(tiny_ck, "pca", "layer0", cache_path=path, recompute=True)
 
 
-def test_default_cache_lives_beside_the_checkpoint(tiny_parts, tiny_model, tmp_path):
-    ck = Checkpoint(model=tiny_model, tokenizer=tiny_parts[0], meta={}, path=tmp_path)
-    compute_projection(ck, "pca", "layer1")
+def test_default_cache_lives_in_the_cache_dir_and_shipped_files_are_read(tiny_parts, tiny_model, tmp_path, monkeypatch):
+    from engram_inspect.cache import checkpoint_key
+
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "ck").mkdir()
+    ck = Checkpoint(model=tiny_model, tokenizer=tiny_parts[0], meta={}, path=tmp_path / "ck")
+    first = compute_projection(ck, "pca", "layer1")
     compute_projection(ck, "pca", "layer1", rows=np.arange(10, 300))
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert len(names) == 2 and all(n.startswith("projection-pca-layer1-") and n.endswith(".npz") for n in names)
+    assert list((tmp_path / "ck").iterdir()) == []  # nothing beside the weights
+    folder = tmp_path / "cache" / checkpoint_key(ck)
+    names = sorted(p.name for p in folder.iterdir())
+    assert len(names) == 2 and all(n.startswith("projection-pca-layer1") and n.endswith(".npz") for n in names)
     assert any("-rows" in n for n in names)
+    # a file shipped beside the weights, named with the checkpoint's key, is read before the cache
+    shipped = tmp_path / "ck" / f"projection-pca-layer1-{checkpoint_key(ck)}.npz"
+    (folder / "projection-pca-layer1.npz").rename(shipped)
+    msgs: list = []
+    again = compute_projection(ck, "pca", "layer1", progress=lambda d, t, m: d == 4 and msgs.append(m))
+    assert msgs == [f"loaded from {shipped.name}"] and np.array_equal(again.coords, first.coords)
+    assert not (folder / "projection-pca-layer1.npz").exists()
 
 
 @pytest.mark.parametrize(
