@@ -153,7 +153,7 @@ def test_concurrent_clients_do_not_cross_talk(served):
 
     def worker(i):
         c = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        for j in range(20):
+        for j in range(6):  # 48 requests, 8 at a time: enough to interleave captures
             t = texts[(i + j) % 8]
             got = c.predict(t, "all", api_name="/trace")
             if got["hash_rows"] != expected[t]:
