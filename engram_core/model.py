@@ -101,7 +101,7 @@ class EngramLM(nn.Module):
             )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= b.vocab_size):
             raise ValueError(f"token ids must lie in 0..{b.vocab_size - 1}, got {int(ids.min())}..{int(ids.max())}")
-        return ids.long()
+        return ids.long().to(self.wte.weight.device)  # ids from anywhere, the model's device from here on
 
     def hash_rows(self, ids: torch.Tensor) -> dict[int, torch.Tensor]:
         """Compress raw ids and hash them: per Engram layer, (B, T, H) head-local rows."""
@@ -193,6 +193,27 @@ class EngramLM(nn.Module):
         if names is None or "hook_compressed_ids" in names:
             out["hook_compressed_ids"] = self.compression[ids]  # hashed once above, outside the windows
         return torch.cat(logits_parts, 1), out
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor | list[int], n_tokens: int, knockout: KnockOut = NO_KNOCKOUT) -> torch.Tensor:
+        """Greedy continuation: the (B, n_tokens) ids that follow `ids` ((T,) or (B, T), T >= 1).
+
+        Each step reads at most the last block_size tokens, so a prompt of any length works.
+        """
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.as_tensor(ids, dtype=torch.long)  # subtle: [] would become a float tensor
+        ids = self.check_ids(ids, long_ok=True)
+        if ids.shape[1] == 0 or n_tokens < 0:
+            raise ValueError(f"greedy generation needs at least one prompt token and n_tokens >= 0, got {n_tokens}")
+        knockout.validate(self.cfg)
+        C = self.cfg.backbone.block_size
+        x = ids[:, -C:]
+        out = ids.new_empty((ids.shape[0], 0))
+        for _ in range(n_tokens):
+            nxt = self(x, knockout=knockout)[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+            out = torch.cat([out, nxt], 1)
+            x = torch.cat([x, nxt], 1)[:, -C:]
+        return out
 
     def param_counts(self) -> dict[str, int]:
         tables = sum(p.numel() for n, p in self.named_parameters() if n.endswith("table.weight"))
