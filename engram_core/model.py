@@ -19,6 +19,7 @@ from torch import nn
 from .config import ModelConfig
 from .engram import Engram
 from .hashing import hash_all
+from .hooks import COMPRESSED_IDS
 from .knockout import NO_KNOCKOUT, KnockOut
 from .layers import MLP, Attention, HookPoint, HyperResidual, RMSNorm
 
@@ -190,8 +191,8 @@ class EngramLM(nn.Module):
             for k, v in cache.items():
                 parts.setdefault(k, []).append(v[:, own - start :])
         out = {k: torch.cat(v, 1) for k, v in parts.items()}
-        if names is None or "hook_compressed_ids" in names:
-            out["hook_compressed_ids"] = self.compression[ids]  # hashed once above, outside the windows
+        if names is None or COMPRESSED_IDS in names:
+            out[COMPRESSED_IDS] = self.compression[ids]  # hashed once above, outside the windows
         return torch.cat(logits_parts, 1), out
 
     @torch.no_grad()
