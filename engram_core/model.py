@@ -130,7 +130,7 @@ class EngramLM(nn.Module):
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
         logits = self(ids, **kw)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(logits.device))
 
     def hook_names(self) -> list[str]:
         return [n for n, m in self.named_modules() if isinstance(m, HookPoint)]

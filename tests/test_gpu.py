@@ -62,3 +62,15 @@ def test_generation_on_cuda_matches_cpu(tiny_model):
         assert tiny_model.generate(prompt, 12).cpu().tolist() == want.tolist()
     finally:
         tiny_model.cpu()
+
+
+@cuda
+def test_loss_on_cuda_with_cpu_batches(tiny_model):
+    ids = ids_for(tiny_model, n=33)
+    want = float(tiny_model.loss(ids[:, :-1], ids[:, 1:]))
+    tiny_model.cuda()
+    try:
+        got = tiny_model.loss(ids[:, :-1], ids[:, 1:])  # batches sampled on the CPU, as in training
+        assert got.device.type == "cuda" and abs(float(got) - want) < 1e-4
+    finally:
+        tiny_model.cpu()
