@@ -70,6 +70,7 @@ class EngramLM(nn.Module):
         self.norm = RMSNorm(b.d_model)
         self.hook_compressed_ids = HookPoint()
         self.hook_logits = HookPoint()
+        self._valid_knockout: KnockOut = NO_KNOCKOUT  # the last knock-out that passed validate_knockout
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -104,6 +105,17 @@ class EngramLM(nn.Module):
             raise ValueError(f"token ids must lie in 0..{b.vocab_size - 1}, got {int(ids.min())}..{int(ids.max())}")
         return ids.long().to(self.wte.weight.device)  # ids from anywhere, the model's device from here on
 
+    def validate_knockout(self, knockout: KnockOut) -> None:
+        """`knockout.validate(self.cfg)`, skipped for the object that passed last time.
+
+        subtle: a mask of thousands of rows takes ~50 ms to check, and sliding
+        windows and generation run forward many times with the same object; the
+        config is frozen, so one pass per object is enough.
+        """
+        if knockout is not self._valid_knockout:
+            knockout.validate(self.cfg)
+            self._valid_knockout = knockout
+
     def hash_rows(self, ids: torch.Tensor) -> dict[int, torch.Tensor]:
         """Compress raw ids and hash them: per Engram layer, (B, T, H) head-local rows."""
         cids = self.hook_compressed_ids(self.compression[ids])  # §1
@@ -115,7 +127,7 @@ class EngramLM(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, V) of raw token ids (B, T); `rows` may carry precomputed hashes."""
         ids = self.check_ids(ids)
-        knockout.validate(self.cfg)  # cheap: a few set lookups per item
+        self.validate_knockout(knockout)
         if rows is None:
             rows = self.hash_rows(ids)
         M = self.cfg.backbone.n_branches
@@ -175,7 +187,7 @@ class EngramLM(nn.Module):
         Every hooked activation has time on dim 1, so windows stitch along it.
         """
         ids = self.check_ids(ids, long_ok=True)
-        knockout.validate(self.cfg)  # before hashing the whole text, not inside the first window
+        self.validate_knockout(knockout)  # before hashing the whole text, not inside the first window
         T, C = ids.shape[1], self.cfg.backbone.block_size
         if T <= C:
             return self.run_with_cache(ids, knockout, names)
@@ -206,7 +218,7 @@ class EngramLM(nn.Module):
         ids = self.check_ids(ids, long_ok=True)
         if ids.shape[1] == 0 or n_tokens < 0:
             raise ValueError(f"greedy generation needs at least one prompt token and n_tokens >= 0, got {n_tokens}")
-        knockout.validate(self.cfg)
+        self.validate_knockout(knockout)
         C = self.cfg.backbone.block_size
         x = ids[:, -C:]
         out = ids.new_empty((ids.shape[0], 0))
