@@ -193,6 +193,9 @@ def cmd_project(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from .address_cli import add_address_command
+
+    add_address_command(sub)
     s = sub.add_parser("trace", help="capture what the memory does for a text and export it")
     s.add_argument("text", nargs="?", help="the text (or use --file)")
     s.add_argument("--file", help="read the text from this file")
