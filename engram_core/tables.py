@@ -133,7 +133,8 @@ def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[
         for layer, t in found.items():
             if layer in layout.layers and t.n_rows != layout.num_embeddings(layer):
                 raise LayoutError(
-                    f"{t.name} has {t.n_rows:,} rows but the layout gives layer {layer} {layout.num_embeddings(layer):,}"
+                    f"{t.name} has {t.n_rows:,} rows but the layout gives layer {layer} "
+                    f"{layout.num_embeddings(layer):,}"
                 )
             if t.values.shape[1] != layout.d_head:
                 raise LayoutError(f"{t.name} rows are {t.values.shape[1]} wide, the layout says {layout.d_head}")

@@ -39,7 +39,7 @@ def _sample_rows(layout, files: list[str], tokens: int) -> dict[int, object]:
     """Global rows read by the first `tokens` tokens of the sample files, per layer."""
     import numpy as np
 
-    from engram_core.addressing import look_back, local_rows
+    from engram_core.addressing import local_rows, look_back
 
     texts = []
     for f in files:
