@@ -16,10 +16,11 @@ import numpy as np
 
 from .layout import LayoutError, MemoryLayout, check_ids
 
-# subtle: mix < 2^63 loses at most 11 bits as a float64, so mix * (1/p) is within 1 of
-# floor(mix / p) for p < 2^31 and one correction each way makes the remainder exact;
-# float multiplies vectorise where numpy's int64 `%` does not (bench/bench_addressing.py).
-_MAX_FLOAT_PRIME = 1 << 31
+# subtle: mix < 2^63 as a float64, times 1/p, carries a relative error below 3 x 2^-53, so
+# the quotient (< 2^63 / p) is off by less than 3 x 2^10 / p: under 1 for p >= 2^12, and one
+# correction each way makes the remainder exact. Float multiplies vectorise where numpy's
+# int64 `%` does not (bench/bench_addressing.py); smaller primes (tiny test layouts) use `%`.
+_MIN_FLOAT_PRIME = 1 << 12
 
 
 def look_back(n: int, dead: np.ndarray | None = None, starts: np.ndarray | None = None) -> np.ndarray:
@@ -60,13 +61,20 @@ def mixes(cids: np.ndarray, run: np.ndarray, layout: MemoryLayout, layer: int) -
 
 def mod_rows(mix: np.ndarray, prime: int, out: np.ndarray) -> None:
     """out = mix mod prime for mix >= 0, exactly, through a float64 quotient estimate."""
-    if prime >= _MAX_FLOAT_PRIME:
+    if prime < _MIN_FLOAT_PRIME:
         np.remainder(mix, prime, out=out)
         return
     q = (mix.astype(np.float64) * (1.0 / prime)).astype(np.int64)
     np.subtract(mix, q * prime, out=out)
     out[out < 0] += prime
     out[out >= prime] -= prime
+
+
+def mix_rows(mix: np.ndarray, prime: int) -> np.ndarray:
+    """mix mod prime as a new array."""
+    out = np.empty_like(mix)
+    mod_rows(mix, prime, out)
+    return out
 
 
 def local_rows(cids: np.ndarray, run: np.ndarray, layout: MemoryLayout, layers=None) -> np.ndarray:
