@@ -26,7 +26,7 @@ import numpy as np
 
 from engram_core.layout import MemoryLayout
 
-from .traffic import CACHE_SIZES, ShardCounts, Summary, cache_curves, head_rows, map_shard, merge, zipf_curve
+from .traffic import ShardCounts, Summary, cache_curves, head_rows, map_shard, merge, zipf_curve
 
 TEXT_SUFFIXES = (".txt", ".md", ".py")
 SHARD_BYTES = 4 << 20  # text bytes per shard of a folder: bounds a map step's memory

@@ -154,7 +154,9 @@ def previous_access(stream: np.ndarray) -> np.ndarray:
     out = np.empty(n, np.int64)
     for i in range(n):
         key = stream[i]
-        slot = (key * 0x9E3779B1) & (cap - 1)
+        # subtle: a hash unrelated to `sample_mask`'s, whose kept ids would otherwise crowd a few slots
+        x = (key ^ (key >> 31)) * 0x7FB5D329728EA185
+        slot = (x ^ (x >> 27)) & (cap - 1)
         while keys[slot] != -1 and keys[slot] != key:
             slot = (slot + 1) & (cap - 1)
         if keys[slot] == key:
