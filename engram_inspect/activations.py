@@ -2,9 +2,8 @@
 
 `capture` (one text), `health` (gates and rows over corpus windows) and the studies
 (held-out windows) all read activations through `activations` and compare layers
-through `lens_kl`. Hooks are named as the model names them (`EngramLM.hook_names`):
-`blocks.{i}.hook_resid_post`, `blocks.{L}.engram.hook_hash_ids`,
-`blocks.{L}.engram.readout.hook_gate`, ...
+through `lens_kl`. Hook names come from the core (`engram_core.hooks`), which spells
+them in one place.
 
 B batch, T time, M branches, D width, Y blocks, V vocabulary.
 """
@@ -17,23 +16,22 @@ import torch
 import torch.nn.functional as F
 
 from engram_core import KnockOut
+from engram_core.hooks import block_hook, engram_hook
 from engram_core.knockout import NO_KNOCKOUT
 
-HASH_IDS = "hook_hash_ids"
-GATE_SCORE = "readout.hook_gate_score"
-GATE = "readout.hook_gate"
-OUT = "readout.hook_out"
+# short names of the Engram hooks (engram_core.hooks.ENGRAM_HOOKS) that analyses read
+HASH_IDS, GATE_SCORE, GATE, OUT = "hash_ids", "gate_score", "gate", "out"
 
 
 def memory_names(layers: Iterable[int], parts: Iterable[str] = (HASH_IDS, GATE)) -> list[str]:
-    """Hook names of the given parts (HASH_IDS, GATE, ...) in every listed Engram layer."""
+    """Hook names of the given parts (HASH_IDS, GATE, ...) in every listed Engram layer, layer-major."""
     parts = list(parts)
-    return [f"blocks.{L}.engram.{p}" for L in layers for p in parts]
+    return [engram_hook(L, p) for L in layers for p in parts]
 
 
 def resid_names(model) -> list[str]:
     """The residual stream after every block, first to last."""
-    return [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.backbone.n_layer)]
+    return [block_hook(i, "resid_post") for i in range(model.cfg.backbone.n_layer)]
 
 
 class _Stop(Exception):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from engram_core import Checkpoint, KnockOut
 from engram_core.hashing import suffix_ngrams
+from engram_core.hooks import COMPRESSED_IDS, engram_hook
 from engram_core.tokenizer import encode
 
 from .activations import GATE, GATE_SCORE, HASH_IDS, OUT, activations, lens_kl, memory_names, resid_names
@@ -131,7 +132,7 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
     mem = model.cfg.memory
     layers = mem.layer_ids
     lens_names = resid_names(model)
-    names = [*lens_names, "hook_compressed_ids", *memory_names(layers, (HASH_IDS, GATE_SCORE, GATE, OUT))]
+    names = [*lens_names, COMPRESSED_IDS, *memory_names(layers, (HASH_IDS, GATE_SCORE, GATE, OUT))]
     logits, cache = activations(model, ids, names)
     off = KnockOut(all=True)
     m_logits, m_cache = activations(model, ids, lens_names, mask)
@@ -141,13 +142,13 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
     if mask != off:  # the logit lens with memory off needs its own pass
         off_logits, off_cache = activations(model, ids, lens_names, off)
         off_final = F.log_softmax(off_logits[0].float(), -1)
-    cids = cache["hook_compressed_ids"]
+    cids = cache[COMPRESSED_IDS]
     spec = mem.hash_spec
     ngram = np.full((len(spec.orders), len(ids_list), mem.max_ngram), -1, dtype=np.int64)
     for o, n in enumerate(spec.orders):
         ngram[o, :, :n] = suffix_ngrams(cids, spec, n)[0].numpy()
     tokens = _decode_each(tok, np.asarray(ids_list))
-    stack = lambda suffix: torch.stack([cache[f"blocks.{L}.engram.{suffix}"][0] for L in layers])  # noqa: E731
+    stack = lambda part: torch.stack([cache[engram_hook(L, part)][0] for L in layers])  # noqa: E731
     return Trace(
         text=text,
         checkpoint=checkpoint_key(ck),
@@ -160,10 +161,10 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
         heads_per_ngram=mem.heads_per_ngram,
         ngram_ids=ngram,
         ngram_text=_ngram_texts(tok, ids_list, tokens, spec.orders),
-        hash_rows=stack("hook_hash_ids").numpy().astype(np.int64),
-        gate_score=stack("readout.hook_gate_score").float().numpy(),
-        gate=stack("readout.hook_gate").float().numpy(),
-        out_norm=stack("readout.hook_out").flatten(2).norm(dim=-1).float().numpy(),
+        hash_rows=stack(HASH_IDS).numpy().astype(np.int64),
+        gate_score=stack(GATE_SCORE).float().numpy(),
+        gate=stack(GATE).float().numpy(),
+        out_norm=stack(OUT).flatten(2).norm(dim=-1).float().numpy(),
         mask=mask,
         logprob_next=on_next.numpy(),
         topk_ids=on_top.numpy().astype(np.int64),
