@@ -44,6 +44,8 @@ def test_trace_json_to_stdout_from_file(ckdir, tmp_path, capsys):
         (["trace", "hi", "--format", "xml"], "unknown format"),
         (["trace", "hi", "--format", "npz"], "give -o"),
         (["trace", "hi", "--knockout", "layer=x"], "bad knock-out"),
+        (["trace", "hi", "--knockout", "head=0:2:2"], "head=0:2:2"),  # heads are 0..1: once aliased 0:3:0
+        (["trace", "hi", "--knockout", "layer=9"], "layer=9"),
         (["neighbours", "hi", "--layer", "7"], "not an Engram layer"),
         (["neighbours", "hi", "--order", "9"], "order"),
         (["neighbours", "--row", "0:2:0"], "L:N:K:R"),

@@ -102,3 +102,17 @@ def test_a_run_draws_only_the_tab_on_screen(tiny_session, tiny_demo, monkeypatch
 
 def _ids(blocks):
     return [getattr(b, "elem_id", None) for b in blocks]
+
+
+def test_knockout_switches_carry_values():
+    from app.tabs.knockout import switches_knockout
+    from engram_core import KnockOut
+
+    ko = switches_knockout(False, [1], [3], ["1:2:0", "0:3:1"], [0, 2], " 1:2:0:5, row=0:3:1:7 ")
+    assert ko == KnockOut(
+        layers={1}, orders={3}, heads={(1, 2, 0), (0, 3, 1)}, branches={0, 2}, rows={(1, 2, 0, 5), (0, 3, 1, 7)}
+    )
+    assert switches_knockout(True, [], [], [], [], "") == KnockOut(all=True)
+    for typed in ("layer=1", "1:2:0", "all"):  # the row list names rows only
+        with pytest.raises(ValueError, match="bad row address"):
+            switches_knockout(False, [], [], [], [], typed)

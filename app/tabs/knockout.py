@@ -25,9 +25,8 @@ CONTINUATION_TOKENS = 24
 def switches_knockout(all_off: bool, layers: list, orders: list, heads: list, branches: list, rows: str) -> KnockOut:
     """The KnockOut the switches describe; a bad row list raises ValueError (one line)."""
     typed = [r.strip() for r in (rows or "").split(",") if r.strip()]
+    # every typed item becomes a row= item, so the list can only ever name rows
     from_rows = parse_knockout(",".join(r if r.startswith("row=") else f"row={r}" for r in typed))
-    if from_rows.all or from_rows.layers or from_rows.orders or from_rows.heads or from_rows.branches:
-        raise ValueError("the row list takes rows L:N:K:R only")
     return KnockOut(
         all=bool(all_off),
         layers=frozenset(int(x) for x in layers or ()),
