@@ -108,12 +108,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser(*adders: Adder) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engram", description="Engram Inspector: a compact Engram LM and its memory.")
     sub = p.add_subparsers(dest="command", required=True)
-    seen: set[Adder] = set()
+    seen: set[str] = set()
     for add in (add_commands, *adders):
-        if add not in seen:  # the same adder, named explicitly and by an entry point, adds once
-            seen.add(add)
+        key = _adder_key(add)
+        if key not in seen:  # the same adder, named explicitly and by an entry point, adds once
+            seen.add(key)
             add(sub)
     return p
+
+
+def _adder_key(add: Adder) -> str:
+    """Where an adder is defined, the same whether it was loaded by name or run as `python -m`."""
+    module = getattr(add, "__module__", None) or ""
+    if module == "__main__":
+        # subtle: `python -m engram_inspect.cli` defines its adder again in __main__; its spec keeps the real name
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else module
+    return f"{module}.{getattr(add, '__qualname__', repr(add))}"
 
 
 def command_adders(eps: Iterable[EntryPoint] | None = None) -> list[Adder]:
