@@ -86,16 +86,18 @@ def read_shard(shard: Shard) -> tuple[list[str], list[str]]:
     for p in shard.paths:
         try:
             if shard.kind == "files":
-                docs.append(Path(p).read_bytes().decode("utf-8"))
+                texts = [Path(p).read_bytes().decode("utf-8")]
             elif shard.kind == "jsonl":
                 with open(p, encoding="utf-8") as f:
-                    docs.extend(json.loads(line)["text"] for line in f if line.strip())
+                    texts = [json.loads(line)["text"] for line in f if line.strip()]
             else:
                 import pyarrow.parquet as pq
 
-                docs.extend(pq.read_table(p, columns=["text"]).column("text").to_pylist())
+                texts = pq.read_table(p, columns=["text"]).column("text").to_pylist()
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
             problems.append(f"{p}: {type(e).__name__}: {str(e)[:120]}")
+            continue  # the whole file is skipped: half a file would skew its counts silently
+        docs.extend(texts)
     return [d for d in docs if isinstance(d, str)], problems
 
 
@@ -327,7 +329,9 @@ def cmd_scan(args) -> None:
             raise ScanError(f"--sample-rate must lie in (0, 1], got {args.sample_rate}")
         if args.workers < 1:
             raise ScanError(f"--workers must be at least 1, got {args.workers}")
-        shards = plan_shards(args.paths)  # no such path: before the model loads
+        if args.shard_bytes < 1:
+            raise ScanError(f"--shard-bytes must be positive, got {args.shard_bytes}")
+        shards = plan_shards(args.paths, args.shard_bytes)  # no such path: before the model loads
         layout = load_layout(args.model)
     except ValueError as e:
         raise UserError(str(e)) from e
@@ -343,7 +347,17 @@ def cmd_scan(args) -> None:
         )
 
     del shards
-    s = scan(layout, args.paths, args.output, executor, args.ray_address, args.workers, args.sample_rate, progress)
+    s = scan(
+        layout,
+        args.paths,
+        args.output,
+        executor,
+        args.ray_address,
+        args.workers,
+        args.sample_rate,
+        progress,
+        args.shard_bytes,
+    )
     print(
         f"{s['tokens']:,} tokens, {s['documents']:,} documents in {s['seconds']} s ({s['tokens_per_s']:,} tokens/s), "
         f"{s['skipped_files']} files skipped, peak RSS {s['peak_rss_mib']:,} MiB: {args.output}"
@@ -386,4 +400,5 @@ def add_scan_command(sub) -> None:
     s.add_argument("--ray-address", help="join an existing Ray cluster at HOST:PORT")
     s.add_argument("--workers", type=int, default=2, help="concurrent Ray map tasks")
     s.add_argument("--sample-rate", type=float, default=DEFAULT_SAMPLE_RATE, help="LRU replay sample rate")
+    s.add_argument("--shard-bytes", type=int, default=SHARD_BYTES, help="text bytes per shard of a folder")
     s.set_defaults(fn=cmd_scan)
