@@ -42,7 +42,8 @@ def main() -> None:
             base = base or map_rate
             print(
                 f"{name:>15}: {s['tokens']:,} tokens in {s['shards']} shards, {s['seconds']:.1f} s "
-                f"({s['tokens_per_s']:,} tokens/s overall; map {map_rate:,.0f} tokens/s = {map_rate / base:.2f}x local), "
+                f"({s['tokens_per_s']:,} tokens/s overall; "
+                f"map {map_rate:,.0f} tokens/s = {map_rate / base:.2f}x local), "
                 f"driver peak RSS {s['peak_rss_mib']:,} MiB"
             )
     ray.shutdown()

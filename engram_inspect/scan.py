@@ -178,8 +178,10 @@ def run_ray(layout_name: str, shards, parts, rate, progress, address: str | None
         return {"line": [json.dumps(x) for x in lines]}
 
     items = [{"kind": s.kind, "paths": json.dumps(list(s.paths))} for s in shards]
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our progress lines say it once
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    for row in ds.map_batches(map_batch, batch_size=1, concurrency=workers).iter_rows():
+    pool = ray.data.TaskPoolStrategy(size=workers)
+    for row in ds.map_batches(map_batch, batch_size=1, compute=pool).iter_rows():
         progress(json.loads(row["line"]))
 
 
