@@ -278,7 +278,8 @@ def scan(
             done[k] += line[k]
         done["shards"] += 1
         if progress:
-            progress({**done, "total_shards": len(shards), "seconds": time.perf_counter() - t0, **line})
+            # cumulative documents and tokens (shards done before a crash included), and this shard's state
+            progress({**line, **done, "total_shards": len(shards), "seconds": time.perf_counter() - t0})
 
     if executor == "ray":
         run_ray(layout.name, shards, parts, rate, tick, address, workers)
@@ -343,7 +344,7 @@ def cmd_scan(args) -> None:
         rate = p["tokens"] / max(p["seconds"], 1e-9)
         state = "done before, skipped" if p["skipped"] else "done"
         print(
-            f"shard {p['shards']}/{p['total_shards']} {state}: {p['documents']:,} documents, "
+            f"shard {p['shards']}/{p['total_shards']} {state}; so far {p['documents']:,} documents, "
             f"{p['tokens']:,} tokens, {rate:,.0f} tokens/s",
             file=sys.stderr,
         )
