@@ -19,7 +19,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -298,9 +298,6 @@ def scan(
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-__all__ = ["Shard", "ScanError", "plan_shards", "read_shard", "scan", "asdict"]
 
 
 # -- command ------------------------------------------------------------------------------------
