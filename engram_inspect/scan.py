@@ -43,10 +43,24 @@ class Shard:
 
     kind: str  # "files", "jsonl" or "parquet"
     paths: tuple[str, ...]
+    span: tuple[int, int] | None = None  # byte range of a JSONL file, cut at line ends
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps([self.kind, self.paths]).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps([self.kind, self.paths, self.span]).encode()).hexdigest()[:16]
+
+
+def jsonl_shards(path: Path, shard_bytes: int) -> list[Shard]:
+    """A JSONL file cut into byte ranges of about `shard_bytes`, each ending at a line end."""
+    size, start, out = path.stat().st_size, 0, []
+    with open(path, "rb") as f:
+        while start < size:
+            f.seek(min(start + shard_bytes, size))
+            f.readline()
+            end = min(f.tell(), size)
+            out.append(Shard("jsonl", (str(path),), (start, end)))
+            start = end
+    return out or [Shard("jsonl", (str(path),), (0, 0))]
 
 
 def plan_shards(paths: list[str], shard_bytes: int = SHARD_BYTES) -> list[Shard]:
@@ -57,7 +71,8 @@ def plan_shards(paths: list[str], shard_bytes: int = SHARD_BYTES) -> list[Shard]
         if not path.exists():
             raise ScanError(f"no such path: {p}")
         if path.is_dir():
-            files = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
+            found = sorted(f for f in path.rglob("*") if f.is_file())
+            files = [str(f) for f in found if f.suffix in TEXT_SUFFIXES]
             group, size = [], 0
             for f in files:
                 group.append(f)
@@ -67,8 +82,13 @@ def plan_shards(paths: list[str], shard_bytes: int = SHARD_BYTES) -> list[Shard]
                     group, size = [], 0
             if group:
                 shards.append(Shard("files", tuple(group)))
+            for f in found:  # JSONL and Parquet files inside a folder are their own shards
+                if f.suffix == ".jsonl":
+                    shards.extend(jsonl_shards(f, shard_bytes))
+                elif f.suffix == ".parquet":
+                    shards.append(Shard("parquet", (str(f),)))
         elif path.suffix == ".jsonl":
-            shards.append(Shard("jsonl", (str(path),)))
+            shards.extend(jsonl_shards(path, shard_bytes))
         elif path.suffix == ".parquet":
             shards.append(Shard("parquet", (str(path),)))
         elif path.suffix in TEXT_SUFFIXES:
@@ -88,14 +108,17 @@ def read_shard(shard: Shard) -> tuple[list[str], list[str]]:
             if shard.kind == "files":
                 texts = [Path(p).read_bytes().decode("utf-8")]
             elif shard.kind == "jsonl":
-                with open(p, encoding="utf-8") as f:
-                    texts = [json.loads(line)["text"] for line in f if line.strip()]
+                with open(p, "rb") as f:
+                    f.seek(shard.span[0])
+                    lines = f.read(shard.span[1] - shard.span[0]).decode("utf-8").splitlines()
+                texts = [json.loads(line)["text"] for line in lines if line.strip()]
             else:
                 import pyarrow.parquet as pq
 
                 texts = pq.read_table(p, columns=["text"]).column("text").to_pylist()
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-            problems.append(f"{p}: {type(e).__name__}: {str(e)[:120]}")
+            where = f"{p} bytes {shard.span[0]}-{shard.span[1]}" if shard.span else p
+            problems.append(f"{where}: {type(e).__name__}: {str(e)[:120]}")
             continue  # the whole file is skipped: half a file would skew its counts silently
         docs.extend(texts)
     return [d for d in docs if isinstance(d, str)], problems
@@ -172,12 +195,15 @@ def run_ray(layout_name: str, shards, parts, rate, progress, address: str | None
 
         lay = _worker_layout(layout_name, load_layout)
         lines = [
-            run_map(lay, Shard(k, tuple(json.loads(p))), Path(parts), rate)
-            for k, p in zip(batch["kind"], batch["paths"], strict=True)
+            run_map(lay, Shard(k, tuple(json.loads(p)), tuple(json.loads(sp)) if sp else None), Path(parts), rate)
+            for k, p, sp in zip(batch["kind"], batch["paths"], batch["span"], strict=True)
         ]
         return {"line": [json.dumps(x) for x in lines]}
 
-    items = [{"kind": s.kind, "paths": json.dumps(list(s.paths))} for s in shards]
+    items = [
+        {"kind": s.kind, "paths": json.dumps(list(s.paths)), "span": json.dumps(s.span) if s.span else ""}
+        for s in shards
+    ]
     ray.data.DataContext.get_current().enable_progress_bars = False  # our progress lines say it once
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     pool = ray.data.TaskPoolStrategy(size=workers)

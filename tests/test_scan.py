@@ -170,3 +170,20 @@ def test_local_and_ray_give_the_same_files(tmp_path, layout, ray_cluster):
     for f in FILES:
         assert sorted_table(tmp_path / "local" / f).equals(sorted_table(tmp_path / "ray" / f))
     assert local["heads"] == ray_run["heads"]
+
+
+def test_jsonl_is_cut_at_line_ends(tmp_path, layout):
+    lines = [json.dumps({"text": f"line {i}: " + "to be or not to be " * (i % 7)}) for i in range(60)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    shards = plan_shards([str(tmp_path / "in")], 500)
+    assert (
+        len(shards) > 3
+        and shards[0].span[0] == 0
+        and shards[-1].span[1] == (tmp_path / "in" / "docs.jsonl").stat().st_size
+    )
+    small = scan(layout, [str(tmp_path / "in")], tmp_path / "small", shard_bytes=500)
+    whole = scan(layout, [str(tmp_path / "in")], tmp_path / "whole")
+    assert small["documents"] == whole["documents"] == 60 and small["skipped_files"] == 0
+    for f in ("rows.parquet", "ngrams.parquet"):  # the LRU curve differs: each shard starts cold
+        assert sorted_table(tmp_path / "small" / f).equals(sorted_table(tmp_path / "whole" / f))
