@@ -349,6 +349,11 @@ def cmd_scan(args) -> None:
     from engram_core.layout import load_layout
 
     try:
+        if args.ray or args.ray_address:
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ScanError("--ray needs the optional extra: pip install 'engram-inspector[scale]'")
         if args.ray_address:
             check_ray_address(args.ray_address)
         if not 0 < args.sample_rate <= 1:
