@@ -164,6 +164,8 @@ def test_stats_reads_a_scan(tmp_path, layout):
 @pytest.mark.slow
 def test_local_and_ray_give_the_same_files(tmp_path, layout, ray_cluster):
     folder = corpus(tmp_path / "c", 5)
+    lines = [json.dumps({"text": f"record {i}: all the world's a stage " * (i % 5 + 1)}) for i in range(40)]
+    (folder / "records.jsonl").write_text("\n".join(lines) + "\n")  # cut into byte ranges: spans travel to Ray
     local = scan(layout, [str(folder)], tmp_path / "local", shard_bytes=1500)
     ray_run = scan(layout, [str(folder)], tmp_path / "ray", executor="ray", workers=2, shard_bytes=1500)
     assert local["tokens"] == ray_run["tokens"] and local["shards"] == ray_run["shards"] > 1
