@@ -3,22 +3,14 @@
 Headless: torch, numpy, tokenizers and safetensors only. See ENGRAM notes in docs/.
 """
 
-from .addressing import Addresses, address, address_text
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .compression import Compression, build_compression
 from .config import BackboneConfig, MemoryConfig, ModelConfig
 from .hashing import HashSpec, hash_ids, suffix_ngrams
 from .knockout import KnockOut
-from .layout import LayoutError, MemoryLayout, load_layout
 from .model import EngramLM
 
 __all__ = [
-    "Addresses",
-    "LayoutError",
-    "MemoryLayout",
-    "address",
-    "address_text",
-    "load_layout",
     "BackboneConfig",
     "Checkpoint",
     "CheckpointError",
