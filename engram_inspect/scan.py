@@ -220,14 +220,26 @@ def _worker_layout(name: str, load):
     return _LAYOUTS[name]
 
 
+def fold_parts(paths: list[Path], batch: int = 8) -> tuple[ShardCounts, list[str]]:
+    """Merge the parts a few at a time into a running total: memory holds the distinct
+    N-grams so far plus `batch` parts, not every part of the corpus at once."""
+    total, pending, problems = None, [], []
+    for i, path in enumerate(paths):
+        counts, meta = _load(path)
+        pending.append(counts)
+        problems += meta["problems"]
+        if len(pending) == batch or i == len(paths) - 1:
+            total = merge(([total] if total is not None else []) + pending)
+            pending = []
+    return total, problems
+
+
 def reduce_parts(layout: MemoryLayout, shards: list[Shard], parts: Path, out_dir: Path, rate: float) -> dict:
     """Merge every shard's part into rows.parquet, ngrams.parquet, cache.parquet; return the summary."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    loaded = [_load(parts / f"{s.key}.npz") for s in shards]
-    counts = merge([c for c, _ in loaded])
-    problems = [p for _, m in loaded for p in m["problems"]]
+    counts, problems = fold_parts([parts / f"{s.key}.npz" for s in shards])
     summary = Summary()
     rows_w = ngrams_w = None
     for hr in head_rows(layout, counts):
