@@ -38,7 +38,8 @@ def config(branches: int = 4) -> ModelConfig:
 
 
 def build(kind: str, compiled: bool, seed: int = 0):
-    """(model, optimizers, step function) for 'baseline', 'ours' or 'plain' (ours with M = 1)."""
+    """(model, optimizers, step function) for 'baseline', 'ours', 'ours-graph' (the dense part as
+    one compiled graph instead of one per block) or 'plain' (ours with M = 1)."""
     torch.manual_seed(seed)
     ours = EngramLM(config(1 if kind == "plain" else 4), COMPRESSION)
     if kind == "baseline":
@@ -50,7 +51,7 @@ def build(kind: str, compiled: bool, seed: int = 0):
         return model, opts, base.train_step
     opts = make_optimizers(ours, TrainConfig())
     if compiled:
-        compile_dense(ours)
+        compile_dense(ours, "model" if kind == "ours-graph" else "blocks")
     return ours, opts, train_step
 
 
@@ -87,6 +88,8 @@ def report(res: dict, precision: str, size: int) -> None:
             f"first step incl. compile {v['first_step_s']:.0f} s)"
         )
     print(f"  ours / baseline: {tok['ours'] / tok['baseline']:.2f}x the tokens/s (target >= 2x), {precision}")
+    if "ours-graph" in tok:
+        print(f"  ours as one graph / baseline: {tok['ours-graph'] / tok['baseline']:.2f}x the tokens/s")
     if "plain" in tok:
         print(f"  ours (M = 4) / plain residual (M = 1): {tok['ours'] / tok['plain']:.2f}x the tokens/s")
 
@@ -99,6 +102,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--eager", action="store_true", help="no torch.compile on either side")
     p.add_argument("--no-plain", action="store_true", help="skip the plain-residual twin")
+    p.add_argument("--graph", action="store_true", help="also ours compiled as one graph")
     p.add_argument("--curves", type=int, default=0, help="instead: train baseline and ours this many steps")
     p.add_argument("--curve-batch", type=int, default=16)
     a = p.parse_args()
@@ -109,7 +113,7 @@ def main() -> None:
         return
     auto = choose_precision("auto")
     precisions = [auto] if a.dtype == "auto" else ["bf16", "fp32"] if a.dtype == "both" else [a.dtype]
-    kinds = ("baseline", "ours") if a.no_plain else ("baseline", "ours", "plain")
+    kinds = ("baseline", "ours") + (("ours-graph",) if a.graph else ()) + (() if a.no_plain else ("plain",))
     print(f"machine: {machine()}; `engram train` picks {describe(auto)}")
     print(f"batch {a.batch} x 256 tokens, {'eager' if a.eager else 'compiled'}, median of {a.rounds} interleaved steps")
     for precision in precisions:

@@ -125,18 +125,27 @@ class EngramLM(nn.Module):
         return {i: self.blocks[i].engram.lookup(r, knockout) for i, r in rows.items()}
 
     def dense(self, ids: torch.Tensor, e: dict[int, torch.Tensor | None], knockout: KnockOut) -> torch.Tensor:
-        """Everything after the lookups, logits (B, T, V): one region that training compiles whole."""
+        """Everything after the lookups, logits (B, T, V): the part training compiles."""
+        return self.head(self.stream(ids, e, knockout))
+
+    def stream(self, ids: torch.Tensor, e: dict[int, torch.Tensor | None], knockout: KnockOut) -> torch.Tensor:
+        """The residual stream (B, T, M, D) after the last block."""
         M = self.cfg.backbone.n_branches
         H = self.wte(ids).unsqueeze(2).expand(-1, -1, M, -1)  # (B, T, M, D)
         for i, block in enumerate(self.blocks):
             H = block(H, e.get(i), knockout)
+        return H
+
+    def head(self, H: torch.Tensor) -> torch.Tensor:
         return self.hook_logits(F.linear(self.norm(H.mean(2)), self.wte.weight))  # tied head
+
+    def head_loss(self, H: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.head(H).flatten(0, 1).float(), targets.flatten())
 
     def dense_loss(
         self, ids: torch.Tensor, e: dict[int, torch.Tensor | None], targets: torch.Tensor, knockout: KnockOut
     ) -> torch.Tensor:
-        logits = self.dense(ids, e, knockout)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return self.head_loss(self.stream(ids, e, knockout), targets)
 
     def forward_long(self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT) -> torch.Tensor:
         """Logits for sequences longer than the context, by sliding windows (see `run_with_cache_long`)."""

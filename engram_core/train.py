@@ -111,15 +111,21 @@ def make_optimizers(model: EngramLM, cfg: TrainConfig) -> list[torch.optim.Optim
     return opts
 
 
-def compile_dense(model: EngramLM) -> None:
-    """Compile everything after the table lookups as one graph, in place: embedding, mHC maps,
-    attention, MLP, Engram read-outs, head and loss. Hashing and the sparse lookups stay eager.
+def compile_dense(model: EngramLM, mode: str = "blocks") -> None:
+    """Compile everything after the table lookups, in place; hashing and the sparse lookups stay eager.
 
-    One graph instead of one per sublayer lets the compiler fuse across the residual
-    (no materialised (B, T, M, D) sums between sublayers) and run the loss without
-    a round trip through eager code (bench/README.md has the profile).
+    "blocks": one graph per block (Engram read-out, both mHC sublayers and the
+    residual sums between them) and one for the head and loss. "model": the whole
+    dense part as one graph. bench/README.md has what each costs.
     """
-    model.dense_loss = torch.compile(model.dense_loss, dynamic=False)
+    if mode == "model":
+        model.dense_loss = torch.compile(model.dense_loss, dynamic=False)
+    elif mode == "blocks":
+        for block in model.blocks:
+            block.compile(dynamic=False)
+        model.head_loss = torch.compile(model.head_loss, dynamic=False)
+    else:
+        raise ValueError(f"compile mode must be 'blocks' or 'model', got {mode!r}")
 
 
 def sample_batch(stream: np.ndarray, batch: int, T: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
