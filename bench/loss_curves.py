@@ -29,30 +29,20 @@ from engram_core.train import TrainConfig, compile_dense, lr_factor, make_optimi
 OUT = Path(__file__).resolve().parent
 
 
-def run(kind: str, cfg: ModelConfig, comp: np.ndarray, stream: np.ndarray, tcfg: TrainConfig, bf16: bool) -> list:
+def build(kind: str, cfg: ModelConfig, comp: np.ndarray, tcfg: TrainConfig):
     torch.manual_seed(tcfg.seed)
     ours = EngramLM(cfg, comp)
     if kind == "baseline":
         model = base.BaselineLM(cfg, comp)
         model.load_state_dict(ours.state_dict())
-        opts, step_fn = base.make_optimizers(model), base.train_step
         base.compile_dense(model)
-    else:
-        model, opts, step_fn = ours, make_optimizers(ours, tcfg), train_step
-        compile_dense(model)
-    rng = np.random.default_rng(tcfg.seed)
-    steps, losses, t0 = tcfg.steps(256), [], time.perf_counter()
-    for i in range(steps):
-        for opt in opts:
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * lr_factor(i, steps, tcfg)
-        x, y = sample_batch(stream, tcfg.batch_size, 256, rng)
-        losses.append(float(step_fn(model, opts, x, y, bf16)))
-    print(f"  {kind} seed {tcfg.seed}: {steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
-    return losses
+        return model, base.make_optimizers(model), base.train_step
+    compile_dense(ours)
+    return ours, make_optimizers(ours, tcfg), train_step
 
 
 def run_curves(steps: int, batch: int, precision: str, seeds: tuple[int, ...] = (0, 1)) -> dict:
+    """Train the runs in lockstep (one step each in turn), so a cut-short run still pairs up."""
     ck = load_checkpoint(DEFAULT_CHECKPOINT)
     _, streams, _ = prepare_corpus(tokenizer=ck.tokenizer, log=lambda *_: None)
     stream = np.concatenate([streams["train/plays"], streams["train/code"]])
@@ -61,10 +51,26 @@ def run_curves(steps: int, batch: int, precision: str, seeds: tuple[int, ...] = 
     cfg = ModelConfig(type(b)(**{**b.__dict__, "sinkhorn_tol": 0.0}), ck.model.cfg.memory)
     comp = ck.model.compression.numpy()
     print(f"machine: {machine()}; {describe(precision)}; {steps} steps of {batch} x 256 tokens", flush=True)
-    curves = {}
+    runs = {}
     for kind, seed in [("ours", seeds[0]), ("baseline", seeds[0]), *[("baseline", s) for s in seeds[1:]]]:
         tcfg = TrainConfig(tokens=steps * batch * 256, batch_size=batch, seed=seed)
-        curves[f"{kind} seed {seed}"] = run(kind, cfg, comp, stream, tcfg, precision == "bf16")
+        runs[f"{kind} seed {seed}"] = (*build(kind, cfg, comp, tcfg), tcfg, np.random.default_rng(seed))
+    curves: dict[str, list[float]] = {k: [] for k in runs}
+    t0 = time.perf_counter()
+    for i in range(steps):
+        for name, (model, opts, step_fn, tcfg, rng) in runs.items():
+            for opt in opts:
+                for g in opt.param_groups:
+                    g["lr"] = g["base_lr"] * lr_factor(i, steps, tcfg)
+            x, y = sample_batch(stream, tcfg.batch_size, 256, rng)
+            curves[name].append(float(step_fn(model, opts, x, y, precision == "bf16")))
+        if (i + 1) % 10 == 0:
+            print(
+                f"  step {i + 1} ({time.perf_counter() - t0:.0f} s): "
+                + ", ".join(f"{k} {v[-1]:.3f}" for k, v in curves.items()),
+                flush=True,
+            )
+            (OUT / "curves.json").write_text(json.dumps({"precision": precision, "batch": batch, "curves": curves}))
     summary = summarise(curves)
     (OUT / "curves.json").write_text(json.dumps({"precision": precision, "batch": batch, **summary, "curves": curves}))
     draw(curves, OUT / "loss_curves.png")
