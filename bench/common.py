@@ -24,5 +24,9 @@ def timeit(fn: Callable[[], object], repeat: int = 20, warmup: int = 3) -> float
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    from engram_core.precision import cpu_class, cpu_model
+
+    cpu = cpu_model() or platform.processor() or platform.machine()
+    return (
+        f"{cpu} ({cpu_class()}), {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )

@@ -59,8 +59,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .pipeline import train_model
     from .train import TrainConfig
 
-    tcfg = TrainConfig(tokens=args.tokens, seed=args.seed, compile=not args.no_compile, batch_size=args.batch_size)
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    tcfg = TrainConfig(
+        tokens=args.tokens,
+        seed=args.seed,
+        compile=not args.no_compile,
+        batch_size=args.batch_size,
+        precision=args.dtype,
+    )
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
     path = train_model(args.out, tcfg, memory=not args.no_memory, dtype=dtype)
     print(f"saved {path}")
 
@@ -93,7 +99,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-memory", action="store_true", help="the same backbone and recipe without Engram")
     s.add_argument("--no-compile", action="store_true", help="skip torch.compile (slower steps, no compile wait)")
-    s.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of the saved weights")
+    s.add_argument(
+        "--dtype",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="training precision: bf16 autocast, fp32, or auto (bf16 only where the CPU has AMX or AVX512-BF16)",
+    )
+    s.add_argument("--weights-dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of the saved weights")
     s.set_defaults(fn=cmd_train)
     s = sub.add_parser("card", help="evaluate a checkpoint on held-out text and write its model card")
     s.add_argument("checkpoint")

@@ -24,7 +24,9 @@ class BackboneConfig:
     block_size: int = 256  # context length in tokens
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * D
     n_branches: int = 4  # M, mHC residual branches (§2.4); 1 is a plain residual
-    sinkhorn_iters: int = 20  # Sinkhorn-Knopp steps that make H_res doubly stochastic
+    sinkhorn_iters: int = 20  # Sinkhorn-Knopp steps when sinkhorn_tol is 0 (checkpoints from before the tolerance)
+    sinkhorn_tol: float = 1e-3  # iterate until row and column sums of H_res are within this of 1
+    sinkhorn_max_iters: int = 500  # cap on the steps of the tolerance mode (near-zero entries converge slowly)
     rope_base: float = 10000.0  # rotary position base
 
     def __post_init__(self) -> None:
@@ -32,6 +34,8 @@ class BackboneConfig:
             raise ValueError("d_model must split into n_head heads of even width")
         if min(self.n_layer, self.n_branches, self.block_size, self.vocab_size) < 1:
             raise ValueError("n_layer, n_branches, block_size and vocab_size must be positive")
+        if self.sinkhorn_tol < 0 or min(self.sinkhorn_iters, self.sinkhorn_max_iters) < 1:
+            raise ValueError("sinkhorn_tol must be >= 0 and the Sinkhorn step counts positive")
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         try:
-            backbone = BackboneConfig(**d["backbone"])
+            # configs saved before the tolerance ran exactly `sinkhorn_iters` steps: keep that
+            backbone = BackboneConfig(**{"sinkhorn_tol": 0.0, **d["backbone"]})
             mem = d.get("memory")
             memory = None if mem is None else MemoryConfig(**mem)
         except (KeyError, TypeError) as e:

@@ -80,9 +80,11 @@ class EngramReadout(nn.Module):
         D = H.shape[-1]
         k = self.w_k(e).unflatten(-1, (H.shape[2], D))  # (B, T, M, D) eq. 3
         v = self.hook_value(self.w_v(e))  # (B, T, D) eq. 3
-        q_n = rms_norm(H, None) * self.norm_h.to(H.dtype)
-        k_n = rms_norm(k, None) * self.norm_k.to(k.dtype)
-        s = (q_n * k_n).sum(-1).float() / math.sqrt(D)  # (B, T, M) eq. 4
+        # subtle: the gate is a dot product of two unit-RMS vectors of width D; in bf16
+        # its rounding moves alpha by ~1e-3, so the query and key are normalised in fp32
+        q_n = rms_norm(H.float(), None) * self.norm_h.float()
+        k_n = rms_norm(k.float(), None) * self.norm_k.float()
+        s = (q_n * k_n).sum(-1) / math.sqrt(D)  # (B, T, M) eq. 4
         if self.signed_sqrt:
             s = s.sign() * s.abs().clamp_min(1e-6).sqrt()  # reference demo, not in eq. 4
         s = self.hook_gate_score(s)
@@ -133,17 +135,29 @@ class Engram(nn.Module):
                 keep[..., h] = torch.where(hash_ids[..., h] == row, 0.0, keep[..., h])
         return keep
 
-    def forward(self, H: torch.Tensor, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
+    def lookup(self, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor | None:
+        """The rows read at every position, (B, T, H*Dh), or None when this layer is knocked out.
+
+        The sparse part of the module: it stays eager while `read` may be compiled.
+        """
         hash_ids = self.hook_hash_ids(hash_ids.to(self.offsets.device))  # (B, T, H) head-local rows
         if ko.layer_off(self.layer):
-            # a knocked-out module adds nothing, so nothing after the hash needs computing
-            return H.new_zeros(H.shape)
+            return None
         e = self.table(hash_ids + self.offsets)  # (B, T, H, Dh) eq. 2
         if ko.touches_rows(self.layer):
             e = e * self.row_keep(hash_ids, ko).unsqueeze(-1)
-        e = self.hook_rows(e).flatten(-2)  # (B, T, H*Dh), order-major then head-minor (§4)
+        return self.hook_rows(e).flatten(-2)  # (B, T, H*Dh), order-major then head-minor (§4)
+
+    def read(self, H: torch.Tensor, e: torch.Tensor | None, ko: KnockOut) -> torch.Tensor:
+        """The module output Y (B, T, M, D) from looked-up rows; zeros for a knocked-out layer."""
+        if e is None:
+            # a knocked-out module adds nothing, so nothing after the hash needs computing
+            return H.new_zeros(H.shape)
         branch_keep = None
         if ko.branches:
             branch_keep = torch.ones(self.n_branches, device=H.device)
             branch_keep[sorted(ko.branches)] = 0.0
         return self.readout(H, e, branch_keep)
+
+    def forward(self, H: torch.Tensor, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
+        return self.read(H, self.lookup(hash_ids, ko), ko)

@@ -83,13 +83,31 @@ class MLP(nn.Module):
         return self.down(F.gelu(self.up(self.norm(x))))
 
 
-def sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
-    """Project exp(logits) (..., M, M) onto doubly stochastic matrices (Sinkhorn-Knopp)."""
+def sinkhorn(logits: torch.Tensor, iters: int, tol: float = 0.0, max_iters: int = 500) -> torch.Tensor:
+    """Project exp(logits) (..., M, M) onto doubly stochastic matrices (Sinkhorn-Knopp).
+
+    tol = 0: exactly `iters` row-then-column steps (how checkpoints from before the
+    tolerance were trained). tol > 0: steps until every row sum is within tol of 1
+    (a step ends on the columns, which are then exact), at most `max_iters` steps.
+    subtle: convergence is checked every `iters` steps, not every step: the check
+    syncs and breaks a compiled graph, so it runs a few times, not two hundred.
+    """
     p = torch.exp(logits.float() - logits.float().amax(dim=(-2, -1), keepdim=True))
-    for _ in range(iters):
-        p = p / p.sum(dim=-1, keepdim=True)
-        p = p / p.sum(dim=-2, keepdim=True)
-    return p
+    done = 0
+    while True:
+        for _ in range(min(iters, max_iters - done) if tol > 0 else iters):
+            p = p / p.sum(dim=-1, keepdim=True)
+            p = p / p.sum(dim=-2, keepdim=True)
+        done += iters
+        if tol <= 0 or done >= max_iters or float(sinkhorn_error(p.detach())) <= tol:
+            return p
+
+
+def sinkhorn_error(p: torch.Tensor) -> torch.Tensor:
+    """Largest |row sum - 1| or |column sum - 1| of (..., M, M) matrices (0 when doubly stochastic)."""
+    rows = (p.sum(-1) - 1).abs().amax() if p.numel() else p.new_zeros(())
+    cols = (p.sum(-2) - 1).abs().amax() if p.numel() else p.new_zeros(())
+    return torch.maximum(rows, cols)
 
 
 class HyperResidual(nn.Module):
@@ -100,9 +118,12 @@ class HyperResidual(nn.Module):
     (0,1), H_post in (0,2), H_res doubly stochastic. With M = 1 this is H + F(H).
     """
 
-    def __init__(self, sublayer: nn.Module, d: int, n_branches: int, sinkhorn_iters: int) -> None:
+    def __init__(
+        self, sublayer: nn.Module, d: int, n_branches: int, sinkhorn_iters: int, tol: float = 0.0, max_iters: int = 500
+    ) -> None:
         super().__init__()
         self.sublayer, self.M, self.iters = sublayer, n_branches, sinkhorn_iters
+        self.tol, self.max_iters = tol, max_iters
         M = n_branches
         if M == 1:
             return
@@ -120,7 +141,8 @@ class HyperResidual(nn.Module):
         a = self.alpha.to(p.dtype)
         pre = torch.sigmoid(a[0] * p[..., :M] + self.b_pre)  # (B, T, M)
         post = 2 * torch.sigmoid(a[1] * p[..., M : 2 * M] + self.b_post)  # (B, T, M)
-        res = sinkhorn(a[2] * p[..., 2 * M :].unflatten(-1, (M, M)) + self.b_res, self.iters)  # (B, T, M, M)
+        res = sinkhorn(a[2] * p[..., 2 * M :].unflatten(-1, (M, M)) + self.b_res, self.iters, self.tol, self.max_iters)
+        # (B, T, M, M)
         return pre, post, res
 
     def forward(self, H: torch.Tensor) -> torch.Tensor:

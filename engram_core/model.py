@@ -21,7 +21,7 @@ from .engram import Engram
 from .hashing import hash_all
 from .hooks import COMPRESSED_IDS
 from .knockout import NO_KNOCKOUT, KnockOut
-from .layers import MLP, Attention, HookPoint, HyperResidual, RMSNorm
+from .layers import MLP, Attention, HookPoint, HyperResidual, RMSNorm, sinkhorn_error
 
 
 def sliding_windows(T: int, C: int) -> list[tuple[int, int]]:
@@ -42,15 +42,17 @@ class Block(nn.Module):
         if cfg.memory is not None and layer in cfg.memory.layer_ids:
             self.engram = Engram(cfg.memory, cfg.memory.hash_spec, layer, b.d_model, b.n_branches)
         attn = Attention(b.d_model, b.n_head, b.block_size, b.rope_base)
-        self.attn = HyperResidual(attn, b.d_model, b.n_branches, b.sinkhorn_iters)
-        self.mlp = HyperResidual(MLP(b.d_model, b.mlp_ratio), b.d_model, b.n_branches, b.sinkhorn_iters)
+        mhc = (b.d_model, b.n_branches, b.sinkhorn_iters, b.sinkhorn_tol, b.sinkhorn_max_iters)
+        self.attn = HyperResidual(attn, *mhc)
+        self.mlp = HyperResidual(MLP(b.d_model, b.mlp_ratio), *mhc)
         self.hook_resid_pre = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, H: torch.Tensor, rows: torch.Tensor | None, ko: KnockOut) -> torch.Tensor:
+    def forward(self, H: torch.Tensor, e: torch.Tensor | None, ko: KnockOut) -> torch.Tensor:
+        """H (B, T, M, D); e the rows this block's memory looked up (`Engram.lookup`)."""
         H = self.hook_resid_pre(H)  # (B, T, M, D)
         if self.engram is not None:
-            H = H + self.engram(H, rows, ko)  # §2.3: memory before attention and MLP
+            H = H + self.engram.read(H, e, ko)  # §2.3: memory before attention and MLP
         return self.hook_resid_post(self.mlp(self.attn(H)))
 
 
@@ -130,19 +132,54 @@ class EngramLM(nn.Module):
         self.validate_knockout(knockout)
         if rows is None:
             rows = self.hash_rows(ids)
+        return self.dense(ids, self.lookups(rows, knockout), knockout)
+
+    def lookups(self, rows: dict[int, torch.Tensor], knockout: KnockOut) -> dict[int, torch.Tensor | None]:
+        """Per Engram layer, the looked-up rows (B, T, H*Dh): the sparse, eager part of a forward."""
+        return {i: self.blocks[i].engram.lookup(r, knockout) for i, r in rows.items()}
+
+    def dense(self, ids: torch.Tensor, e: dict[int, torch.Tensor | None], knockout: KnockOut) -> torch.Tensor:
+        """Everything after the lookups, logits (B, T, V): the part training compiles."""
+        return self.head(self.stream(ids, e, knockout))
+
+    def stream(self, ids: torch.Tensor, e: dict[int, torch.Tensor | None], knockout: KnockOut) -> torch.Tensor:
+        """The residual stream (B, T, M, D) after the last block."""
         M = self.cfg.backbone.n_branches
         H = self.wte(ids).unsqueeze(2).expand(-1, -1, M, -1)  # (B, T, M, D)
         for i, block in enumerate(self.blocks):
-            H = block(H, rows.get(i), knockout)
+            H = block(H, e.get(i), knockout)
+        return H
+
+    def head(self, H: torch.Tensor) -> torch.Tensor:
         return self.hook_logits(F.linear(self.norm(H.mean(2)), self.wte.weight))  # tied head
+
+    def head_loss(self, H: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.head(H).flatten(0, 1).float(), targets.flatten())
+
+    def dense_loss(
+        self, ids: torch.Tensor, e: dict[int, torch.Tensor | None], targets: torch.Tensor, knockout: KnockOut
+    ) -> torch.Tensor:
+        return self.head_loss(self.stream(ids, e, knockout), targets)
 
     def forward_long(self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT) -> torch.Tensor:
         """Logits for sequences longer than the context, by sliding windows (see `run_with_cache_long`)."""
         return self.run_with_cache_long(ids, knockout, names=())[0]
 
-    def loss(self, ids: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
-        logits = self(ids, **kw)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(logits.device))
+    def loss(
+        self,
+        ids: torch.Tensor,
+        targets: torch.Tensor,
+        knockout: KnockOut = NO_KNOCKOUT,
+        rows: dict[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy; `rows` may carry hashes computed ahead (the data loader's)."""
+        ids = self.check_ids(ids)
+        self.validate_knockout(knockout)
+        if rows is None:
+            rows = self.hash_rows(ids)
+        return self.dense_loss(
+            ids, self.lookups(rows, knockout), torch.as_tensor(targets).long().to(ids.device), knockout
+        )
 
     def hook_names(self) -> list[str]:
         return [n for n, m in self.named_modules() if isinstance(m, HookPoint)]
@@ -227,6 +264,26 @@ class EngramLM(nn.Module):
             out = torch.cat([out, nxt], 1)
             x = torch.cat([x, nxt], 1)[:, -C:]
         return out
+
+    @torch.no_grad()
+    def sinkhorn_error(self, ids: torch.Tensor) -> float:
+        """Largest |row or column sum - 1| of H_res over every mHC map of one forward (0.0 with M = 1).
+
+        Health and the model card report it: H_res should be doubly stochastic (§2.4).
+        """
+        worst = [0.0]
+
+        def check(mod: HyperResidual, args: tuple) -> None:
+            if mod.M > 1:
+                worst[0] = max(worst[0], float(sinkhorn_error(mod.maps(args[0])[2])))
+
+        handles = [m.register_forward_pre_hook(check) for m in self.modules() if isinstance(m, HyperResidual)]
+        try:
+            self(ids)
+        finally:
+            for h in handles:
+                h.remove()
+        return worst[0]
 
     def param_counts(self) -> dict[str, int]:
         tables = sum(p.numel() for n, p in self.named_parameters() if n.endswith("table.weight"))

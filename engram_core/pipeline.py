@@ -20,6 +20,7 @@ from .config import BackboneConfig, MemoryConfig, ModelConfig
 from .data import HELD_OUT_PLAYS, cache_dir, corpus_info, load_documents, tokenize_documents
 from .knockout import KnockOut
 from .model import EngramLM
+from .precision import choose_precision, describe
 from .tokenizer import EOS, train_bpe
 from .train import TrainConfig, eval_windows, evaluate, train
 
@@ -82,7 +83,9 @@ def train_model(
     log(f"parameters: {model.param_counts()}")
     train_stream = np.concatenate([streams["train/plays"], streams["train/code"]])
     vals = {k.split("/")[1]: v for k, v in streams.items() if k.startswith("val/")}
-    bar = tqdm(total=tcfg.steps(cfg.backbone.block_size), unit="step", dynamic_ncols=True)
+    precision = describe(choose_precision(tcfg.precision))
+    log(f"precision: {precision}")
+    bar = tqdm(total=tcfg.steps(cfg.backbone.block_size), unit="step", dynamic_ncols=True, desc=precision)
 
     def progress(i: int, n: int, r: dict) -> None:
         bar.update(1)
@@ -93,6 +96,7 @@ def train_model(
     elapsed = time.perf_counter() - t_start
     meta = {
         "train": dataclasses.asdict(tcfg),
+        "precision": precision,
         "train_tokens": history[-1]["tokens"],
         "train_seconds": round(elapsed, 1),
         "train_loop_seconds": round(history[-1]["elapsed_s"], 1),
@@ -145,6 +149,13 @@ def card_losses(ck: Checkpoint, streams: dict[str, np.ndarray], knockouts: dict[
     return out
 
 
+def card_sinkhorn_error(ck: Checkpoint, streams: dict[str, np.ndarray], windows: int = 8) -> float:
+    """Largest row or column error of H_res over held-out windows of every domain (0 when doubly stochastic)."""
+    T = ck.model.cfg.backbone.block_size
+    vals = [v for k, v in streams.items() if k.startswith("val/")]
+    return max((ck.model.sinkhorn_error(eval_windows(v, T, windows)[:, :-1]) for v in vals), default=0.0)
+
+
 def write_card(folder: str | Path, baseline: str | Path | None = None, log=print) -> dict[str, Any]:
     """Evaluate a checkpoint (and its memory-free twin) on held-out text; write MODEL_CARD.md/.json."""
     folder = Path(folder)
@@ -169,6 +180,8 @@ def write_card(folder: str | Path, baseline: str | Path | None = None, log=print
         "eval_tokens_per_domain": CARD_WINDOWS * ck.model.cfg.backbone.block_size,
         "val_loss": losses,
         "weights_bytes": (folder / "model.safetensors").stat().st_size,
+        "precision": ck.meta.get("precision"),
+        "sinkhorn_error": card_sinkhorn_error(ck, streams),
     }
     if baseline is not None:
         base = load_checkpoint(baseline)
@@ -207,6 +220,8 @@ def render_card(card: dict[str, Any]) -> str:
         f"Trained on {card['train_tokens']:,} tokens in {card['train_seconds']:.0f} s (corpus, tokenizer, "
         f"compile and training loop; 2 CPU cores). Compression shrinks the vocabulary by "
         f"{100 * (card['compression_reduction'] or 0):.1f} %. Weights file: {card['weights_bytes'] / 1e6:.1f} MB.",
+        f"Training precision: {card.get('precision') or 'bf16 autocast (recorded before precision was chosen by CPU)'}."
+        f" Largest row or column error of H_res on held-out text: {card.get('sinkhorn_error', float('nan')):.2g}.",
         "",
         f"## Validation loss (nats/token, {card['eval_tokens_per_domain']:,} held-out tokens per domain)",
         "",

@@ -1,8 +1,9 @@
 """Training: the paper's recipe at laptop scale (§8, App. A).
 
 Backbone: AdamW. Tables: Adam at 5x the backbone learning rate, no weight decay,
-on sparse gradients (only rows read this step move). bf16 autocast on CPU; the
-dense core may be compiled, the sparse lookup stays eager (CALIBRATION.md).
+on sparse gradients (only rows read this step move). bf16 autocast where the CPU
+computes bf16 natively, fp32 elsewhere (`precision.py`); everything after the
+sparse lookups may be compiled as one graph (CALIBRATION.md, bench/README.md).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from .model import EngramLM
+from .precision import choose_precision
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,16 @@ class TrainConfig:
     eval_every: int = 250  # steps between validation passes
     eval_windows: int = 32  # windows per domain in periodic validation
     seed: int = 0  # data order and init
-    bf16: bool = True  # bf16 autocast
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 only where the CPU has it natively
     compile: bool = True  # torch.compile the dense core
+
+    def __post_init__(self) -> None:
+        choose_precision(self.precision)  # one clear line for a bad value
+
+    @property
+    def bf16(self) -> bool:
+        """Whether this run trains under bf16 autocast, on this machine."""
+        return choose_precision(self.precision) == "bf16"
 
     def steps(self, block_size: int) -> int:
         return max(1, self.tokens // (self.batch_size * block_size))
@@ -101,13 +111,21 @@ def make_optimizers(model: EngramLM, cfg: TrainConfig) -> list[torch.optim.Optim
     return opts
 
 
-def compile_dense(model: EngramLM) -> None:
-    """Compile attention, MLP and the Engram read-out in place; lookups stay eager."""
-    for block in model.blocks:
-        block.attn.compile(dynamic=False)
-        block.mlp.compile(dynamic=False)
-        if block.engram is not None:
-            block.engram.readout.compile(dynamic=False)
+def compile_dense(model: EngramLM, mode: str = "blocks") -> None:
+    """Compile everything after the table lookups, in place; hashing and the sparse lookups stay eager.
+
+    "blocks": one graph per block (Engram read-out, both mHC sublayers and the
+    residual sums between them) and one for the head and loss. "model": the whole
+    dense part as one graph. bench/README.md has what each costs.
+    """
+    if mode == "model":
+        model.dense_loss = torch.compile(model.dense_loss, dynamic=False)
+    elif mode == "blocks":
+        for block in model.blocks:
+            block.compile(dynamic=False)
+        model.head_loss = torch.compile(model.head_loss, dynamic=False)
+    else:
+        raise ValueError(f"compile mode must be 'blocks' or 'model', got {mode!r}")
 
 
 def sample_batch(stream: np.ndarray, batch: int, T: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,14 +143,21 @@ def eval_windows(stream: np.ndarray, T: int, max_windows: int | None) -> torch.T
 
 
 def evaluate(
-    model: EngramLM, windows: torch.Tensor, bf16: bool = True, batch: int = 16, grad_mode: bool = False, **kw
+    model: EngramLM,
+    windows: torch.Tensor,
+    bf16: bool | None = None,
+    batch: int = 16,
+    grad_mode: bool = False,
+    **kw,
 ) -> float:
     """Mean next-token loss (nats/token) over the given windows.
 
-    The model has no dropout, so train and eval modes compute the same thing;
+    `bf16=None` picks bf16 autocast only where the CPU computes it natively. The
+    model has no dropout, so train and eval modes compute the same thing;
     `grad_mode=True` keeps a compiled model on the graphs it trained with
     instead of recompiling for no-grad (about 25 s on 2 cores).
     """
+    bf16 = choose_precision("auto") == "bf16" if bf16 is None else bf16
     total, count = 0.0, 0
     with torch.set_grad_enabled(grad_mode):
         for i in range(0, len(windows), batch):
@@ -142,6 +167,25 @@ def evaluate(
             total += float(loss.detach()) * w[:, 1:].numel()
             count += w[:, 1:].numel()
     return total / count
+
+
+def train_step(
+    model: EngramLM,
+    opts: list[torch.optim.Optimizer],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bf16: bool,
+    rows: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """One optimisation step on a batch; returns the (detached) loss."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model.loss(x, y, rows=rows)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse], 1.0)
+    for opt in opts:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def train(
@@ -162,6 +206,7 @@ def train(
         compile_dense(model)
     val = {k: eval_windows(v, T, cfg.eval_windows) for k, v in val_streams.items()}
     history: list[dict] = []
+    bf16 = cfg.bf16
     t0, seen, smooth = time.perf_counter(), 0, None
     model.train()
     for step in range(steps):
@@ -170,24 +215,14 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f
         x, y = sample_batch(train_stream, cfg.batch_size, T, rng)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model.loss(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse], 1.0
-        )
-        for opt in opts:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        loss = train_step(model, opts, x, y, bf16)
         seen += x.numel()
         lv = float(loss.detach())
         smooth = lv if smooth is None else 0.98 * smooth + 0.02 * lv
         rec = {"step": step + 1, "tokens": seen, "loss": smooth, "elapsed_s": time.perf_counter() - t0}
         rec["tok_per_s"] = seen / rec["elapsed_s"]
         if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
-            rec.update(
-                {f"val_{k}": evaluate(model, w, cfg.bf16, cfg.batch_size, grad_mode=True) for k, w in val.items()}
-            )
+            rec.update({f"val_{k}": evaluate(model, w, bf16, cfg.batch_size, grad_mode=True) for k, w in val.items()})
             history.append(rec)
             log(rec)
         progress(step + 1, steps, rec)

@@ -1,0 +1,127 @@
+"""Sinkhorn to a tolerance (H_res doubly stochastic), old checkpoints unchanged, the gate in fp32."""
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engram_core import EngramLM, MemoryConfig, ModelConfig
+from engram_core.engram import EngramReadout
+from engram_core.layers import rms_norm, sinkhorn, sinkhorn_error
+from tests.conftest import tiny_config
+
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "default-model" / "config.json"
+
+
+def test_sinkhorn_error_by_hand():
+    """Rows sum to 1.0 and 0.5, columns to 0.7 and 0.8: the worst is |0.5 - 1| = 0.5."""
+    p = torch.tensor([[0.5, 0.5], [0.2, 0.3]])
+    assert float(sinkhorn_error(p)) == pytest.approx(0.5)
+    assert float(sinkhorn_error(torch.full((3, 2, 2), 0.5))) == 0.0
+
+
+def test_tolerance_reaches_what_twenty_steps_miss():
+    logits = 3 * torch.randn(64, 4, 4, generator=torch.Generator().manual_seed(0))
+    fixed = sinkhorn(logits, 20)
+    assert float(sinkhorn_error(fixed)) > 1e-3  # the old behaviour, the bug
+    p = sinkhorn(logits, 20, tol=1e-3, max_iters=500)
+    assert float(sinkhorn_error(p)) <= 1e-3
+    assert float((p.sum(-1) - 1).abs().max()) <= 1e-3 and float((p.sum(-2) - 1).abs().max()) <= 1e-3
+    # a column step ends every iteration: column sums are exact either way
+    torch.testing.assert_close(fixed.sum(-2), torch.ones(64, 4), atol=1e-6, rtol=0)
+
+
+def test_fixed_mode_is_the_old_loop_bit_for_bit():
+    logits = 2 * torch.randn(8, 4, 4, generator=torch.Generator().manual_seed(1))
+    p = torch.exp(logits - logits.amax(dim=(-2, -1), keepdim=True))
+    for _ in range(20):
+        p = p / p.sum(dim=-1, keepdim=True)
+        p = p / p.sum(dim=-2, keepdim=True)
+    assert torch.equal(sinkhorn(logits, 20), p)
+    assert torch.equal(sinkhorn(logits, 20, tol=0.0, max_iters=500), p)
+
+
+def test_old_configs_load_with_fixed_steps_and_new_ones_with_the_tolerance():
+    shipped = ModelConfig.from_dict(json.loads(SHIPPED.read_text())["model"]) if SHIPPED.is_file() else None
+    old = tiny_config(300, 200, 0).to_dict()
+    del old["backbone"]["sinkhorn_tol"], old["backbone"]["sinkhorn_max_iters"]
+    assert ModelConfig.from_dict(old).backbone.sinkhorn_tol == 0.0
+    assert ModelConfig.from_dict(tiny_config(300, 200, 0).to_dict()).backbone.sinkhorn_tol == 1e-3
+    if shipped is not None:
+        assert shipped.backbone.sinkhorn_tol == 0.0 and shipped.backbone.sinkhorn_iters == 20
+
+
+def stretched(parts, tol: float) -> EngramLM:
+    """A tiny model whose H_res logits are large enough that 20 steps do not converge."""
+    tok, comp, pad = parts
+    cfg = tiny_config(tok.get_vocab_size(), comp.size, pad)
+    cfg = replace(cfg, backbone=replace(cfg.backbone, n_branches=4, sinkhorn_tol=tol))
+    torch.manual_seed(0)
+    model = EngramLM(cfg, comp.table).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            for hr in (block.attn, block.mlp):
+                hr.b_res.copy_(3 * torch.randn(4, 4))
+    return model
+
+
+def test_model_sinkhorn_error_old_and_new_mode(tiny_parts):
+    ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(0))
+    old, new = stretched(tiny_parts, 0.0), stretched(tiny_parts, 1e-3)
+    assert old.sinkhorn_error(ids) > 1e-3
+    assert new.sinkhorn_error(ids) <= 1e-3
+
+
+def test_old_config_reproduces_the_pre_tolerance_model_bit_for_bit(tiny_parts):
+    """Oracle: the frozen copy of the model as it was before (bench/baseline_impl.py)."""
+    from bench.baseline_impl import BaselineLM
+
+    model = stretched(tiny_parts, 0.0)
+    frozen = BaselineLM(model.cfg, model.compression.numpy())
+    frozen.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(model(ids), frozen(ids))
+
+
+def readout_case():
+    cfg = MemoryConfig(heads_per_ngram=2, max_ngram=3, d_head=16, table_sizes=(31, 37))
+    torch.manual_seed(0)
+    r = EngramReadout(cfg, d=64, n_branches=4)
+    with torch.no_grad():
+        r.w_k.weight.normal_(0, 0.5)
+        r.norm_h.uniform_(0.5, 1.5)
+        r.norm_k.uniform_(0.5, 1.5)
+    g = torch.Generator().manual_seed(1)
+    return r, torch.randn(4, 32, 4, 64, generator=g), torch.randn(4, 32, 64, generator=g)
+
+
+def gate_fp32(r: EngramReadout, H: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The gate (eq. 4, signed sqrt, sigmoid) in fp32 from the given key."""
+    D = H.shape[-1]
+    q_n = rms_norm(H.float(), None) * r.norm_h
+    k_n = rms_norm(k.float(), None) * r.norm_k
+    s = (q_n * k_n).sum(-1) / math.sqrt(D)
+    return torch.sigmoid(s.sign() * s.abs().clamp_min(1e-6).sqrt())
+
+
+def test_gate_under_bf16_autocast_matches_fp32():
+    r, H, e = readout_case()
+    seen = {}
+    r.hook_gate.register_forward_hook(lambda m, i, o: seen.__setitem__("alpha", o))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        r(H, e, None)
+        k = F.linear(e, r.w_k.weight).unflatten(-1, (4, 64))  # the key as autocast computes it (bf16)
+    assert k.dtype == torch.bfloat16
+    want = gate_fp32(r, H, k)
+    assert (seen["alpha"].float() - want).abs().max() <= 1e-5
+    # the old code normalised the key in bf16: off by far more than 1e-5
+    k_old = rms_norm(k, None) * r.norm_k.to(k.dtype)
+    q_old = rms_norm(H, None) * r.norm_h
+    s_old = (q_old * k_old).sum(-1).float() / 8.0
+    old = torch.sigmoid(s_old.sign() * s_old.abs().clamp_min(1e-6).sqrt())
+    assert (old - want).abs().max() > 1e-4
