@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from engram_core import Checkpoint, KnockOut
-from engram_core.hashing import suffix_ngrams
+from engram_core.hashing import head_index, suffix_ngrams
 from engram_core.hooks import COMPRESSED_IDS, engram_hook
 from engram_core.tokenizer import encode
 
@@ -69,7 +69,8 @@ class Trace:
         return len(self.tokens)
 
     def head_index(self, order: int, head: int) -> int:
-        return (order - 2) * self.heads_per_ngram + head
+        """Position of (order, head) on the head axis of `hash_rows` (the core's order-major layout)."""
+        return head_index(order, head, self.heads_per_ngram)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Trace):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from engram_core import KnockOut
+from engram_core.hashing import head_address, head_index
 
 from .capture import SCHEMA, Trace
 
@@ -252,8 +253,9 @@ def _long_table(trace: Trace) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise ValueError("a trace with no tokens or no memory heads has no table rows; write json or npz")
     t = np.repeat(np.arange(T), L * H)
     lay = np.tile(np.repeat(np.arange(L), H), T)
-    hi = np.tile(np.arange(H), T * L)  # heads order-major, as Trace.head_index
-    o = hi // hpn
+    hi = np.tile(np.arange(H), T * L)  # positions on the head axis of hash_rows
+    order, head = head_address(hi, hpn)
+    o = _lookup(order, list(trace.orders), "order")  # index into the trace's orders
     cols = {
         "position": t,
         "token": _grid(trace.tokens, (T,))[t],
@@ -262,8 +264,8 @@ def _long_table(trace: Trace) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "char_end": trace.offsets[t, 1],
         "compressed_id": trace.compressed_ids[t],
         "layer": np.asarray(trace.layers, dtype=np.int64)[lay],
-        "order": np.asarray(trace.orders, dtype=np.int64)[o],
-        "head": hi % hpn,
+        "order": order,
+        "head": head,
         "ngram_text": _grid(trace.ngram_text, (d["orders"], T))[o, t],
         "ngram_ids": trace.ngram_ids[o, t],
         "row": trace.hash_rows[lay, t, hi],
@@ -294,7 +296,8 @@ def _from_long_table(schema: str, header: dict[str, Any], cols: dict[str, np.nda
     t = cols["position"].astype(np.int64)
     head = cols["head"].astype(np.int64)
     ok = (t >= 0) & (t < T) & (head >= 0) & (head < hpn)
-    hi = _lookup(cols["order"], meta["orders"], "order") * hpn + head
+    _lookup(cols["order"], meta["orders"], "order")  # a ValueError naming an order the trace lacks
+    hi = head_index(cols["order"].astype(np.int64), head, hpn)
     cell = np.where(ok, (t * L + lay) * H + hi, -1)
     if (cell < 0).any() or not (np.bincount(cell, minlength=T * L * H) == 1).all():
         raise ValueError(f"the table must hold exactly one row per (position, layer, order, head): {T}x{L}x{H}")
