@@ -111,9 +111,16 @@ def lens_kl(model, cache: dict[str, torch.Tensor], final_logp: torch.Tensor) -> 
     its row is exactly zero. `cache` needs `resid_names(model)`; `final_logp` is (B, T, V).
     """
     names = resid_names(model)
-    kls = torch.zeros(len(names), *final_logp.shape[:-1])
+    device = model.wte.weight.device  # the cache may have been moved to the CPU (`on_cpu`)
+    final_logp = final_logp.to(device)
+    kls = torch.zeros(len(names), *final_logp.shape[:-1])  # on the CPU, whatever the model's device
     for b, name in enumerate(names[:-1]):
-        resid = cache[name]  # (B, T, M, D)
+        resid = cache[name].to(device)  # (B, T, M, D)
         logp = F.log_softmax(F.linear(model.norm(resid.mean(2)), model.wte.weight).float(), -1)  # (B, T, V)
-        kls[b] = (logp.exp() * (logp - final_logp)).sum(-1)
+        kls[b] = (logp.exp() * (logp - final_logp)).sum(-1).cpu()
     return kls
+
+
+def on_cpu(logits: torch.Tensor | None, cache: dict[str, torch.Tensor]):
+    """`activations`' result with every tensor on the CPU, where NumPy can read it (the model may be on CUDA)."""
+    return (None if logits is None else logits.cpu()), {k: v.cpu() for k, v in cache.items()}
