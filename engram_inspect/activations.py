@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from engram_core import KnockOut
-from engram_core.hooks import block_hook, engram_hook
+from engram_core.hooks import block_hook, engram_hook, engram_hook_layer
 from engram_core.knockout import NO_KNOCKOUT
 
 # short names of the Engram hooks (engram_core.hooks.ENGRAM_HOOKS) that analyses read
@@ -44,13 +44,10 @@ def _memory_only_stop(model, names: list[str]):
     Later blocks cannot change an Engram layer's hashes or gates, and a block runs its
     memory before its attention (§2.3), so the last wanted layer's attention is the end.
     """
-    layers = set()
-    for n in names:
-        parts = n.split(".")
-        if len(parts) < 3 or parts[0] != "blocks" or parts[2] != "engram":
-            return None
-        layers.add(int(parts[1]))
-    return model.blocks[max(layers)].attn if layers else None
+    layers = [engram_hook_layer(n) for n in names]
+    if not layers or None in layers:
+        return None
+    return model.blocks[max(layers)].attn
 
 
 @torch.no_grad()
