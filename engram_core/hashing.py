@@ -61,7 +61,11 @@ class HashSpec:
 
     def head_index(self, order: int, head: int) -> int:
         """Position of (order, head) in the order-major head axis."""
-        return (order - 2) * self.heads_per_ngram + head
+        return head_index(order, head, self.heads_per_ngram)
+
+    def head_address(self, index: int) -> tuple[int, int]:
+        """(order, head) at a position of the order-major head axis: the inverse of `head_index`."""
+        return head_address(index, self.heads_per_ngram)
 
     def check_head(self, layer: int, order: int, head: int) -> None:
         """Raise ValueError naming the first of layer, order, head that this spec does not have."""
@@ -87,6 +91,19 @@ class HashSpec:
     @cached_property
     def multipliers(self) -> dict[int, np.ndarray]:
         return {layer: layer_multipliers(self, layer) for layer in self.layer_ids}
+
+
+def head_index(order, head, heads_per_ngram: int):
+    """Order-major head axis: the heads of order 2 first, then order 3, ... (the one copy of this formula).
+
+    Works elementwise on integer arrays too, for callers that hold no `HashSpec` (a `Trace`).
+    """
+    return (order - 2) * heads_per_ngram + head
+
+
+def head_address(index, heads_per_ngram: int):
+    """(order, head) at `index` of the order-major head axis; elementwise on integer arrays."""
+    return 2 + index // heads_per_ngram, index % heads_per_ngram
 
 
 def is_prime(n: int) -> bool:

@@ -35,6 +35,15 @@ def engram_hook(layer: int, name: str) -> str:
     return f"blocks.{int(layer)}.engram.{ENGRAM_HOOKS[short]}"
 
 
+def engram_hook_layer(name: str) -> int | None:
+    """The layer of an `engram_hook` name ("blocks.1.engram.readout.hook_gate" -> 1); None for any other hook."""
+    head, sep, rest = name.partition(".engram.")
+    layer = head.removeprefix("blocks.")
+    if not sep or layer == head or not layer.isdigit() or rest not in ENGRAM_HOOKS.values():
+        return None
+    return int(layer)
+
+
 def block_hook(layer: int, name: str) -> str:
     """`block_hook(3, "resid_post")` -> "blocks.3.hook_resid_post"."""
     short = _short(name)

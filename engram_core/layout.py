@@ -87,7 +87,7 @@ class MemoryLayout:
 
     def head_of(self, index: int) -> tuple[int, int]:
         """(order, head) of a position on the order-major head axis."""
-        return 2 + index // self.spec.heads_per_ngram, index % self.spec.heads_per_ngram
+        return self.spec.head_address(index)
 
     def compress(self, raw_ids: np.ndarray | list[int]) -> np.ndarray:
         """Compressed ids; a negative or out-of-range raw id is refused, never wrapped."""

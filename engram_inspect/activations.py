@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from engram_core import KnockOut
-from engram_core.hooks import block_hook, engram_hook
+from engram_core.hooks import block_hook, engram_hook, engram_hook_layer
 from engram_core.knockout import NO_KNOCKOUT
 
 # short names of the Engram hooks (engram_core.hooks.ENGRAM_HOOKS) that analyses read
@@ -44,13 +44,10 @@ def _memory_only_stop(model, names: list[str]):
     Later blocks cannot change an Engram layer's hashes or gates, and a block runs its
     memory before its attention (§2.3), so the last wanted layer's attention is the end.
     """
-    layers = set()
-    for n in names:
-        parts = n.split(".")
-        if len(parts) < 3 or parts[0] != "blocks" or parts[2] != "engram":
-            return None
-        layers.add(int(parts[1]))
-    return model.blocks[max(layers)].attn if layers else None
+    layers = [engram_hook_layer(n) for n in names]
+    if not layers or None in layers:
+        return None
+    return model.blocks[max(layers)].attn
 
 
 @torch.no_grad()
@@ -111,9 +108,16 @@ def lens_kl(model, cache: dict[str, torch.Tensor], final_logp: torch.Tensor) -> 
     its row is exactly zero. `cache` needs `resid_names(model)`; `final_logp` is (B, T, V).
     """
     names = resid_names(model)
-    kls = torch.zeros(len(names), *final_logp.shape[:-1])
+    device = model.wte.weight.device  # the cache may have been moved to the CPU (`on_cpu`)
+    final_logp = final_logp.to(device)
+    kls = torch.zeros(len(names), *final_logp.shape[:-1])  # on the CPU, whatever the model's device
     for b, name in enumerate(names[:-1]):
-        resid = cache[name]  # (B, T, M, D)
+        resid = cache[name].to(device)  # (B, T, M, D)
         logp = F.log_softmax(F.linear(model.norm(resid.mean(2)), model.wte.weight).float(), -1)  # (B, T, V)
-        kls[b] = (logp.exp() * (logp - final_logp)).sum(-1)
+        kls[b] = (logp.exp() * (logp - final_logp)).sum(-1).cpu()
     return kls
+
+
+def on_cpu(logits: torch.Tensor | None, cache: dict[str, torch.Tensor]):
+    """`activations`' result with every tensor on the CPU, where NumPy can read it (the model may be on CUDA)."""
+    return (None if logits is None else logits.cpu()), {k: v.cpu() for k, v in cache.items()}

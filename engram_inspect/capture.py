@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from engram_core import Checkpoint, KnockOut
-from engram_core.hashing import suffix_ngrams
+from engram_core.hashing import head_index, suffix_ngrams
 from engram_core.hooks import COMPRESSED_IDS, engram_hook
 from engram_core.tokenizer import encode
 
-from .activations import GATE, GATE_SCORE, HASH_IDS, OUT, activations, lens_kl, memory_names, resid_names
+from .activations import GATE, GATE_SCORE, HASH_IDS, OUT, activations, lens_kl, memory_names, on_cpu, resid_names
 from .cache import checkpoint_key
 
 SCHEMA = "engram-trace/1"
@@ -69,7 +69,8 @@ class Trace:
         return len(self.tokens)
 
     def head_index(self, order: int, head: int) -> int:
-        return (order - 2) * self.heads_per_ngram + head
+        """Position of (order, head) on the head axis of `hash_rows` (the core's order-major layout)."""
+        return head_index(order, head, self.heads_per_ngram)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Trace):
@@ -133,20 +134,20 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
     layers = mem.layer_ids
     lens_names = resid_names(model)
     names = [*lens_names, COMPRESSED_IDS, *memory_names(layers, (HASH_IDS, GATE_SCORE, GATE, OUT))]
-    logits, cache = activations(model, ids, names)
+    logits, cache = on_cpu(*activations(model, ids, names))
     off = KnockOut(all=True)
-    m_logits, m_cache = activations(model, ids, lens_names, mask)
+    m_logits, m_cache = on_cpu(*activations(model, ids, lens_names, mask))
     on_next, on_top, on_topv, on_logp = _next_token_stats(logits[0], ids[0], top_k)
     m_next, m_top, m_topv, m_logp = _next_token_stats(m_logits[0], ids[0], top_k)
     off_cache, off_final = m_cache, m_logp
     if mask != off:  # the logit lens with memory off needs its own pass
-        off_logits, off_cache = activations(model, ids, lens_names, off)
+        off_logits, off_cache = on_cpu(*activations(model, ids, lens_names, off))
         off_final = F.log_softmax(off_logits[0].float(), -1)
     cids = cache[COMPRESSED_IDS]
     spec = mem.hash_spec
     ngram = np.full((len(spec.orders), len(ids_list), mem.max_ngram), -1, dtype=np.int64)
     for o, n in enumerate(spec.orders):
-        ngram[o, :, :n] = suffix_ngrams(cids, spec, n)[0].numpy()
+        ngram[o, :, :n] = suffix_ngrams(cids, spec, n)[0].cpu().numpy()
     tokens = _decode_each(tok, np.asarray(ids_list))
     stack = lambda part: torch.stack([cache[engram_hook(L, part)][0] for L in layers])  # noqa: E731
     return Trace(

@@ -249,8 +249,8 @@ def _accumulate(out: dict[HeadKey, np.ndarray], cache: dict[str, torch.Tensor], 
     """Add each token's mean gate to the row every head read for it."""
     for ly in spec.layer_ids:
         hash_name, gate_name = memory_names([ly], (HASH_IDS, GATE))
-        rows = cache[hash_name].reshape(-1, spec.heads_per_layer).numpy()  # (B*T, H)
-        alpha = cache[gate_name].float().mean(-1).reshape(-1).numpy()  # (B*T,)
+        rows = cache[hash_name].reshape(-1, spec.heads_per_layer).cpu().numpy()  # (B*T, H)
+        alpha = cache[gate_name].float().mean(-1).reshape(-1).cpu().numpy()  # (B*T,)
         for n in spec.orders:
             for h in range(spec.heads_per_ngram):
                 acc = out[(ly, n, h)]

@@ -165,7 +165,7 @@ def ngram_rows(ck: Checkpoint, text: str, layer: int) -> tuple[np.ndarray, list[
     # only the last max_ngram tokens reach the last position's hashes (§2); the pad fills in before them
     tail = torch.tensor([ids[-ck.model.cfg.memory.max_ngram :]])
     rows = ck.model.hash_rows(tail)[layer]  # (1, T, H): the model's own path, compression then eq. 1
-    return rows[0, -1].numpy(), ck.model.compression[tail][0].tolist()
+    return rows[0, -1].cpu().numpy(), ck.model.compression[tail][0].tolist()
 
 
 def nearest_ngram(

@@ -138,7 +138,7 @@ def all_rows(ck: Checkpoint, layer: int | None = None, order: int | None = None,
 def layer_table(ck: Checkpoint, layer: int) -> np.ndarray:
     """The layer's table as float32 numpy, (rows, d_head); a view when the weights are float32."""
     RowLayout.of(ck).check_layer(layer)
-    return ck.model.blocks[layer].engram.table.weight.detach().float().numpy()
+    return ck.model.blocks[layer].engram.table.weight.detach().float().cpu().numpy()
 
 
 def row_vectors(ck: Checkpoint, flat: np.ndarray) -> np.ndarray:

@@ -90,7 +90,7 @@ def gates_vs_frequency(ck, index, windows, cids, unigram, cache) -> dict:
     pmi = np.log((big + 0.5) * unigram.sum() / ((unigram[prev] + 1.0) * (unigram[cur] + 1.0)))
     out: dict = {"per_branch": {}}
     for L, name in zip(spec.layer_ids, names, strict=True):
-        g = cache[name].numpy()[:, 1:T]  # (W, T-1, M)
+        g = cache[name].cpu().numpy()[:, 1:T]  # (W, T-1, M)
         for m in range(g.shape[-1]):
             a = g[..., m].ravel()
             out["per_branch"][f"layer{L}_branch{m}"] = {
@@ -98,7 +98,7 @@ def gates_vs_frequency(ck, index, windows, cids, unigram, cache) -> dict:
                 "spearman_pmi": spearman(a, pmi),
                 "mean_alpha": float(a.mean()),
             }
-    mean = np.stack([cache[n].numpy()[:, 1:T].mean(-1) for n in names]).mean(0).ravel()
+    mean = np.stack([cache[n].cpu().numpy()[:, 1:T].mean(-1) for n in names]).mean(0).ravel()
     out["mean_alpha_unseen_bigram"] = float(mean[big == 0].mean()) if (big == 0).any() else float("nan")
     out["mean_alpha_bigram_seen_1000"] = float(mean[big >= 1000].mean())
     out["spearman_log_count"] = spearman(mean, np.log1p(big))
@@ -110,7 +110,7 @@ def top_gated(ck, cids, cache, n: int = 30) -> list[dict]:
     """The bigrams of the held-out plays with the highest mean alpha (seen at least 3 times)."""
     spec = ck.model.cfg.memory.hash_spec
     names = memory_names(spec.layer_ids, (GATE,))
-    alpha = np.stack([cache[k].numpy().mean(-1) for k in names]).mean(0)  # (W, T)
+    alpha = np.stack([cache[k].cpu().numpy().mean(-1) for k in names]).mean(0)  # (W, T)
     sums: dict[tuple[int, int], list[float]] = {}
     for w in range(len(cids)):
         for t in range(1, cids.shape[1] - 1):
@@ -144,7 +144,7 @@ def main() -> None:
     spec = ck.model.cfg.memory.hash_spec
     index = load_or_build(ck)
     _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
-    comp = ck.model.compression.numpy()
+    comp = ck.model.compression.cpu().numpy()
     unigram = np.bincount(
         np.concatenate([comp[v.astype(np.int64)] for k, v in streams.items() if k.startswith("train/")]),
         minlength=spec.vocab_size,

@@ -1,10 +1,15 @@
 """Addresses of hash heads and memory rows, and knock-outs checked against the model they mask."""
 
+import re
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
 from engram_core import KnockOut
 from engram_core.addresses import HeadAddress, RowAddress
+from engram_core.hashing import HashSpec, head_address
 from engram_core.knockout import check_knockout, format_knockout, parse_knockout
 
 
@@ -143,3 +148,33 @@ def test_validation_memo_is_per_object(tiny_model):
     with pytest.raises(ValueError, match="head 9"):
         tiny_model(ids, knockout=KnockOut(heads={(1, 2, 9)}))
     assert tiny_model._valid_knockout is good  # a refused mask is not remembered
+
+
+def test_head_address_inverts_head_index():
+    """Hand-computed on 3 heads per order: position 5 is order 3's last head, 6 order 4's first."""
+    spec = HashSpec(vocab_size=100, table_sizes=(50, 50, 50), max_ngram=4, heads_per_ngram=3, layer_ids=(0,))
+    assert spec.head_address(5) == (3, 2) and spec.head_address(6) == (4, 0)
+    pairs = [(n, k) for n in spec.orders for k in range(spec.heads_per_ngram)]
+    assert [spec.head_address(spec.head_index(n, k)) for n, k in pairs] == pairs
+    order, head = head_address(np.arange(spec.heads_per_layer), 3)  # elementwise, as the exporters use it
+    assert order.tolist() == [2, 2, 2, 3, 3, 3, 4, 4, 4] and head.tolist() == [0, 1, 2] * 3
+
+
+# the order-major formula, or its inverse, written out by hand
+HAND_FORMULA = re.compile(r"order\s*-\s*2\)\s*\*|(heads_per_ngram|hpn)\s*\+|(//|%)\s*[\w.]*(heads_per_ngram|hpn)\b")
+
+
+def test_head_index_formula_lives_only_in_the_core():
+    """Every package reaches the head axis through `engram_core.hashing` (one copy of the formula)."""
+    root = Path(__file__).resolve().parent.parent
+    home = root / "engram_core" / "hashing.py"
+    found = [
+        f"{path.relative_to(root)}:{i}"
+        for top in ("engram_core", "engram_inspect", "app", "studies", "bench")
+        for path in sorted((root / top).rglob("*.py"))
+        if path != home
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if HAND_FORMULA.search(line)
+    ]
+    assert not found, f"head-index formula copied at {found}"
+    assert HAND_FORMULA.search(home.read_text())  # the pattern does find the one real copy

@@ -106,3 +106,46 @@ def test_pyproject_declares_the_command_and_its_entry_points():
     assert set(declared) == {"inspect", "app"}
     for name, value in declared.items():
         assert callable(EntryPoint(name=name, value=value, group=COMMAND_GROUP).load())
+
+
+def _as_run_with_m(add, monkeypatch, spec_name):
+    """`add` as `python -m` defines it: a second function object in `__main__`, whose spec is `spec_name`."""
+    import importlib.util
+    import types
+
+    again = types.FunctionType(add.__code__, add.__globals__, add.__name__, add.__defaults__, add.__closure__)
+    again.__module__, again.__qualname__ = "__main__", add.__qualname__
+    main_module = types.ModuleType("__main__")
+    main_module.__spec__ = importlib.util.find_spec(spec_name) if spec_name else None
+    monkeypatch.setitem(sys.modules, "__main__", main_module)
+    return again
+
+
+def _subcommands(parser) -> list[str]:
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return [a.dest for a in sub._choices_actions]
+
+
+def test_adder_reached_by_python_m_and_by_entry_point_adds_once(monkeypatch):
+    """`python -m engram_inspect.cli` passes its adder from `__main__`; the entry point loads it by name."""
+    from importlib.metadata import EntryPoint
+
+    import engram_core.cli as cli
+    import engram_inspect.cli as inspect_cli
+
+    ep = EntryPoint(name="inspect", value="engram_inspect.cli:add_commands", group=cli.COMMAND_GROUP)
+    again = _as_run_with_m(inspect_cli.add_commands, monkeypatch, "engram_inspect.cli")
+    assert again is not inspect_cli.add_commands
+    assert cli._adder_key(again) == cli._adder_key(inspect_cli.add_commands) == "engram_inspect.cli.add_commands"
+    names = _subcommands(cli.build_parser(again, *cli.command_adders([ep])))
+    assert names.count("trace") == 1 and len(names) == len(set(names))
+    assert {"trace", "stats", "neighbours", "project", "demo"} <= set(names)
+
+
+def test_adder_key_without_a_main_spec_differs(monkeypatch):
+    """The key reads `__main__.__spec__`: without one (`python file.py`) the two adders count as two."""
+    import engram_core.cli as cli
+    import engram_inspect.cli as inspect_cli
+
+    again = _as_run_with_m(inspect_cli.add_commands, monkeypatch, None)
+    assert cli._adder_key(again) == "__main__.add_commands" != cli._adder_key(inspect_cli.add_commands)

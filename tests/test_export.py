@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -330,3 +331,26 @@ def test_write_table_csv_and_parquet(tmp_path):
         write_table(rows, tmp_path / "t.xlsx")
     with pytest.raises(ValueError, match="no rows"):
         write_table([], tmp_path / "e.csv")
+
+
+def test_export_modules_import_one_way():
+    """trace_schema <- long_table <- export: neither lower module imports a higher one, and each stays small."""
+    import ast
+
+    pkg = Path(__file__).resolve().parent.parent / "engram_inspect"
+    order = ["trace_schema", "long_table", "export"]
+
+    def local_imports(name: str) -> set[str]:
+        tree = ast.parse((pkg / f"{name}.py").read_text())
+        found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        found |= {
+            n.module.removeprefix("engram_inspect.")
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("engram_inspect.")
+        }
+        return found
+
+    for i, name in enumerate(order):
+        assert not local_imports(name) & set(order[i:]), f"{name} imports a module above it"
+        assert len((pkg / f"{name}.py").read_text().splitlines()) <= 500, f"{name}.py is over 500 lines"
+    assert {"trace_schema", "long_table"} <= local_imports("export")

@@ -74,3 +74,24 @@ def test_loss_on_cuda_with_cpu_batches(tiny_model):
         assert got.device.type == "cuda" and abs(float(got) - want) < 1e-4
     finally:
         tiny_model.cpu()
+
+
+@cuda
+def test_capture_on_cuda_matches_cpu(tiny_model, tiny_tokenizer):
+    """A capture reads CUDA activations through `on_cpu`: same rows, and gates and logits to float noise."""
+    import numpy as np
+
+    from engram_core import Checkpoint
+    from engram_inspect.capture import capture
+
+    ck = Checkpoint(model=tiny_model, tokenizer=tiny_tokenizer, meta={})
+    text = "To be, or not to be, that is the question."
+    want = capture(ck, text, mask=KnockOut(layers={1}), top_k=3)
+    tiny_model.cuda()
+    try:
+        got = capture(ck, text, mask=KnockOut(layers={1}), top_k=3)
+    finally:
+        tiny_model.cpu()
+    assert np.array_equal(got.hash_rows, want.hash_rows) and np.array_equal(got.compressed_ids, want.compressed_ids)
+    for name in ("gate", "gate_score", "out_norm", "kl", "lens_kl_on", "lens_kl_off", "masked_logprob_next"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=1e-4, rtol=1e-4, equal_nan=True)

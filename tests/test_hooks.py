@@ -2,7 +2,7 @@
 
 import pytest
 
-from engram_core.hooks import COMPRESSED_IDS, all_hooks, block_hook, engram_hook
+from engram_core.hooks import COMPRESSED_IDS, all_hooks, block_hook, engram_hook, engram_hook_layer
 
 
 def test_helper_names_are_the_models_hooks(tiny_model):
@@ -32,3 +32,37 @@ def test_capture_by_helper_names(tiny_model):
     _, cache = tiny_model.run_with_cache(torch.zeros((1, 6), dtype=torch.long), names=names)
     assert sorted(cache) == sorted(names)
     assert cache[engram_hook(1, "gate")].shape == (1, 6, 2)
+
+
+def test_engram_hook_layer_reads_back_the_layer():
+    """The inverse of `engram_hook` on every Engram hook; other names (block hooks, look-alikes) are not Engram's."""
+    for layer in (0, 1, 12):
+        for part in ("hash_ids", "rows", "gate", "out"):
+            assert engram_hook_layer(engram_hook(layer, part)) == layer
+    for name in (
+        block_hook(1, "resid_post"),
+        COMPRESSED_IDS,
+        "blocks.1.engram",
+        "blocks.x.engram.hook_rows",
+        "blocks.1.engram.hook_nothing",
+        "head.1.engram.hook_rows",
+    ):
+        assert engram_hook_layer(name) is None, name
+
+
+def test_no_hook_name_spelled_above_the_core():
+    """Above engram_core, hook names come from this module: no string starts with "blocks." by hand."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spelled = re.compile(r"""\bf?["']blocks\.""")
+    found = [
+        f"{path.relative_to(root)}:{i}"
+        for top in ("engram_inspect", "app", "studies", "bench")
+        for path in sorted((root / top).rglob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if spelled.search(line)
+    ]
+    assert not found, f"hook names spelled by hand at {found}"
+    assert spelled.search('x = f"blocks.{i}.hook_resid_post"')  # the pattern does catch one
