@@ -95,7 +95,10 @@ def promotes(ck: Checkpoint, address: RowAddress, k: int = 10) -> Promotes:
     order = np.argsort(-logits, kind="stable")
     top, bottom = order[:k], order[::-1][:k]
     return Promotes(
-        [int(i) for i in top], [float(logits[i]) for i in top], [int(i) for i in bottom], [float(logits[i]) for i in bottom]
+        [int(i) for i in top],
+        [float(logits[i]) for i in top],
+        [int(i) for i in bottom],
+        [float(logits[i]) for i in bottom],
     )
 
 
