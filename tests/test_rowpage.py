@@ -275,3 +275,48 @@ def test_row_page_rejects_rows_outside_the_model(tiny_ck, tiny_pages):
                        ("0:2:0:100000", "row")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             row_page(tiny_ck, parse_row(bad), tiny_pages)
+
+
+def test_value_pca_equals_pca_of_the_value_vectors(tiny_ck, tmp_path):
+    from engram_inspect.projection import pca_axes
+    from engram_inspect.valuemap import value_pca_axes, value_projection
+
+    layout = RowLayout.of(tiny_ck)
+    vecs = value_vectors(tiny_ck, np.arange(layout.total))
+    mean, axes, ratio = value_pca_axes(tiny_ck)
+    want_mean, want_axes, want_ratio = pca_axes(vecs)
+    np.testing.assert_allclose(mean, want_mean, atol=1e-5)
+    np.testing.assert_allclose(axes, want_axes, atol=1e-4)
+    np.testing.assert_allclose(ratio, want_ratio, atol=1e-5)
+    p = value_projection(tiny_ck, "pca", max_points=100, cache_path=tmp_path / "p.npz")
+    np.testing.assert_allclose(p.coords, (vecs[p.rows] - want_mean) @ want_axes.T, atol=1e-4)
+    again = value_projection(tiny_ck, "pca", max_points=100, cache_path=tmp_path / "p.npz")  # from the file
+    np.testing.assert_array_equal(again.rows, p.rows) and np.testing.assert_array_equal(again.coords, p.coords)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [(",", "punctuation"), ("\n    ", "punctuation"), (" Hamlet", "name"), (" def", "keyword"), ("None", "keyword"),
+     (" lord", "other"), ("42", "other")],
+)  # fmt: skip
+def test_token_kinds(text, kind):
+    from engram_inspect.valuemap import token_kind
+
+    assert token_kind(text) == kind
+
+
+def test_row_colours_agree_with_the_pages(tiny_ck, tiny_pages):
+    from engram_inspect.valuemap import DOMAINS, row_colours
+
+    layout = tiny_pages.layout
+    mean_alpha = np.full(layout.total, np.nan)
+    col = row_colours(tiny_ck, tiny_pages.index, tiny_pages.streams, mean_alpha, top_tokens(tiny_ck))
+    for flat in range(0, layout.total, 5):
+        page = row_page(tiny_ck, layout.address(flat), tiny_pages)
+        if page.hits:
+            assert col["top_share"][flat] == pytest.approx(page.top_share, rel=1e-6)
+            assert bool(col["crowded"][flat]) == page.crowded
+            top = page.ngrams[0]
+            assert DOMAINS[col["domain"][flat]] == ("plays" if top.plays >= top.code else "code")
+        else:
+            assert np.isnan(col["top_share"][flat]) and col["domain"][flat] == -1
