@@ -37,15 +37,8 @@ MAX_EXACT = 32  # reads zeroed one by one for the exact removal cost
 
 
 def parse_row(text: str) -> RowAddress:
-    """A RowAddress from "L:N:K:R" (layer, order, head, row); ValueError with the reason otherwise."""
-    parts = str(text).strip().split(":")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(parts) != 4 or len(values) != 4:
-        raise ValueError(f"a row is L:N:K:R (layer, order, head, row as four integers), got {text!r}")
-    return RowAddress(*values)
+    """A RowAddress from "L:N:K:R"; ValueError naming the expected form otherwise."""
+    return RowAddress.parse(text)
 
 
 @dataclass(frozen=True)
