@@ -24,11 +24,12 @@ import torch
 
 from engram_core import Checkpoint
 
+from .cache import cache_file
 from .collisions import CollisionIndex, load_or_build, ngram_text, pack_ngram
 from .rows import RowAddress, RowLayout
 from .rowstats import Progress, RowStats, corpus_streams, load_or_compute
-from .valuemap import DOMAINS, domain_counts, lookup_counts
-from .valuespace import promotes
+from .valuemap import DOMAINS, domain_counts, lookup_counts, row_colours
+from .valuespace import promotes, top_tokens
 
 TOP_CONTEXTS, BOTTOM_CONTEXTS, TOP_TOKENS = 20, 10, 10
 HIST_BINS = 10  # alpha histogram over [0, 1]
@@ -116,6 +117,36 @@ class RowPages:
     def load(cls, ck: Checkpoint, progress: Progress | None = None) -> RowPages:
         streams = corpus_streams(ck)
         return cls(ck, load_or_compute(ck, progress), streams, load_or_build(ck, progress=progress))
+
+    def mean_alpha(self) -> np.ndarray:
+        """Per flat row, the mean alpha of the sample positions that read it: (rows,) float32, NaN where none did."""
+        out = np.full(self.layout.total, np.nan, dtype=np.float32)
+        spec = self.layout.spec
+        for li, layer in enumerate(self.layout.layers):
+            alpha = self.alpha[:, :, li].ravel().astype(np.float64) / 255.0
+            for order in spec.orders:
+                for head in range(spec.heads_per_ngram):
+                    r = self.layout.flat_range(layer, order, head)
+                    rows = self.rows[layer][spec.head_index(order, head)]
+                    n = np.bincount(rows, minlength=len(r))
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        out[r.start : r.stop] = np.bincount(rows, weights=alpha, minlength=len(r)) / n
+        return out
+
+    def colours(self) -> dict[str, np.ndarray]:
+        """Per-row map colours (valuemap.row_colours), cached on disk beside the other derived files."""
+        path = cache_file(self.ck, "row-colours", ".npz")
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    return {k: f[k] for k in f.files}
+            except (OSError, ValueError):
+                pass  # unreadable: recompute
+        out = row_colours(self.ck, self.index, self.streams, self.mean_alpha(), top_tokens(self.ck))
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, **out)
+        tmp.replace(path)
+        return out
 
     def domain_counts(self, order: int) -> dict:
         if order not in self._domains:

@@ -320,3 +320,14 @@ def test_row_colours_agree_with_the_pages(tiny_ck, tiny_pages):
             assert DOMAINS[col["domain"][flat]] == ("plays" if top.plays >= top.code else "code")
         else:
             assert np.isnan(col["top_share"][flat]) and col["domain"][flat] == -1
+
+
+def test_mean_alpha_per_row_is_the_mean_over_its_pages_reads(tiny_ck, tiny_pages):
+    layout = tiny_pages.layout
+    means = tiny_pages.mean_alpha()
+    for flat in range(0, layout.total, 11):
+        page = row_page(tiny_ck, layout.address(flat), tiny_pages)
+        if page.reads:
+            assert means[flat] == pytest.approx(page.mean_alpha, rel=1e-5)
+        else:
+            assert np.isnan(means[flat])
