@@ -208,6 +208,8 @@ def _print_page(ck, page) -> None:
     print(f"corpus N-grams: {len(page.ngrams):,} distinct, {page.hits:,} hits{share}.{crowd}")
     for n in page.ngrams[:10]:
         print(f"  {n.count:>8,}  {n.text!r}  (plays {n.plays:,}, code {n.code:,})")
+    if len(page.ngrams) > 10:
+        print(f"  ... and {len(page.ngrams) - 10:,} more (--json lists them all)")
     print("writes (direct path: value vector -> final norm -> unembedding; conv and later layers ignored):")
     print("  promotes:   " + "  ".join(f"{t.text!r} {t.logit:+.2f}" for t in page.promoted))
     print("  suppresses: " + "  ".join(f"{t.text!r} {t.logit:+.2f}" for t in page.suppressed))

@@ -143,20 +143,21 @@ def top_ngram_per_row(index: CollisionIndex, layer: int, order: int, head: int) 
     return best, hits
 
 
-def domain_counts(ck: Checkpoint, streams: dict[str, np.ndarray], order: int) -> dict[str, tuple]:
-    """Per domain ("plays", "code"), the sorted packed N-grams of one order in its streams and their counts."""
+def plays_counts(ck: Checkpoint, streams: dict[str, np.ndarray], order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted packed N-grams of one order in the plays streams, and their counts.
+
+    The code's count of an N-gram is then the index's count minus this one (the index
+    counts exactly these streams), so the 9M code tokens are never counted twice.
+    """
     spec = ck.model.cfg.memory.hash_spec
     comp = ck.model.compression.cpu().numpy()
-    out = {}
-    for domain in DOMAINS:
-        keys = [
-            position_keys(comp[np.asarray(s, np.int64)], order, spec.vocab_size, spec.pad_id)
-            for name, s in streams.items()
-            if name.endswith("/" + domain)
-        ]
-        uniq, counts = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.int64), return_counts=True)
-        out[domain] = (uniq, counts)
-    return out
+    keys = [
+        position_keys(comp[np.asarray(s, np.int64)], order, spec.vocab_size, spec.pad_id)
+        for name, s in streams.items()
+        if name.endswith("/plays")
+    ]
+    uniq, counts = np.unique(np.concatenate(keys) if keys else np.zeros(0, np.int64), return_counts=True)
+    return uniq, counts
 
 
 def lookup_counts(table: tuple[np.ndarray, np.ndarray], keys: np.ndarray) -> np.ndarray:
@@ -177,9 +178,8 @@ def row_colours(
     share = np.full(layout.total, np.nan, dtype=np.float32)
     domain = np.full(layout.total, -1, dtype=np.int8)
     for order in spec.orders:
-        by_domain = domain_counts(ck, streams, order)
-        plays = lookup_counts(by_domain["plays"], index.keys[order])
-        code = lookup_counts(by_domain["code"], index.keys[order])
+        plays = lookup_counts(plays_counts(ck, streams, order), index.keys[order])
+        code = index.counts[order] - plays
         for layer in spec.layer_ids:
             for head in range(spec.heads_per_ngram):
                 best, hits = top_ngram_per_row(index, layer, order, head)

@@ -19,12 +19,13 @@ from engram_inspect.valuespace import (
     value_vector,
     value_vectors,
 )
-from tests.conftest import TINY_TEXT
+from tests.conftest import TINY_TEXT, make_tiny_model
 
 
-@pytest.fixture()
-def tiny_ck(tiny_parts, tiny_model):
-    return Checkpoint(model=tiny_model, tokenizer=tiny_parts[0], meta={})
+@pytest.fixture(scope="module")
+def tiny_ck(tiny_parts):
+    # one model for the module: the pages built on it are the slow part (tests restore any change they make)
+    return Checkpoint(model=make_tiny_model(tiny_parts), tokenizer=tiny_parts[0], meta={})
 
 
 def tiny_streams(tok) -> dict[str, np.ndarray]:
@@ -107,7 +108,7 @@ def test_neighbour_agreement_counts_same_top_tokens(tiny_ck):
 # --- row pages --------------------------------------------------------------------------------------
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def tiny_pages(tiny_ck):
     return pages_for(tiny_ck, tiny_streams(tiny_ck.tokenizer))
 
@@ -156,11 +157,15 @@ def test_top_contexts_sorted_and_equal_to_a_direct_capture(tiny_ck, tiny_pages):
     assert len(page.top_contexts) == min(20, page.reads) and len(page.bottom_contexts) == min(10, page.reads)
     assert sum(page.alpha_hist) == page.reads
     T = tiny_pages.stats.sample.length
+    names = [f"blocks.{a.layer}.engram.hook_hash_ids", f"blocks.{a.layer}.engram.readout.hook_gate"]
+    captures = {}
     for c in page.top_contexts + page.bottom_contexts:
         ids = torch.from_numpy(tiny_pages.tokens[c.window])[None]
-        rows = {ly: torch.from_numpy(r[:, c.window * T : (c.window + 1) * T].T[None]).long()
-                for ly, r in tiny_pages.rows.items()}  # fmt: skip
-        _, cache = tiny_ck.model.run_with_cache(ids, rows=rows)
+        if c.window not in captures:  # one direct capture per window
+            rows = {ly: torch.from_numpy(r[:, c.window * T : (c.window + 1) * T].T[None]).long()
+                    for ly, r in tiny_pages.rows.items()}  # fmt: skip
+            captures[c.window] = tiny_ck.model.run_with_cache(ids, names=names, rows=rows)[1]
+        cache = captures[c.window]
         assert int(cache[f"blocks.{a.layer}.engram.hook_hash_ids"][0, c.position, 1]) == a.row
         alpha = float(cache[f"blocks.{a.layer}.engram.readout.hook_gate"][0, c.position].mean())
         assert c.alpha == pytest.approx(alpha, abs=0.5 / 255 + 1e-6)  # stored to 1/255
