@@ -19,7 +19,7 @@ from engram_core.knockout import format_knockout, parse_knockout  # noqa: E402
 from . import api  # noqa: E402
 from .context import Ctx  # noqa: E402
 from .session import MAX_CHARS, InputError, Session  # noqa: E402
-from .tabs import card, export, gates, health, knockout, lookups, memory_map, paper  # noqa: E402
+from .tabs import card, export, gates, health, knockout, lookups, memory_map, paper, rows  # noqa: E402
 
 EXAMPLES = [
     "I pray you, my lord, let me know your pleasure.",
@@ -44,6 +44,18 @@ CLICK_JS = """
         box.value = String(p.customdata);
         box.dispatchEvent(new Event('input', {bubbles: true}));
         setTimeout(() => document.querySelector('#find-neighbours').click(), 50);
+        // ...and opens the point's row page
+        const rowBox = document.querySelector('#row-page-query textarea, #row-page-query input');
+        if (rowBox) {
+          rowBox.value = String(p.customdata);
+          rowBox.dispatchEvent(new Event('input', {bubbles: true}));
+          setTimeout(() => {
+            document.querySelector('#row-page-go').click();
+            const tabs = [...document.querySelectorAll('button[role="tab"]')];
+            const tab = tabs.find((b) => b.innerText.trim() === 'Row page');
+            if (tab) tab.click();
+          }, 80);
+        }
       });
     }
   };
@@ -76,12 +88,14 @@ def build_app(session: Session) -> gr.Blocks:
         status = gr.Markdown(elem_id="status")
         gr.Examples(EXAMPLES, inputs=[text], label="examples (held-out plays, code)")
         ctx = Ctx(session=session, trace=gr.State(None), text=text, mask=mask)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             for tab in (lookups, gates, memory_map, knockout, health, export, paper, card):
                 tab.build(ctx)
+            row_deep_link = rows.build(ctx)
         loaded = demo.load(_from_url, None, [text, mask], api_name="load_state")
         _wire_run(ctx, (run.click, text.submit, loaded.then), status, link)
         _wire_export_api(ctx)
+        row_deep_link(demo, tabs)
         api.register(session)
         dark.click(None, js=DARK_JS, api_name="dark_mode")
     return demo

@@ -12,6 +12,13 @@ import gradio as gr
 from .. import views
 from ..context import Ctx
 
+# colour name -> key of RowPages.colours(); kinds and domains are codes (engram_inspect.valuemap.KINDS, DOMAINS)
+ROW_COLOURS = {
+    "promoted kind (0 punct., 1 name, 2 keyword, 3 other)": "kind",
+    "N-gram domain (0 plays, 1 code)": "domain",
+    "top N-gram share (crowded < 0.5)": "top_share",
+    "mean α (corpus sample)": "mean_alpha",
+}
 NEIGHBOUR_HEADERS = ["similarity", "layer", "order", "head", "row", "corpus N-grams (count)"]
 
 
@@ -19,8 +26,15 @@ def build(ctx: Ctx) -> None:
     s = ctx.session
     with gr.Tab("Memory map", id="memory-map"):
         with gr.Row():
+            space = gr.Radio(
+                ["value", "raw"],
+                value="value",
+                label="space (value: each row through its head's W_V slice, one space for all heads and layers)",
+            )
             method = gr.Radio(["umap", "pca"], value="umap", label="projection")
-            colour = gr.Radio(["order", "head", "layer", "hits", "mean gate"], value="order", label="colour by")
+            colour = gr.Radio(
+                ["order", "head", "layer", "hits", "mean gate", *ROW_COLOURS], value="order", label="colour by"
+            )
         plot = gr.Plot(label="memory rows", elem_id="memory-map")
         with gr.Row():
             query = gr.Textbox(
@@ -33,14 +47,20 @@ def build(ctx: Ctx) -> None:
         table = gr.Dataframe(headers=NEIGHBOUR_HEADERS, label="nearest rows", elem_id="neighbours-table", wrap=True)
         send = gr.Button("Knock out these rows")
 
-    def redraw(trace, m, c):
-        p = s.projection(m)
+    def redraw(trace, sp, m, c):
+        p = _value_projection(s, m) if sp == "value" else s.projection(m)
         if p is None:
             gr.Warning("UMAP is not precomputed for this model: showing PCA (run `engram project`)")
-            p = s.projection("pca")
+            p = _value_projection(s, "pca") if sp == "value" else s.projection("pca")
         from engram_inspect.rows import RowLayout
 
-        values = _hits(s) if c == "hits" else s.mean_gate() if c == "mean gate" else None
+        if c in ROW_COLOURS:
+            from .rows import pages
+
+            values = pages(s).colours()[ROW_COLOURS[c]].astype("float32")
+            values[values < 0] = float("nan")  # domain -1: no corpus N-gram reads the row
+        else:
+            values = _hits(s) if c == "hits" else s.mean_gate() if c == "mean gate" else None
         return views.memory_map(p, RowLayout.of(s.ck), trace, c, values)
 
     def neighbours(q, L, n, kk):
@@ -58,12 +78,13 @@ def build(ctx: Ctx) -> None:
         keep = [] if mask in (None, "", "all", "none") else [mask]
         return ",".join(keep + picked) or "none"
 
-    method.change(redraw, [ctx.trace, method, colour], [plot], api_name="map_method")
-    colour.change(redraw, [ctx.trace, method, colour], [plot], api_name="map_colour")
+    space.change(redraw, [ctx.trace, space, method, colour], [plot], api_name="map_space")
+    method.change(redraw, [ctx.trace, space, method, colour], [plot], api_name="map_method")
+    colour.change(redraw, [ctx.trace, space, method, colour], [plot], api_name="map_colour")
     find.click(neighbours, [query, layer, order, k], [table], api_name="map_neighbours")
     query.submit(neighbours, [query, layer, order, k], [table], api_name="map_neighbours_submit")
     send.click(to_mask, [table, ctx.mask], [ctx.mask], api_name="map_to_mask")
-    ctx.on_trace.append((redraw, [ctx.trace, method, colour], [plot]))
+    ctx.on_trace.append((redraw, [ctx.trace, space, method, colour], [plot]))
 
 
 def _hits(session):
@@ -85,3 +106,16 @@ def _hits(session):
         return out
 
     return session._lazy("hits", build)
+
+
+def _value_projection(session, method: str):
+    """The value-space map; UMAP only when precomputed (no JIT wait in the app)."""
+    from engram_inspect.cache import cache_file
+    from engram_inspect.valuemap import SCOPE, value_projection
+
+    def build():
+        if method == "umap" and not cache_file(session.ck, f"projection-umap-{SCOPE}", ".npz").is_file():
+            return None
+        return value_projection(session.ck, method)
+
+    return session._lazy(f"value-projection-{method}", build)
