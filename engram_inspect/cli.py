@@ -223,6 +223,9 @@ def _print_page(ck, page) -> None:
             print(f"  {title}:")
         for c in ctxs:
             print(f"    {c.alpha:.3f}  {c.before!r} [{c.token!r}] {c.after!r}  ({c.stream} @ {c.offset:,})")
+    for title, ns in (("nearest rows in value space", page.value_neighbours),
+                      ("nearest rows of the same head (raw cosine)", page.head_neighbours)):  # fmt: skip
+        print(f"{title}: " + ", ".join(f"{n.address} {n.similarity:.3f} {n.top_ngram!r}" for n in ns[:5]))
     if page.delta_estimate_reads:
         print(f"removal cost (gradient x input estimate, {page.delta_estimate_reads} reads): "
               f"mean delta log p {page.delta_estimate:+.4f} nats over each read's window")  # fmt: skip

@@ -29,11 +29,12 @@ from .collisions import CollisionIndex, load_or_build, ngram_text, pack_ngram
 from .rows import RowAddress, RowLayout
 from .rowstats import Progress, RowStats, corpus_streams, load_or_compute
 from .valuemap import lookup_counts, plays_counts, row_colours
-from .valuespace import promotes, top_tokens
+from .valuespace import ValueIndex, promotes, raw_nearest_in_head, top_tokens
 
 TOP_CONTEXTS, BOTTOM_CONTEXTS, TOP_TOKENS = 20, 10, 10
 HIST_BINS = 10  # alpha histogram over [0, 1]
 BEFORE, AFTER = 12, 6  # tokens of text shown around a read
+NEIGHBOURS = 10
 MAX_EXACT = 16  # reads zeroed one by one for the exact removal cost
 
 
@@ -72,6 +73,13 @@ class Context:
 
 
 @dataclass(frozen=True)
+class Neighbour:
+    address: str  # "L:N:K:R"
+    similarity: float  # cosine
+    top_ngram: str  # the neighbour's most frequent corpus N-gram ('' if none)
+
+
+@dataclass(frozen=True)
 class RowPage:
     address: RowAddress
     ngrams: list[NgramHits]
@@ -90,7 +98,8 @@ class RowPage:
     delta_exact: float | None = None  # mean exact change in the window's log-likelihood (on demand)
     delta_exact_own: float | None = None  # the same at each read's own prediction only
     delta_exact_reads: int = 0
-    notes: list[str] = field(default_factory=list)
+    value_neighbours: list[Neighbour] = field(default_factory=list)  # any head, any layer: value-space cosine
+    head_neighbours: list[Neighbour] = field(default_factory=list)  # same head only: raw-row cosine
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -112,6 +121,7 @@ class RowPages:
         self._delta_at = np.full(len(stats.sample), -1, dtype=np.int64)  # window -> row in stats.delta
         self._delta_at[stats.delta_windows] = np.arange(len(stats.delta_windows))
         # loaded up front so that no page pays for counting the plays (~0.3 s an order)
+        self._value_index: ValueIndex | None = None  # built on the first page (~1 s)
         self._plays = {n: plays_counts(ck, streams, n) for n in self.layout.spec.orders}
 
     @classmethod
@@ -147,6 +157,18 @@ class RowPages:
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez_compressed(tmp, **out)
         tmp.replace(path)
+        return out
+
+    def value_index(self) -> ValueIndex:
+        if self._value_index is None:
+            self._value_index = ValueIndex(self.ck)
+        return self._value_index
+
+    def neighbours(self, found: list[tuple[RowAddress, float]]) -> list[Neighbour]:
+        out = []
+        for a, sim in found:
+            top = self.index.ngrams_at(a.layer, a.order, a.head, a.row)[:1]
+            out.append(Neighbour(str(a), round(sim, 6), ngram_text(self.ck, top[0][0]) if top else ""))
         return out
 
     def reads(self, address: RowAddress) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +253,8 @@ def row_page(ck: Checkpoint, address: RowAddress, pages: RowPages | None = None,
         bottom_contexts=ctx[1],
         delta_estimate=float(delta[has].mean()) if has.any() else float("nan"),
         delta_estimate_reads=int(has.sum()),
+        value_neighbours=pages.neighbours(pages.value_index().nearest(ck, address, NEIGHBOURS)),
+        head_neighbours=pages.neighbours(raw_nearest_in_head(ck, address, NEIGHBOURS)),
     )
     if exact and len(w):
         pick = np.unique(np.linspace(0, len(w) - 1, min(max_exact, len(w))).round().astype(np.int64))

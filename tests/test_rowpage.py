@@ -8,7 +8,7 @@ from engram_core import Checkpoint, KnockOut
 from engram_core.tokenizer import encode
 from engram_inspect.collisions import build_collision_index
 from engram_inspect.rowpage import RowPages, exact_removal, parse_row, row_page
-from engram_inspect.rows import RowAddress, RowLayout
+from engram_inspect.rows import RowAddress, RowLayout, layer_table
 from engram_inspect.rowstats import compute_row_stats, grad_times_input
 from engram_inspect.valuespace import (
     ValueIndex,
@@ -336,3 +336,23 @@ def test_mean_alpha_per_row_is_the_mean_over_its_pages_reads(tiny_ck, tiny_pages
             assert means[flat] == pytest.approx(page.mean_alpha, rel=1e-5)
         else:
             assert np.isnan(means[flat])
+
+
+def test_page_neighbours_value_space_and_same_head_raw(tiny_ck, tiny_pages):
+    layout = tiny_pages.layout
+    a = layout.address(40)
+    page = row_page(tiny_ck, a, tiny_pages)
+    vecs = value_vectors(tiny_ck, np.arange(layout.total)).astype(np.float64)
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    sims = unit @ unit[40]
+    sims[40] = -np.inf
+    np.testing.assert_allclose([n.similarity for n in page.value_neighbours], np.sort(sims)[::-1][:10], atol=1e-5)
+    r = layout.flat_range(a.layer, a.order, a.head)
+    raw = layer_table(tiny_ck, a.layer)[r.start - layout.flat_range(a.layer).start :][: len(r)].astype(np.float64)
+    raw /= np.linalg.norm(raw, axis=1, keepdims=True)
+    own = raw @ raw[a.row]
+    own[a.row] = -np.inf
+    np.testing.assert_allclose([n.similarity for n in page.head_neighbours], np.sort(own)[::-1][:10], atol=1e-5)
+    head = [RowAddress.parse(n.address) for n in page.head_neighbours]
+    assert len(head) == 10 and all((h.layer, h.order, h.head) == (a.layer, a.order, a.head) for h in head)
+    assert a not in head

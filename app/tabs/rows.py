@@ -14,6 +14,7 @@ from ..context import Ctx
 
 NGRAM_HEADERS = ["count", "N-gram", "plays", "code"]
 TOKEN_HEADERS = ["promoted", "logit", "suppressed", "logit "]
+NEIGHBOUR_HEADERS = ["row", "cosine", "top N-gram"]
 CONTEXT_HEADERS = ["alpha", "before", "token", "after", "where", "Δ log p (estimate)"]
 
 
@@ -100,14 +101,22 @@ def build(ctx: Ctx):
             ngrams = gr.Dataframe(headers=NGRAM_HEADERS, label="corpus N-grams that hash here", wrap=True)
             tokens = gr.Dataframe(headers=TOKEN_HEADERS, label="what the row writes (direct path)", wrap=True)
         hist = gr.Plot(label="gate")
+        with gr.Row():
+            value_nb = gr.Dataframe(
+                headers=NEIGHBOUR_HEADERS, label="nearest rows in value space (any head, any layer)", wrap=True
+            )
+            head_nb = gr.Dataframe(headers=NEIGHBOUR_HEADERS, label="nearest rows of the same head (raw)", wrap=True)
         top = gr.Dataframe(headers=CONTEXT_HEADERS, label="20 contexts with the highest α", wrap=True)
         bottom = gr.Dataframe(headers=CONTEXT_HEADERS, label="10 contexts with the lowest α", wrap=True)
 
     def show(q, ex):
         page = page_of(s, q, bool(ex))
-        return (summary(page), *tables(page)[:2], alpha_figure(page), *tables(page)[2:])
+        nb = [
+            [[n.address, n.similarity, n.top_ngram] for n in ns] for ns in (page.value_neighbours, page.head_neighbours)
+        ]
+        return (summary(page), *tables(page)[:2], alpha_figure(page), *nb, *tables(page)[2:])
 
-    outputs = [head, ngrams, tokens, hist, top, bottom]
+    outputs = [head, ngrams, tokens, hist, value_nb, head_nb, top, bottom]
     go_btn.click(show, [query, exact], outputs, api_name="row_page")
     query.submit(show, [query, exact], outputs, api_name="row_page_submit")
 
