@@ -147,15 +147,22 @@ class RowPages:
     def colours(self) -> dict[str, np.ndarray]:
         """Per-row map colours (valuemap.row_colours), cached on disk beside the other derived files."""
         path = cache_file(self.ck, "row-colours", ".npz")
+        # mean alpha depends on the sample as well as the checkpoint: the file names both
+        made_from = np.asarray([self.stats.sample.start.sum(), len(self.stats.sample), self.stats.sample.length])
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as f:
-                    return {k: f[k] for k in f.files}
-            except (OSError, ValueError):
-                pass  # unreadable: recompute
+                    if np.array_equal(f["made_from"], made_from):
+                        out = {k: f[k] for k in ("kind", "domain")}
+                        out.update({k: f[k].astype(np.float32) for k in ("top_share", "mean_alpha")})
+                        return {**out, "crowded": out["top_share"] < 0.5}
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable or from another sample: recompute
         out = row_colours(self.ck, self.index, self.streams, self.mean_alpha(), top_tokens(self.ck))
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **out)
+        # float16 shares and alphas (3 significant digits) keep the shipped file small; crowded is derived
+        small = {k: out[k].astype(np.float16) for k in ("top_share", "mean_alpha")}
+        np.savez_compressed(tmp, made_from=made_from, kind=out["kind"], domain=out["domain"], **small)
         tmp.replace(path)
         return out
 
