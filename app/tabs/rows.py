@@ -124,10 +124,12 @@ def build(ctx: Ctx):
         """The page of one memory row "L:N:K:R": N-grams, promoted tokens, gate statistics, removal cost."""
         return page_of(s, address, bool(exact)).to_dict()
 
-    gr.api(row, api_name="row")
-
     def deep_link(demo: gr.Blocks, tabs: gr.Tabs) -> None:
-        """`?row=L:N:K:R` fills the address, shows this tab and opens the page (call after the Blocks are built)."""
+        """`?row=L:N:K:R` fills the address, shows this tab and opens the page; registers /row.
+
+        Called outside the Tabs (an API endpoint inside them would be a child of the Tabs).
+        """
+        gr.api(row, api_name="row")
 
         def maybe_show(q, ex):
             return show(q, ex) if q else tuple(gr.update() for _ in outputs)
