@@ -44,18 +44,24 @@ CLICK_JS = """
         box.value = String(p.customdata);
         box.dispatchEvent(new Event('input', {bubbles: true}));
         setTimeout(() => document.querySelector('#find-neighbours').click(), 50);
-        // ...and opens the point's row page
-        const rowBox = document.querySelector('#row-page-query textarea, #row-page-query input');
-        if (rowBox) {
-          rowBox.value = String(p.customdata);
-          rowBox.dispatchEvent(new Event('input', {bubbles: true}));
-          setTimeout(() => {
-            document.querySelector('#row-page-go').click();
-            const tabs = [...document.querySelectorAll('button[role="tab"]')];
-            const tab = tabs.find((b) => b.innerText.trim() === 'Row page');
-            if (tab) tab.click();
-          }, 80);
-        }
+        // ...then opens the point's row page (the tab renders on first show, so wait for its box)
+        setTimeout(() => {
+          const tabs = [...document.querySelectorAll('button[role="tab"]')];
+          const tab = tabs.find((b) => b.innerText.trim() === 'Row page');
+          if (tab) tab.click();
+          let tries = 0;
+          const fill = () => {
+            const rowBox = document.querySelector('#row-page-query textarea, #row-page-query input');
+            if (!rowBox) {
+              if (tries++ < 100) setTimeout(fill, 100);
+              return;
+            }
+            rowBox.value = String(p.customdata);
+            rowBox.dispatchEvent(new Event('input', {bubbles: true}));
+            setTimeout(() => document.querySelector('#row-page-go').click(), 80);
+          };
+          fill();
+        }, 400);
       });
     }
   };
