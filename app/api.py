@@ -6,93 +6,44 @@ Endpoints (documented in docs/api.md): /trace, /knockout, /neighbours, and /expo
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
-import numpy as np
 
-from engram_core.knockout import format_knockout, parse_knockout
-from engram_inspect.diff import knockout_diff
+from engram_core.knockout import parse_knockout
+from engram_inspect.capture import Trace
+from engram_inspect.summary import knockout_summary, trace_summary
 
-from .session import InputError, Session
+from .session import Session
 
 
-def _mask(mask: str):
+def user_trace(session: Session, text: str, mask: str | None) -> Trace:
+    """The one way from what a user typed (text, mask string) to a trace; bad input is a one-line gr.Error.
+
+    The mask string becomes a KnockOut here, once (`parse_knockout`); the model checks it
+    against its own layers, orders, heads, branches and rows, and says which item is wrong.
+    """
     try:
-        return parse_knockout(mask or "all")
-    except ValueError as e:
-        raise gr.Error(str(e)) from e
+        return session.capture(text, parse_knockout(mask or "all"))
+    except ValueError as e:  # InputError included
+        raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
 
-def _capture(session: Session, text: str, mask: str):
-    try:
-        return session.capture(text, _mask(mask))
-    except InputError as e:
-        raise gr.Error(str(e)) from e
-
-
-def _floats(a: np.ndarray) -> list:
-    """JSON-safe floats: NaN (the last position has no next token) becomes None."""
-    return [None if np.isnan(x) else round(float(x), 6) for x in np.asarray(a, dtype=np.float64).ravel()]
-
-
-def trace_summary(session: Session, text: str, mask: str = "all") -> dict:
-    tr = _capture(session, text, mask)
-    return {
-        "tokens": tr.tokens,
-        "offsets": tr.offsets.tolist(),
-        "compressed_ids": tr.compressed_ids.tolist(),
-        "layers": list(tr.layers),
-        "orders": list(tr.orders),
-        "heads_per_ngram": tr.heads_per_ngram,
-        "hash_rows": tr.hash_rows.tolist(),  # (layers, T, heads)
-        "gate": np.round(tr.gate.astype(np.float64), 6).tolist(),  # (layers, T, branches)
-        "gate_mean": _floats(tr.gate.mean(axis=(0, 2))),
-        "logprob_next": _floats(tr.logprob_next),
-        "masked_logprob_next": _floats(tr.masked_logprob_next),
-        "kl": _floats(tr.kl),
-        "lens_kl_on": _floats(tr.lens_kl_on.mean(1)),
-        "lens_kl_off": _floats(tr.lens_kl_off.mean(1)),
-        "mask": format_knockout(_mask(mask)),
-    }
-
-
-def knockout_summary(session: Session, text: str, mask: str = "all") -> dict:
-    tr = _capture(session, text, mask)
-    d = knockout_diff(tr)
-    return {
-        "mask": format_knockout(_mask(mask)),
-        "tokens": tr.tokens,
-        "delta_logprob": _floats(d.delta_logprob),
-        "kl": _floats(d.kl),
-        "top1_changed": d.top1_changed.tolist(),
-        "mean_loss_change": round(d.mean_loss_change, 6),
-        "mean_kl": round(d.mean_kl, 6),
-        "top1_accuracy_on": d.top1_accuracy_on,
-        "top1_accuracy_masked": d.top1_accuracy_masked,
-        "biggest_losses": [
-            {
-                "position": x.position,
-                "context": x.context,
-                "target": x.target,
-                "delta_logprob": round(x.delta_logprob, 6),
-            }
-            for x in d.biggest_losses
-        ],
-    }
+ROW_QUERY = re.compile(r"-?\d+(\s*:\s*-?\d+){3}")  # a row address L:N:K:R, not an N-gram's text
 
 
 def neighbour_rows(session: Session, query: str, layer: int, order: int, head: int | None, k: int) -> list[dict]:
     """Nearest rows of a row ("L:N:K:R") or of the rows an N-gram's text reads."""
+    from engram_core.addresses import RowAddress
     from engram_inspect.collisions import ngram_text
     from engram_inspect.neighbours import nearest_ngram
-    from engram_inspect.rows import RowAddress
 
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("type an N-gram or a row L:N:K:R")
     index, labels = session.neighbour_index(), session.collisions()
     try:
-        parts = query.strip().split(":")
-        if len(parts) == 4 and all(p.strip().lstrip("-").isdigit() for p in parts):
-            address = RowAddress(*(int(p) for p in parts))
+        if ROW_QUERY.fullmatch(query.strip()):
+            address = RowAddress.parse(query)
             found = [(address, index.nearest_rows(address, k, labels))]
         else:
             found = [
@@ -125,11 +76,11 @@ def register(session: Session) -> None:
 
     def trace(text: str, mask: str = "all") -> dict:
         """Capture a text: tokens, rows read, gates, next-token log-probs on and under the mask, KL, logit lens."""
-        return trace_summary(session, text, mask)
+        return trace_summary(user_trace(session, text, mask))
 
     def knockout(text: str, mask: str = "all") -> dict:
         """Knock-out diff of a text under a mask (all, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R)."""
-        return knockout_summary(session, text, mask)
+        return knockout_summary(user_trace(session, text, mask))
 
     def neighbours(query: str, layer: int = 1, order: int = 2, head: int = 0, k: int = 10) -> list[dict]:
         """Nearest memory rows of an N-gram typed as text, or of a row "L:N:K:R"."""

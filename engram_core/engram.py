@@ -134,7 +134,7 @@ class Engram(nn.Module):
         return keep
 
     def forward(self, H: torch.Tensor, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
-        hash_ids = self.hook_hash_ids(hash_ids)  # (B, T, H) head-local rows
+        hash_ids = self.hook_hash_ids(hash_ids.to(self.offsets.device))  # (B, T, H) head-local rows
         if ko.layer_off(self.layer):
             # a knocked-out module adds nothing, so nothing after the hash needs computing
             return H.new_zeros(H.shape)

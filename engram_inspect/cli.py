@@ -89,6 +89,10 @@ def cmd_stats(args: argparse.Namespace) -> None:
     from .export import write_table
     from .health import gate_weighted_hits, health_table
 
+    if args.scan_dir:
+        from .scan import print_scan
+
+        return print_scan(args.scan_dir)
     ck = _checkpoint(args)
     if ck.model.cfg.memory is None:
         raise UserError("this checkpoint has no Engram memory")
@@ -155,17 +159,14 @@ def cmd_neighbours(args: argparse.Namespace) -> None:
     try:
         index = NeighbourIndex.build(ck)
         if args.row:
-            parts = [int(x) for x in args.row.split(":")]
-            if len(parts) != 4:
-                raise UserError("--row takes L:N:K:R (layer, order, head, row)")
-            index.layout.check(RowAddress(*parts))
+            address = RowAddress.parse(args.row)  # one line naming L:N:K:R when malformed
+            index.layout.check(address)
         elif not args.ngram:
             raise UserError("give an NGRAM text or --row L:N:K:R")
         else:
             index.layout.check(RowAddress(layer, args.order, args.head or 0, 0))
         labels = _labels(ck)
         if args.row:
-            address = RowAddress(*parts)
             results = [(address, index.nearest_rows(address, args.k, labels), None)]
         else:
             found = nearest_ngram(ck, index, args.ngram, layer, args.order, args.head, args.k, labels)
@@ -255,6 +256,13 @@ def cmd_row(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from .address_cli import add_address_command
+    from .scan import add_scan_command
+    from .traffic_cli import add_traffic_command
+
+    add_address_command(sub)
+    add_traffic_command(sub)
+    add_scan_command(sub)
     s = sub.add_parser("trace", help="capture what the memory does for a text and export it")
     s.add_argument("text", nargs="?", help="the text (or use --file)")
     s.add_argument("--file", help="read the text from this file")
@@ -265,6 +273,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_trace)
     s = sub.add_parser("stats", help="memory health and collision rates of every table")
+    s.add_argument("scan_dir", nargs="?", metavar="OUT_DIR", help="print a finished `engram scan` instead")
     s.add_argument("--corpus", nargs="*", help="text files to index instead of the training corpus")
     s.add_argument("--gate-tokens", type=int, default=0, help="also weight hits by the gate over this many tokens")
     s.add_argument("-o", "--output", help="write OUTPUT-health.FORMAT and OUTPUT-collisions.FORMAT")

@@ -24,7 +24,7 @@ import torch
 
 from engram_core import Checkpoint
 
-from .cache import cache_file
+from .cache import cache_file, find_file
 from .collisions import CollisionIndex, load_or_build, ngram_text, pack_ngram
 from .rows import RowAddress, RowLayout
 from .rowstats import Progress, RowStats, corpus_streams, load_or_compute
@@ -146,12 +146,12 @@ class RowPages:
 
     def colours(self) -> dict[str, np.ndarray]:
         """Per-row map colours (valuemap.row_colours), cached on disk beside the other derived files."""
-        path = cache_file(self.ck, "row-colours", ".npz")
+        source, path = find_file(self.ck, "row-colours", ".npz"), cache_file(self.ck, "row-colours", ".npz")
         # mean alpha depends on the sample as well as the checkpoint: the file names both
         made_from = np.asarray([self.stats.sample.start.sum(), len(self.stats.sample), self.stats.sample.length])
-        if path.is_file():
+        if source.is_file():
             try:
-                with np.load(path, allow_pickle=False) as f:
+                with np.load(source, allow_pickle=False) as f:
                     if np.array_equal(f["made_from"], made_from):
                         out = {k: f[k] for k in ("kind", "domain")}
                         out.update({k: f[k].astype(np.float32) for k in ("top_share", "mean_alpha")})

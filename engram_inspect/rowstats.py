@@ -30,7 +30,7 @@ import torch
 from engram_core import Checkpoint
 from engram_core.hashing import hash_all
 
-from .cache import cache_file, checkpoint_key
+from .cache import cache_file, checkpoint_key, find_file
 
 FORMAT = "engram-rowstats/1"
 SAMPLE_TOKENS = 1 << 20  # tokens of the gate pass: 4,096 windows of 256
@@ -234,11 +234,12 @@ def compute_row_stats(
 
 
 def load_or_compute(ck: Checkpoint, progress: Progress | None = None, recompute: bool = False) -> RowStats:
-    """The cached stats of the training-corpus sample (`rowstats-<key>.npz`), computed and saved on first use."""
+    """The stats of the training-corpus sample: shipped beside the weights (`rowstats-<key>.npz`), cached under
+    ENGRAM_CACHE, or computed (minutes, with `progress`) and saved there on first use."""
     key = checkpoint_key(ck)
-    path = cache_file(ck, "rowstats", ".npz")
-    if not recompute and path.is_file():
-        stats = RowStats.load(path, key)
+    source, path = find_file(ck, "rowstats", ".npz"), cache_file(ck, "rowstats", ".npz")  # shipped copy first
+    if not recompute and source.is_file():
+        stats = RowStats.load(source, key)
         if stats is not None:
             return stats
     stats = compute_row_stats(ck, progress=progress)

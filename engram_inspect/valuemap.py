@@ -22,7 +22,7 @@ import numpy as np
 
 from engram_core import Checkpoint
 
-from .cache import cache_file
+from .cache import cache_file, find_file
 from .collisions import CollisionIndex, position_keys
 from .projection import MAX_POINTS, METHODS, Progress, Projection, _load, _meta, _save, sample_rows, umap_fit
 from .rows import RowAddress, RowLayout, layer_table
@@ -99,11 +99,13 @@ def value_projection(
     layout = RowLayout.of(ck)
     report = progress or (lambda _d, _t, _m: None)
     meta = {**_meta(method, SCOPE, seed, max_points), "rows": "", "space": "value"}
-    path = Path(cache_path) if cache_path is not None else cache_file(ck, f"projection-{method}-{SCOPE}", ".npz")
-    if not recompute and path.is_file():
-        cached = _load(path, layout, meta)
+    name = f"projection-{method}-{SCOPE}"
+    source = Path(cache_path) if cache_path is not None else find_file(ck, name, ".npz")  # shipped copy first
+    path = Path(cache_path) if cache_path is not None else cache_file(ck, name, ".npz")
+    if not recompute and source.is_file():
+        cached = _load(source, layout, meta)
         if cached is not None:
-            report(4, 4, f"loaded from {path.name}")
+            report(4, 4, f"loaded from {source.name}")
             return cached
     picked = sample_rows(np.arange(layout.total, dtype=np.int64), max_points, seed)
     report(1, 4, f"value vectors of {len(picked):,} rows")

@@ -91,7 +91,7 @@ def alpha_figure(page) -> go.Figure:
 
 def build(ctx: Ctx):
     s = ctx.session
-    with gr.Tab("Row page", id="row-page"):
+    with ctx.tab("row-page", gr.Tab("Row page", id="row-page")):
         with gr.Row():
             query = gr.Textbox(label="row L:N:K:R", placeholder="1:2:0:8615", elem_id="row-page-query", scale=3)
             exact = gr.Checkbox(label="exact removal cost (a few seconds)", value=False)
@@ -117,28 +117,28 @@ def build(ctx: Ctx):
         return (summary(page), *tables(page)[:2], alpha_figure(page), *nb, *tables(page)[2:])
 
     outputs = [head, ngrams, tokens, hist, value_nb, head_nb, top, bottom]
-    go_btn.click(show, [query, exact], outputs, api_name="row_page")
-    query.submit(show, [query, exact], outputs, api_name="row_page_submit")
+    hidden = {"api_visibility": "private"}  # the HTTP API is /row (register below)
+    gr.on([go_btn.click, query.submit], show, [query, exact], outputs, **hidden)
+
+    def deep_link(demo: gr.Blocks, tabs: gr.Tabs) -> None:
+        """`?row=L:N:K:R` fills the address, shows this tab and opens the page."""
+
+        def maybe_show(q, ex):
+            return show(q, ex) if q else tuple(gr.skip() for _ in outputs)
+
+        demo.load(from_url, None, [query, tabs], **hidden).then(maybe_show, [query, exact], outputs, **hidden)
+
+    return deep_link
+
+
+def register(session) -> None:
+    """The /row endpoint (docs/api.md); call inside the Blocks, before the tabs' private events."""
 
     def row(address: str, exact: bool = False) -> dict:
         """The page of one memory row "L:N:K:R": N-grams, promoted tokens, gate statistics, removal cost."""
-        return page_of(s, address, bool(exact)).to_dict()
+        return page_of(session, address, bool(exact)).to_dict()
 
-    def deep_link(demo: gr.Blocks, tabs: gr.Tabs) -> None:
-        """`?row=L:N:K:R` fills the address, shows this tab and opens the page; registers /row.
-
-        Called outside the Tabs (an API endpoint inside them would be a child of the Tabs).
-        """
-        gr.api(row, api_name="row")
-
-        def maybe_show(q, ex):
-            return show(q, ex) if q else tuple(gr.update() for _ in outputs)
-
-        demo.load(from_url, None, [query, tabs], api_name="load_row").then(
-            maybe_show, [query, exact], outputs, api_name="load_row_page"
-        )
-
-    return deep_link
+    gr.api(row, api_name="row")
 
 
 def from_url(request: gr.Request):
