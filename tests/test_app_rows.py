@@ -37,3 +37,23 @@ def test_row_api_bad_addresses_get_one_clear_error_and_the_server_keeps_serving(
     with pytest.raises(Exception, match="L:N:K:R|not an Engram layer|outside"):
         client.predict(bad, False, api_name="/row")
     assert client.predict("2:3:1:5", False, api_name="/row")["address"] == "2:3:1:5"
+
+
+def test_map_neighbours_in_value_space(served):
+    """The map's search in value space: a row's neighbours come from every head and layer, best first."""
+    import numpy as np
+
+    from app.tabs.memory_map import value_neighbour_rows
+    from engram_inspect.valuespace import value_vector
+
+    session, _ = served
+    got = value_neighbour_rows(session, "1:2:0:8615", 1, 2, 5)
+    assert len(got) == 5 and [r[0] for r in got] == sorted((r[0] for r in got), reverse=True)
+    me = value_vector(session.ck, RowAddress(1, 2, 0, 8615))
+    for sim, L, n, k, r, _ in got:
+        v = value_vector(session.ck, RowAddress(L, n, k, r))
+        assert sim == pytest.approx(float(me @ v / np.linalg.norm(me) / np.linalg.norm(v)), abs=1e-5)
+    by_text = value_neighbour_rows(session, "my lord", 1, 2, 3)
+    assert len(by_text) == 3 * 4  # three neighbours for each of the order's four heads
+    with pytest.raises(gr.Error, match="outside"):
+        value_neighbour_rows(session, "1:2:0:99999999", 1, 2, 3)

@@ -62,7 +62,9 @@ def build(ctx: Ctx) -> None:
             values = _hits(s) if c == "hits" else s.mean_gate() if c == "mean gate" else None
         return views.memory_map(p, RowLayout.of(s.ck), trace, c, values)
 
-    def find_rows(q, L, n, kk):
+    def find_rows(q, sp, L, n, kk):
+        if sp == "value":  # the map's own space: any head, any layer
+            return value_neighbour_rows(s, q, int(L), int(n), int(kk))
         from ..api import neighbour_rows
 
         rows = neighbour_rows(s, q, int(L), int(n), None, int(kk))
@@ -84,7 +86,7 @@ def build(ctx: Ctx) -> None:
 
     hidden = {"api_visibility": "private"}  # the HTTP API is /neighbours (app.api)
     gr.on([space.change, method.change, colour.change], redraw, [ctx.trace, space, method, colour], [plot], **hidden)
-    gr.on([find.click, query.submit], find_rows, [query, layer, order, k], [table], **hidden)
+    gr.on([find.click, query.submit], find_rows, [query, space, layer, order, k], [table], **hidden)
     send.click(to_mask, [table, ctx.mask], [ctx.mask], **hidden)
     ctx.view("memory-map", redraw, [ctx.trace, space, method, colour], [plot])
 
@@ -121,3 +123,37 @@ def _value_projection(session, method: str):
         return value_projection(session.ck, method)
 
     return session._lazy(f"value-projection-{method}", build)
+
+
+def value_neighbour_rows(session, query: str, layer: int, order: int, k: int) -> list[list]:
+    """Nearest rows in value space of a row "L:N:K:R", or of the rows an N-gram's text reads on every head
+    of `order` in `layer`: [similarity, layer, order, head, row, corpus N-grams] per neighbour."""
+    from engram_core.addresses import RowAddress
+    from engram_inspect.collisions import ngram_text
+    from engram_inspect.neighbours import ngram_rows
+    from engram_inspect.rows import RowLayout
+    from engram_inspect.valuespace import ValueIndex
+
+    if not isinstance(query, str) or not query.strip():
+        raise gr.Error("type an N-gram or a row L:N:K:R")
+    layout, labels = RowLayout.of(session.ck), session.collisions()
+    index = session._lazy("value-index", lambda: ValueIndex(session.ck))
+    try:
+        parts = query.strip().split(":")
+        if len(parts) == 4 and all(p.strip().lstrip("-").isdigit() for p in parts):
+            addresses = [RowAddress.parse(query)]
+            layout.check(addresses[0])
+        else:
+            layout.check(RowAddress(layer, order, 0, 0))
+            rows, _ = ngram_rows(session.ck, query, layer)
+            hpo = layout.spec.heads_per_ngram
+            addresses = [RowAddress(layer, order, h, int(rows[layout.spec.head_index(order, h)])) for h in range(hpo)]
+    except ValueError as e:
+        raise gr.Error(str(e)) from e
+    out = []
+    for address in addresses:
+        for a, sim in index.nearest(session.ck, address, k):
+            grams = labels.ngrams_at(a.layer, a.order, a.head, a.row)[:4]
+            text = ", ".join(f"{ngram_text(session.ck, g)!r}×{c}" for g, c in grams)
+            out.append([round(sim, 6), a.layer, a.order, a.head, a.row, text])
+    return out
