@@ -142,7 +142,8 @@ def register(session) -> None:
 
 
 def from_url(request: gr.Request):
-    """The `row` query parameter of a deep link ('' when absent) and the tab to show."""
+    """The `row` query parameter of a deep link and the tab to show; nothing changes without one."""
     params = dict(request.query_params) if request is not None else {}
     row = params.get("row", "")
-    return row, gr.Tabs(selected="row-page") if row else gr.Tabs()
+    # subtle: without a row, touch nothing: the load may finish after a map click has filled the box
+    return (row, gr.Tabs(selected="row-page")) if row else (gr.skip(), gr.skip())
