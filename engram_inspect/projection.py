@@ -107,9 +107,17 @@ def umap_fit(x: np.ndarray, seed: int = 0, **params) -> np.ndarray:
 
     if len(x) <= UMAP_PARAMS["n_neighbors"]:
         raise ValueError(f"UMAP needs more than {UMAP_PARAMS['n_neighbors']} points, got {len(x)}")
+    import torch
+
+    threads = torch.get_num_threads()
     with _UMAP_LOCK:
         reducer = umap.UMAP(n_components=2, random_state=seed, n_jobs=1, **{**UMAP_PARAMS, **params})
-        return reducer.fit_transform(np.asarray(x, dtype=np.float32)).astype(np.float32)
+        try:
+            return reducer.fit_transform(np.asarray(x, dtype=np.float32)).astype(np.float32)
+        finally:
+            # subtle: numba's OpenMP layer shares torch's libgomp and leaves its own thread count
+            # behind, so every later forward pass in this process would run on other threads
+            torch.set_num_threads(threads)
 
 
 def scope_rows(layout: RowLayout, scope: str, rows: np.ndarray | None = None) -> np.ndarray:

@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # process oversubscribe them (a tiny training test ran 9x slower on a busy 2-core machine).
 # Set before torch is imported, so subprocesses inherit it; export OMP_NUM_THREADS to override.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")  # numba (UMAP) shares torch's OpenMP runtime
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

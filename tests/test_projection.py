@@ -195,7 +195,15 @@ def test_umap_is_deterministic_for_a_seed(rng):
     # neighbours and, with random_state set, runs single-threaded, so two fits agree bit for bit
     centres = rng.standard_normal((4, 16)) * 5
     x = (centres[rng.integers(0, 4, 600)] + rng.standard_normal((600, 16))).astype(np.float32)
-    a, b = umap_fit(x, seed=0), umap_fit(x, seed=0)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # a count numba would not choose: its OpenMP layer is torch's too
+    try:
+        a, b = umap_fit(x, seed=0), umap_fit(x, seed=0)
+        assert torch.get_num_threads() == 3  # the fit leaves torch's thread count as it found it
+    finally:
+        torch.set_num_threads(threads)
     assert a.shape == (600, 2) and a.dtype == np.float32 and np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, umap_fit(x, seed=1))
