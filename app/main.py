@@ -50,15 +50,22 @@ CLICK_JS = """
           const tab = tabs.find((b) => b.innerText.trim() === 'Row page');
           if (tab) tab.click();
           let tries = 0;
+          let fills = 0;
           const fill = () => {
             const rowBox = document.querySelector('#row-page-query textarea, #row-page-query input');
             if (!rowBox) {
               if (tries++ < 100) setTimeout(fill, 100);
               return;
             }
-            rowBox.value = String(p.customdata);
-            rowBox.dispatchEvent(new Event('input', {bubbles: true}));
-            setTimeout(() => document.querySelector('#row-page-go').click(), 80);
+            // a freshly shown tab may still be mounting: fill a few times, until the value holds, then open
+            if ((fills < 3 || rowBox.value !== String(p.customdata)) && fills < 20) {
+              rowBox.value = String(p.customdata);
+              rowBox.dispatchEvent(new Event('input', {bubbles: true}));
+              fills += 1;
+              setTimeout(fill, 150);
+              return;
+            }
+            document.querySelector('#row-page-go').click();
           };
           fill();
         }, 400);
