@@ -219,11 +219,10 @@ def from_hf_folder(folder: Path) -> MemoryLayout:
 
 def from_checkpoint_folder(folder: Path) -> MemoryLayout:
     """This project's checkpoint, read from config.json and tokenizer.json only (no weights)."""
-    from .checkpoint import _read_config
     from .config import ModelConfig
 
-    config = _read_config(folder)
     try:
+        config = json.loads((folder / "config.json").read_text())
         cfg = ModelConfig.from_dict(config["model"])
         table = np.asarray(config["compression"]["table"], dtype=np.int64)
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))

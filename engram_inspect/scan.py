@@ -19,7 +19,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +43,24 @@ class Shard:
 
     kind: str  # "files", "jsonl" or "parquet"
     paths: tuple[str, ...]
+    span: tuple[int, int] | None = None  # byte range of a JSONL file, cut at line ends
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps([self.kind, self.paths]).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps([self.kind, self.paths, self.span]).encode()).hexdigest()[:16]
+
+
+def jsonl_shards(path: Path, shard_bytes: int) -> list[Shard]:
+    """A JSONL file cut into byte ranges of about `shard_bytes`, each ending at a line end."""
+    size, start, out = path.stat().st_size, 0, []
+    with open(path, "rb") as f:
+        while start < size:
+            f.seek(min(start + shard_bytes, size))
+            f.readline()
+            end = min(f.tell(), size)
+            out.append(Shard("jsonl", (str(path),), (start, end)))
+            start = end
+    return out or [Shard("jsonl", (str(path),), (0, 0))]
 
 
 def plan_shards(paths: list[str], shard_bytes: int = SHARD_BYTES) -> list[Shard]:
@@ -57,7 +71,8 @@ def plan_shards(paths: list[str], shard_bytes: int = SHARD_BYTES) -> list[Shard]
         if not path.exists():
             raise ScanError(f"no such path: {p}")
         if path.is_dir():
-            files = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
+            found = sorted(f for f in path.rglob("*") if f.is_file())
+            files = [str(f) for f in found if f.suffix in TEXT_SUFFIXES]
             group, size = [], 0
             for f in files:
                 group.append(f)
@@ -67,8 +82,13 @@ def plan_shards(paths: list[str], shard_bytes: int = SHARD_BYTES) -> list[Shard]
                     group, size = [], 0
             if group:
                 shards.append(Shard("files", tuple(group)))
+            for f in found:  # JSONL and Parquet files inside a folder are their own shards
+                if f.suffix == ".jsonl":
+                    shards.extend(jsonl_shards(f, shard_bytes))
+                elif f.suffix == ".parquet":
+                    shards.append(Shard("parquet", (str(f),)))
         elif path.suffix == ".jsonl":
-            shards.append(Shard("jsonl", (str(path),)))
+            shards.extend(jsonl_shards(path, shard_bytes))
         elif path.suffix == ".parquet":
             shards.append(Shard("parquet", (str(path),)))
         elif path.suffix in TEXT_SUFFIXES:
@@ -86,16 +106,21 @@ def read_shard(shard: Shard) -> tuple[list[str], list[str]]:
     for p in shard.paths:
         try:
             if shard.kind == "files":
-                docs.append(Path(p).read_bytes().decode("utf-8"))
+                texts = [Path(p).read_bytes().decode("utf-8")]
             elif shard.kind == "jsonl":
-                with open(p, encoding="utf-8") as f:
-                    docs.extend(json.loads(line)["text"] for line in f if line.strip())
+                with open(p, "rb") as f:
+                    f.seek(shard.span[0])
+                    lines = f.read(shard.span[1] - shard.span[0]).decode("utf-8").splitlines()
+                texts = [json.loads(line)["text"] for line in lines if line.strip()]
             else:
                 import pyarrow.parquet as pq
 
-                docs.extend(pq.read_table(p, columns=["text"]).column("text").to_pylist())
+                texts = pq.read_table(p, columns=["text"]).column("text").to_pylist()
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-            problems.append(f"{p}: {type(e).__name__}: {str(e)[:120]}")
+            where = f"{p} bytes {shard.span[0]}-{shard.span[1]}" if shard.span else p
+            problems.append(f"{where}: {type(e).__name__}: {str(e)[:120]}")
+            continue  # the whole file is skipped: half a file would skew its counts silently
+        docs.extend(texts)
     return [d for d in docs if isinstance(d, str)], problems
 
 
@@ -170,14 +195,19 @@ def run_ray(layout_name: str, shards, parts, rate, progress, address: str | None
 
         lay = _worker_layout(layout_name, load_layout)
         lines = [
-            run_map(lay, Shard(k, tuple(json.loads(p))), Path(parts), rate)
-            for k, p in zip(batch["kind"], batch["paths"], strict=True)
+            run_map(lay, Shard(k, tuple(json.loads(p)), tuple(json.loads(sp)) if sp else None), Path(parts), rate)
+            for k, p, sp in zip(batch["kind"], batch["paths"], batch["span"], strict=True)
         ]
         return {"line": [json.dumps(x) for x in lines]}
 
-    items = [{"kind": s.kind, "paths": json.dumps(list(s.paths))} for s in shards]
+    items = [
+        {"kind": s.kind, "paths": json.dumps(list(s.paths)), "span": json.dumps(s.span) if s.span else ""}
+        for s in shards
+    ]
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our progress lines say it once
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    for row in ds.map_batches(map_batch, batch_size=1, concurrency=workers).iter_rows():
+    pool = ray.data.TaskPoolStrategy(size=workers)
+    for row in ds.map_batches(map_batch, batch_size=1, compute=pool).iter_rows():
         progress(json.loads(row["line"]))
 
 
@@ -190,14 +220,26 @@ def _worker_layout(name: str, load):
     return _LAYOUTS[name]
 
 
+def fold_parts(paths: list[Path], batch: int = 8) -> tuple[ShardCounts, list[str]]:
+    """Merge the parts a few at a time into a running total: memory holds the distinct
+    N-grams so far plus `batch` parts, not every part of the corpus at once."""
+    total, pending, problems = None, [], []
+    for i, path in enumerate(paths):
+        counts, meta = _load(path)
+        pending.append(counts)
+        problems += meta["problems"]
+        if len(pending) == batch or i == len(paths) - 1:
+            total = merge(([total] if total is not None else []) + pending)
+            pending = []
+    return total, problems
+
+
 def reduce_parts(layout: MemoryLayout, shards: list[Shard], parts: Path, out_dir: Path, rate: float) -> dict:
     """Merge every shard's part into rows.parquet, ngrams.parquet, cache.parquet; return the summary."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    loaded = [_load(parts / f"{s.key}.npz") for s in shards]
-    counts = merge([c for c, _ in loaded])
-    problems = [p for _, m in loaded for p in m["problems"]]
+    counts, problems = fold_parts([parts / f"{s.key}.npz" for s in shards])
     summary = Summary()
     rows_w = ngrams_w = None
     for hr in head_rows(layout, counts):
@@ -274,7 +316,8 @@ def scan(
             done[k] += line[k]
         done["shards"] += 1
         if progress:
-            progress({**done, "total_shards": len(shards), "seconds": time.perf_counter() - t0, **line})
+            # cumulative documents and tokens (shards done before a crash included), and this shard's state
+            progress({**line, **done, "total_shards": len(shards), "seconds": time.perf_counter() - t0})
 
     if executor == "ray":
         run_ray(layout.name, shards, parts, rate, tick, address, workers)
@@ -293,9 +336,6 @@ def scan(
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-__all__ = ["Shard", "ScanError", "plan_shards", "read_shard", "scan", "asdict"]
 
 
 # -- command ------------------------------------------------------------------------------------
@@ -321,13 +361,20 @@ def cmd_scan(args) -> None:
     from engram_core.layout import load_layout
 
     try:
+        if args.ray or args.ray_address:
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ScanError("--ray needs the optional extra: pip install 'engram-inspector[scale]'")
         if args.ray_address:
             check_ray_address(args.ray_address)
         if not 0 < args.sample_rate <= 1:
             raise ScanError(f"--sample-rate must lie in (0, 1], got {args.sample_rate}")
         if args.workers < 1:
             raise ScanError(f"--workers must be at least 1, got {args.workers}")
-        shards = plan_shards(args.paths)  # no such path: before the model loads
+        if args.shard_bytes < 1:
+            raise ScanError(f"--shard-bytes must be positive, got {args.shard_bytes}")
+        shards = plan_shards(args.paths, args.shard_bytes)  # no such path: before the model loads
         layout = load_layout(args.model)
     except ValueError as e:
         raise UserError(str(e)) from e
@@ -337,13 +384,23 @@ def cmd_scan(args) -> None:
         rate = p["tokens"] / max(p["seconds"], 1e-9)
         state = "done before, skipped" if p["skipped"] else "done"
         print(
-            f"shard {p['shards']}/{p['total_shards']} {state}: {p['documents']:,} documents, "
+            f"shard {p['shards']}/{p['total_shards']} {state}; so far {p['documents']:,} documents, "
             f"{p['tokens']:,} tokens, {rate:,.0f} tokens/s",
             file=sys.stderr,
         )
 
     del shards
-    s = scan(layout, args.paths, args.output, executor, args.ray_address, args.workers, args.sample_rate, progress)
+    s = scan(
+        layout,
+        args.paths,
+        args.output,
+        executor,
+        args.ray_address,
+        args.workers,
+        args.sample_rate,
+        progress,
+        args.shard_bytes,
+    )
     print(
         f"{s['tokens']:,} tokens, {s['documents']:,} documents in {s['seconds']} s ({s['tokens_per_s']:,} tokens/s), "
         f"{s['skipped_files']} files skipped, peak RSS {s['peak_rss_mib']:,} MiB: {args.output}"
@@ -386,4 +443,5 @@ def add_scan_command(sub) -> None:
     s.add_argument("--ray-address", help="join an existing Ray cluster at HOST:PORT")
     s.add_argument("--workers", type=int, default=2, help="concurrent Ray map tasks")
     s.add_argument("--sample-rate", type=float, default=DEFAULT_SAMPLE_RATE, help="LRU replay sample rate")
+    s.add_argument("--shard-bytes", type=int, default=SHARD_BYTES, help="text bytes per shard of a folder")
     s.set_defaults(fn=cmd_scan)

@@ -107,7 +107,7 @@ def plot_cache(cache: list[dict], path: str) -> str:
         yaxis={"title": "hit rate"},
         title="Hot-row cache: hit rate against size",
     )
-    fig.write_html(path, include_plotlyjs="cdn")
+    fig.write_html(path, include_plotlyjs=True)  # self-contained: works offline
     return path
 
 

@@ -257,3 +257,47 @@ def test_tables_refuse_wrong_geometry(tmp_path, v41):
         open_tables(tmp_path, v41)
     with pytest.raises(LayoutError, match="no .safetensors files"):
         open_tables(tmp_path / "empty")
+
+
+def test_address_with_tables_norms_cosine_neighbours(tmp_path):
+    model = ROOT / "assets" / "default-model"
+    layout = load_layout(model)
+    rng = np.random.default_rng(2)
+    tables = {
+        layer: rng.normal(size=(layout.num_embeddings(layer), layout.d_head)).astype(np.float32)
+        for layer in layout.layers[:1]
+    }  # one layer's shard only: the other is reported missing
+    write_mini_shard(tmp_path / "shard-1.safetensors", tables)
+    (tmp_path / "sample.txt").write_text("To be, or not to be, that is the question. " * 5)
+    out = cli(
+        "address",
+        "To be, or not",
+        "--model",
+        str(model),
+        "--tables",
+        str(tmp_path),
+        "--neighbours",
+        "3",
+        "--corpus",
+        str(tmp_path / "sample.txt"),
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    first = str(layout.layers[0])
+    views = got["tables"]
+    assert views["missing_layers"] == [layout.layers[1]]
+    t = open_tables(tmp_path)[layout.layers[0]]
+    rows = np.array([tok["rows"][first] for tok in got["tokens"]])
+    assert np.allclose(
+        views["norms"][first], np.linalg.norm(t.read(rows.reshape(-1)), axis=1).reshape(rows.shape), atol=1e-5
+    )
+    cos = np.array(views["cosine"][first]["matrix"])
+    assert np.allclose(np.diag(cos), 1.0, atol=1e-5) and np.allclose(cos, cos.T)
+    # the text is in the sample, so each of its rows' neighbours come from the sample's rows
+    pool = set()
+    ids = layout.encode((tmp_path / "sample.txt").read_text())
+    a = address(layout, ids)
+    pool = set(a.rows[0].reshape(-1).tolist())
+    for row, nbs in views["neighbours"][first].items():
+        assert len(nbs) == 3 and all(r in pool and r != int(row) for r, _ in nbs)
+        assert [s for _, s in nbs] == sorted((s for _, s in nbs), reverse=True)

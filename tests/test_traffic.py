@@ -112,3 +112,58 @@ def test_traffic_equals_brute_force_addressing():
         for c in curve:
             assert c["static"] == pytest.approx(static_hits(hits, np.array([c["rows"]]))[0] / reads)
             assert c["lru"] == pytest.approx(lru_oracle(stream[layer], c["rows"]) / reads)
+
+
+def cli(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(
+        [sys.executable, "-m", "engram_inspect.cli", "traffic", *args], capture_output=True, text=True, cwd=root
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--domains", "poetry"], "unknown domain 'poetry'"),
+        (["--domains", ""], "nothing to scan"),
+        (["--corpus", "/no/such/file", "--domains", ""], "cannot read /no/such/file"),
+        (["--sample-rate", "1.5"], "--sample-rate must lie in (0, 1]"),
+        (["--model", "nope"], "unknown model 'nope'"),
+    ],
+)
+def test_traffic_bad_input_one_line(args, message):
+    out = cli(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_traffic_command_writes_its_files(tmp_path):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "mine.txt").write_text("To be, or not to be, that is the question. " * 20)
+    out = cli(
+        "--domains",
+        "",
+        "--corpus",
+        str(tmp_path / "mine.txt"),
+        "--sample-rate",
+        "1",
+        "-o",
+        str(tmp_path / "t"),
+        "--format",
+        "parquet",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("user: 1 documents")
+    heads = pq.read_table(tmp_path / "t-heads.parquet").to_pylist()
+    assert len(heads) == 48 and {h["domain"] for h in heads} == {"user"}
+    tokens = heads[0]["reads"]
+    assert all(h["reads"] == tokens for h in heads)
+    cache = pq.read_table(tmp_path / "t-cache.parquet").to_pylist()
+    big = [c for c in cache if c["rows"] >= 24 * tokens]
+    assert big and all(c["static"] == 1.0 for c in big)  # a cache as large as the reads holds every row
+    assert (tmp_path / "t-cache.html").stat().st_size > 1000

@@ -1,0 +1,53 @@
+"""`engram scan` throughput: the in-process executor against Ray Data with 1 and 2 workers,
+on the same corpus (part of the Python standard library's source) and the V4.1 layout.
+
+    python -m bench.bench_scan [FOLDER...]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from bench.bench_addressing import cpu_name
+from bench.common import machine
+from engram_core.layout import load_layout
+from engram_inspect.scan import scan
+
+DEFAULT = ("asyncio", "email", "json", "http", "logging", "unittest")
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    paths = sys.argv[1:] or [str(stdlib / d) for d in DEFAULT]
+    layout = load_layout("deepseek-v4.1-flash")
+    print(f"machine: {machine()}, {cpu_name()}")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    base = None
+    with tempfile.TemporaryDirectory() as d:
+        for name, executor, workers in (
+            ("local", "local", 1),
+            ("ray, 1 worker", "ray", 1),
+            ("ray, 2 workers", "ray", 2),
+        ):
+            s = scan(layout, paths, Path(d) / name, executor, workers=workers, shard_bytes=1 << 20)
+            map_rate = s["tokens"] / s["map_seconds"]
+            base = base or map_rate
+            print(
+                f"{name:>15}: {s['tokens']:,} tokens in {s['shards']} shards, {s['seconds']:.1f} s "
+                f"({s['tokens_per_s']:,} tokens/s overall; "
+                f"map {map_rate:,.0f} tokens/s = {map_rate / base:.2f}x local), "
+                f"driver peak RSS {s['peak_rss_mib']:,} MiB"
+            )
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

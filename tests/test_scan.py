@@ -1,0 +1,191 @@
+"""`engram scan`: local and Ray executors agree, collisions are found, documents stay apart."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from engram_core.addressing import address
+from engram_core.layout import load_layout
+from engram_inspect.scan import _load, plan_shards, scan
+from engram_inspect.traffic import unpack
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "assets" / "default-model"
+FILES = ("rows.parquet", "ngrams.parquet", "cache.parquet")
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return load_layout(MODEL)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def corpus(folder: Path, n: int = 6) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    src = (ROOT / "engram_core" / "hashing.py").read_text().splitlines()
+    for i in range(n):
+        (folder / f"doc{i}.py").write_text("\n".join(src[i * 30 : i * 30 + 40]))
+    (folder / "notes.md").write_text("To be, or not to be, that is the question.\n")
+    return folder
+
+
+def sorted_table(path: Path):
+    t = pq.read_table(path)
+    return t.sort_by([(c, "ascending") for c in t.column_names if c not in ("ngram", "mib", "lru", "static")])
+
+
+def cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "engram_inspect.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_every_read_is_counted(tmp_path, layout):
+    s = scan(layout, [str(corpus(tmp_path / "c"))], tmp_path / "out", shard_bytes=2000)
+    assert s["shards"] > 1
+    rows = pq.read_table(tmp_path / "out" / "rows.parquet").to_pydict()
+    heads = {}
+    for layer, order, head, hits in zip(rows["layer"], rows["order"], rows["head"], rows["hits"], strict=True):
+        heads[(layer, order, head)] = heads.get((layer, order, head), 0) + hits
+    assert set(heads.values()) == {s["tokens"]}  # every token reads one row of every head
+    assert len(heads) == len(layout.layers) * layout.spec.heads_per_layer
+
+
+def test_planted_collision_is_found(tmp_path, layout):
+    # two-word texts whose final bigrams differ but read the same row of some head
+    words = [w for w in (ROOT / "engram_core" / "hashing.py").read_text().split() if w.isalpha()][:400]
+    texts = sorted({f"{a} {b}" for a, b in zip(words, words[1:], strict=False)})
+    seen, pair = {}, None
+    for text in texts:
+        a = address(layout, layout.encode(text))
+        gram = tuple(a.compressed[-2:].tolist())
+        for i, layer in enumerate(layout.layers):
+            for h in range(layout.spec.heads_per_ngram):  # order 2
+                key = (layer, h, int(a.rows[i, -1, h]))
+                if key in seen and seen[key][1] != gram:
+                    pair = (key, seen[key], (text, gram))
+                seen.setdefault(key, (text, gram))
+        if pair:
+            break
+    assert pair is not None
+    (layer, head, row), (text1, gram1), (text2, gram2) = pair
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text(text1)
+    (tmp_path / "c" / "b.txt").write_text(text2)
+    scan(layout, [str(tmp_path / "c")], tmp_path / "out")
+    ng = pq.read_table(tmp_path / "out" / "ngrams.parquet").to_pylist()
+    found = {tuple(r["ngram"]) for r in ng if (r["layer"], r["order"], r["head"], r["row"]) == (layer, 2, head, row)}
+    assert found == {gram1, gram2}
+
+
+def test_ngrams_never_cross_documents(tmp_path, layout):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("alpha")
+    (tmp_path / "c" / "b.txt").write_text("omega")
+    s = scan(layout, [str(tmp_path / "c")], tmp_path / "out")
+    a, b = layout.compress(layout.encode("alpha"))[-1], layout.compress(layout.encode("omega"))[0]
+    pad = layout.spec.pad_id
+    counts, _ = _load(next((tmp_path / "out" / "parts").glob("*.npz")))
+    hi, lo, _ = counts.ngrams[2]
+    grams = {tuple(g[::-1]) for g in unpack(hi, lo, 2, int(layout.spec.vocab_size - 1).bit_length()).tolist()}
+    assert (a, b) not in grams  # the bigram across the file boundary
+    assert (pad, b) in grams  # the second file starts afresh
+    assert s["documents"] == 2
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path, layout):
+    folder = corpus(tmp_path / "c", 2)
+    (folder / "bad.txt").write_bytes(b"\xff\xfe not utf-8")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    (tmp_path / "docs.jsonl").write_text('{"text": "one"}\n{"no text": 1}\n')
+    s = scan(layout, [str(folder), str(tmp_path / "broken.parquet"), str(tmp_path / "docs.jsonl")], tmp_path / "out")
+    assert s["skipped_files"] == 3 and len(s["problems"]) == 3
+    assert s["documents"] == 3  # two .py files and the notes; the JSONL file fails whole on its second line
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["skipped_files"] == 3
+
+
+def test_resume_after_a_crash_gives_the_same_files(tmp_path):
+    folder = corpus(tmp_path / "c", 8)
+    shards = plan_shards([str(folder)], 1500)
+    assert len(shards) >= 3
+    args = ["scan", str(folder), "--model", str(MODEL), "--shard-bytes", "1500", "-o", str(tmp_path / "out")]
+    crashed = cli(*args, env={"ENGRAM_SCAN_CRASH_AFTER": shards[1].key})
+    assert crashed.returncode == 137
+    assert len(list((tmp_path / "out" / "parts").glob("*.npz"))) == 2
+    resumed = cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("skipped") == 2
+    clean = cli("scan", str(folder), "--model", str(MODEL), "--shard-bytes", "1500", "-o", str(tmp_path / "clean"))
+    assert clean.returncode == 0
+    for f in FILES:
+        assert sorted_table(tmp_path / "out" / f).equals(sorted_table(tmp_path / "clean" / f))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/no/such/dir", "-o", "x"], "no such path: /no/such/dir"),
+        (["tests", "--model", "nope", "-o", "x"], "unknown model 'nope'"),
+        (["tests", "--ray-address", "127.0.0.1:1", "-o", "x"], "cannot reach a Ray cluster at 127.0.0.1:1"),
+        (["tests", "--sample-rate", "0", "-o", "x"], "--sample-rate must lie in (0, 1]"),
+    ],
+)
+def test_bad_arguments_exit_2(args, message):
+    out = cli("scan", *args)
+    assert out.returncode == 2
+    assert message in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_stats_reads_a_scan(tmp_path, layout):
+    scan(layout, [str(corpus(tmp_path / "c", 2))], tmp_path / "out")
+    out = cli("stats", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    assert "rows hit" in out.stdout and "1 GiB cache" in out.stdout
+    assert cli("stats", str(tmp_path)).returncode == 2
+
+
+@pytest.mark.slow
+def test_local_and_ray_give_the_same_files(tmp_path, layout, ray_cluster):
+    folder = corpus(tmp_path / "c", 5)
+    lines = [json.dumps({"text": f"record {i}: all the world's a stage " * (i % 5 + 1)}) for i in range(40)]
+    (folder / "records.jsonl").write_text("\n".join(lines) + "\n")  # cut into byte ranges: spans travel to Ray
+    local = scan(layout, [str(folder)], tmp_path / "local", shard_bytes=1500)
+    ray_run = scan(layout, [str(folder)], tmp_path / "ray", executor="ray", workers=2, shard_bytes=1500)
+    assert local["tokens"] == ray_run["tokens"] and local["shards"] == ray_run["shards"] > 1
+    for f in FILES:
+        assert sorted_table(tmp_path / "local" / f).equals(sorted_table(tmp_path / "ray" / f))
+    assert local["heads"] == ray_run["heads"]
+
+
+def test_jsonl_is_cut_at_line_ends(tmp_path, layout):
+    lines = [json.dumps({"text": f"line {i}: " + "to be or not to be " * (i % 7)}) for i in range(60)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    shards = plan_shards([str(tmp_path / "in")], 500)
+    assert (
+        len(shards) > 3
+        and shards[0].span[0] == 0
+        and shards[-1].span[1] == (tmp_path / "in" / "docs.jsonl").stat().st_size
+    )
+    small = scan(layout, [str(tmp_path / "in")], tmp_path / "small", shard_bytes=500)
+    whole = scan(layout, [str(tmp_path / "in")], tmp_path / "whole")
+    assert small["documents"] == whole["documents"] == 60 and small["skipped_files"] == 0
+    for f in ("rows.parquet", "ngrams.parquet"):  # the LRU curve differs: each shard starts cold
+        assert sorted_table(tmp_path / "small" / f).equals(sorted_table(tmp_path / "whole" / f))
