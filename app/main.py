@@ -19,7 +19,7 @@ from engram_core.knockout import format_knockout  # noqa: E402
 from . import api  # noqa: E402
 from .context import Ctx  # noqa: E402
 from .session import MAX_CHARS, Session  # noqa: E402
-from .tabs import card, export, gates, health, knockout, lookups, memory_map, paper  # noqa: E402
+from .tabs import card, export, gates, health, knockout, lookups, memory_map, paper, rows  # noqa: E402
 
 EXAMPLES = [
     "I pray you, my lord, let me know your pleasure.",
@@ -44,6 +44,31 @@ CLICK_JS = """
         box.value = String(p.customdata);
         box.dispatchEvent(new Event('input', {bubbles: true}));
         setTimeout(() => document.querySelector('#find-neighbours').click(), 50);
+        // ...then opens the point's row page (the tab renders on first show, so wait for its box)
+        setTimeout(() => {
+          const tabs = [...document.querySelectorAll('button[role="tab"]')];
+          const tab = tabs.find((b) => b.innerText.trim() === 'Row page');
+          if (tab) tab.click();
+          let tries = 0;
+          let fills = 0;
+          const fill = () => {
+            const rowBox = document.querySelector('#row-page-query textarea, #row-page-query input');
+            if (!rowBox) {
+              if (tries++ < 100) setTimeout(fill, 100);
+              return;
+            }
+            // a freshly shown tab may still be mounting: fill a few times, until the value holds, then open
+            if ((fills < 3 || rowBox.value !== String(p.customdata)) && fills < 20) {
+              rowBox.value = String(p.customdata);
+              rowBox.dispatchEvent(new Event('input', {bubbles: true}));
+              fills += 1;
+              setTimeout(fill, 150);
+              return;
+            }
+            document.querySelector('#row-page-go').click();
+          };
+          fill();
+        }, 400);
       });
     }
   };
@@ -79,11 +104,14 @@ def build_app(session: Session) -> gr.Blocks:
         # the documented endpoints first, so no internal event can take their names
         _wire_export_api(ctx)
         api.register(session)
-        with gr.Tabs():
+        rows.register(session)
+        with gr.Tabs() as tabs:
             for tab in (lookups, gates, memory_map, knockout, health, export, paper, card):
                 tab.build(ctx)
+            row_deep_link = rows.build(ctx)
         loaded = demo.load(_from_url, None, [text, mask], api_visibility="private")
         _wire_run(ctx, [run.click, text.submit], loaded, status, link)
+        row_deep_link(demo, tabs)
         dark.click(None, js=DARK_JS)
     return demo
 

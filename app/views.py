@@ -184,8 +184,8 @@ def memory_map(
     color = {"order": projection.order, "head": projection.head, "layer": projection.layer}.get(color_by)
     if color_by == "hits" and values is not None:
         color = np.log1p(values[projection.rows])
-    elif color_by == "mean gate" and values is not None:
-        color = values[projection.rows]  # mean alpha of held-out tokens reading the row; NaN: unread
+    elif values is not None:
+        color = values[projection.rows]  # mean alpha, a row colour (kind, domain, share); NaN: unknown
     fig = go.Figure(
         go.Scattergl(
             x=projection.coords[:, 0],

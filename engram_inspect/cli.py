@@ -1,4 +1,4 @@
-"""The `engram` command's analysis subcommands: trace, stats, neighbours, project.
+"""The `engram` command's analysis subcommands: trace, stats, neighbours, project, row.
 
 Bad input (missing file, empty text, unknown format, a checkpoint that does not
 load) gets one clear line on stderr and exit status 2, never a traceback.
@@ -190,10 +190,69 @@ def cmd_project(args: argparse.Namespace) -> None:
     if ck.model.cfg.memory is None:
         raise UserError("this checkpoint has no Engram memory")
     try:
-        p = compute_projection(ck, args.method, args.scope, progress=_progress(args.method), recompute=True)
+        if args.space == "value":
+            from .valuemap import value_projection
+
+            p = value_projection(ck, args.method, progress=_progress(args.method), recompute=True)
+        else:
+            p = compute_projection(ck, args.method, args.scope, progress=_progress(args.method), recompute=True)
     except ValueError as e:
         raise UserError(str(e)) from e
-    print(f"{args.method} of {len(p.rows):,} rows ({args.scope}) cached beside the checkpoint")
+    print(f"{args.method} of {len(p.rows):,} rows ({p.scope}) cached beside the checkpoint")
+
+
+def _print_page(ck, page) -> None:
+    a = page.address
+    print(f"row {a.layer}:{a.order}:{a.head}:{a.row} (layer {a.layer}, order {a.order}, head {a.head}, row {a.row})")
+    crowd = " crowded: no N-gram holds half the hits" if page.crowded else ""
+    share = "" if page.hits == 0 else f", top N-gram {page.top_share:.0%} of them"
+    print(f"corpus N-grams: {len(page.ngrams):,} distinct, {page.hits:,} hits{share}.{crowd}")
+    for n in page.ngrams[:10]:
+        print(f"  {n.count:>8,}  {n.text!r}  (plays {n.plays:,}, code {n.code:,})")
+    if len(page.ngrams) > 10:
+        print(f"  ... and {len(page.ngrams) - 10:,} more (--json lists them all)")
+    print("writes (direct path: value vector -> final norm -> unembedding; conv and later layers ignored):")
+    print("  promotes:   " + "  ".join(f"{t.text!r} {t.logit:+.2f}" for t in page.promoted))
+    print("  suppresses: " + "  ".join(f"{t.text!r} {t.logit:+.2f}" for t in page.suppressed))
+    if page.reads:
+        print(f"gate: read at {page.reads:,} corpus-sample positions, mean alpha {page.mean_alpha:.3f}, "
+              f"histogram over 0..1: {page.alpha_hist}")  # fmt: skip
+    else:
+        print("gate: no corpus-sample position reads this row")
+    for title, ctxs in (("highest alpha", page.top_contexts), ("lowest alpha", page.bottom_contexts)):
+        if ctxs:
+            print(f"  {title}:")
+        for c in ctxs:
+            print(f"    {c.alpha:.3f}  {c.before!r} [{c.token!r}] {c.after!r}  ({c.stream} @ {c.offset:,})")
+    for title, ns in (("nearest rows in value space", page.value_neighbours),
+                      ("nearest rows of the same head (raw cosine)", page.head_neighbours)):  # fmt: skip
+        print(f"{title}: " + ", ".join(f"{n.address} {n.similarity:.3f} {n.top_ngram!r}" for n in ns[:5]))
+    if page.delta_estimate_reads:
+        print(f"removal cost (gradient x input estimate, {page.delta_estimate_reads} reads): "
+              f"mean delta log p {page.delta_estimate:+.4f} nats over each read's window")  # fmt: skip
+    if page.delta_exact is not None:
+        print(f"removal cost (exact, {page.delta_exact_reads} reads): mean delta log p {page.delta_exact:+.4f} "
+              f"over the window, {page.delta_exact_own:+.4f} at the read's own prediction")  # fmt: skip
+
+
+def cmd_row(args: argparse.Namespace) -> None:
+    import json
+
+    from .rowpage import RowPages, parse_row, row_page
+    from .rows import RowLayout
+
+    try:
+        address = parse_row(args.row)
+        ck = _checkpoint(args)
+        RowLayout.of(ck).check(address)  # a bad address fails before the slow parts load
+        pages = RowPages.load(ck, progress=_progress("row statistics"))
+        page = row_page(ck, address, pages, exact=args.exact)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if args.json:
+        print(json.dumps(page.to_dict(), ensure_ascii=False))
+    else:
+        _print_page(ck, page)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -232,9 +291,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=cmd_neighbours)
     s = sub.add_parser("project", help="recompute the PCA or UMAP map of memory rows (cached)")
     s.add_argument("--method", choices=["umap", "pca"], default="umap")
-    s.add_argument("--scope", default="pooled", help="pooled, layer1, or layer1-order2-head0")
+    s.add_argument("--scope", default="pooled", help="pooled, layer1, or layer1-order2-head0 (raw space only)")
+    s.add_argument(
+        "--space",
+        choices=["raw", "value"],
+        default="raw",
+        help="raw rows, or rows through their head's W_V slice (one map for every layer)",
+    )
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_project)
+    s = sub.add_parser("row", help="the page of one memory row: its N-grams, what it writes, its gates, its cost")
+    s.add_argument("row", help="L:N:K:R (layer, order, head, row)")
+    s.add_argument("--json", action="store_true", help="print the page as JSON")
+    s.add_argument("--exact", action="store_true", help="also measure the exact removal cost (seconds)")
+    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    s.set_defaults(fn=cmd_row)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,13 @@ import gradio as gr
 from .. import views
 from ..context import Ctx
 
+# colour name -> key of RowPages.colours(); kinds and domains are codes (engram_inspect.valuemap.KINDS, DOMAINS)
+ROW_COLOURS = {
+    "promoted kind (0 punct., 1 name, 2 keyword, 3 other)": "kind",
+    "N-gram domain (0 plays, 1 code)": "domain",
+    "top N-gram share (crowded < 0.5)": "top_share",
+    "mean α (corpus sample)": "mean_alpha",
+}
 NEIGHBOUR_HEADERS = ["similarity", "layer", "order", "head", "row", "corpus N-grams (count)"]
 
 
@@ -19,8 +26,14 @@ def build(ctx: Ctx) -> None:
     s = ctx.session
     with ctx.tab("memory-map", gr.Tab("Memory map", id="memory-map")):
         with gr.Row():
+            space = gr.Radio(
+                ["value", "raw"],
+                value="value",
+                label="space (value: each row through its head's W_V slice, one space for all heads and layers)",
+            )
             method = gr.Radio(["umap", "pca"], value="umap", label="projection")
-            colour = gr.Radio(["order", "head", "layer", "hits", "mean gate"], value="order", label="colour by")
+            colours = ["order", "head", "layer", "hits", "mean gate", *ROW_COLOURS]
+            colour = gr.Radio(colours, value="order", label="colour by")
         plot = gr.Plot(label="memory rows", elem_id="memory-map")
         with gr.Row():
             query = gr.Textbox(
@@ -33,17 +46,25 @@ def build(ctx: Ctx) -> None:
         table = gr.Dataframe(headers=NEIGHBOUR_HEADERS, label="nearest rows", elem_id="neighbours-table", wrap=True)
         send = gr.Button("Knock out these rows")
 
-    def redraw(trace, m, c):
-        p = s.projection(m)
+    def redraw(trace, sp, m, c):
+        p = _value_projection(s, m) if sp == "value" else s.projection(m)
         if p is None:
             gr.Warning("UMAP is not precomputed for this model: showing PCA (run `engram project`)")
-            p = s.projection("pca")
+            p = _value_projection(s, "pca") if sp == "value" else s.projection("pca")
         from engram_inspect.rows import RowLayout
 
-        values = _hits(s) if c == "hits" else s.mean_gate() if c == "mean gate" else None
+        if c in ROW_COLOURS:
+            from .rows import pages
+
+            values = pages(s).colours()[ROW_COLOURS[c]].astype("float32")
+            values[values < 0] = float("nan")  # domain -1: no corpus N-gram reads the row
+        else:
+            values = _hits(s) if c == "hits" else s.mean_gate() if c == "mean gate" else None
         return views.memory_map(p, RowLayout.of(s.ck), trace, c, values)
 
-    def find_rows(q, L, n, kk):
+    def find_rows(q, sp, L, n, kk):
+        if sp == "value":  # the map's own space: any head, any layer
+            return value_neighbour_rows(s, q, int(L), int(n), int(kk))
         from ..api import neighbour_rows
 
         rows = neighbour_rows(s, q, int(L), int(n), None, int(kk))
@@ -64,10 +85,10 @@ def build(ctx: Ctx) -> None:
         return format_knockout(dataclasses.replace(base, all=False, rows=base.rows | picked))
 
     hidden = {"api_visibility": "private"}  # the HTTP API is /neighbours (app.api)
-    gr.on([method.change, colour.change], redraw, [ctx.trace, method, colour], [plot], **hidden)
-    gr.on([find.click, query.submit], find_rows, [query, layer, order, k], [table], **hidden)
+    gr.on([space.change, method.change, colour.change], redraw, [ctx.trace, space, method, colour], [plot], **hidden)
+    gr.on([find.click, query.submit], find_rows, [query, space, layer, order, k], [table], **hidden)
     send.click(to_mask, [table, ctx.mask], [ctx.mask], **hidden)
-    ctx.view("memory-map", redraw, [ctx.trace, method, colour], [plot])
+    ctx.view("memory-map", redraw, [ctx.trace, space, method, colour], [plot])
 
 
 def _hits(session):
@@ -89,3 +110,50 @@ def _hits(session):
         return out
 
     return session._lazy("hits", build)
+
+
+def _value_projection(session, method: str):
+    """The value-space map; UMAP only when precomputed (no JIT wait in the app)."""
+    from engram_inspect.cache import find_file
+    from engram_inspect.valuemap import SCOPE, value_projection
+
+    def build():
+        if method == "umap" and not find_file(session.ck, f"projection-umap-{SCOPE}", ".npz").is_file():
+            return None
+        return value_projection(session.ck, method)
+
+    return session._lazy(f"value-projection-{method}", build)
+
+
+def value_neighbour_rows(session, query: str, layer: int, order: int, k: int) -> list[list]:
+    """Nearest rows in value space of a row "L:N:K:R", or of the rows an N-gram's text reads on every head
+    of `order` in `layer`: [similarity, layer, order, head, row, corpus N-grams] per neighbour."""
+    from engram_core.addresses import RowAddress
+    from engram_inspect.collisions import ngram_text
+    from engram_inspect.neighbours import ngram_rows
+    from engram_inspect.rows import RowLayout
+    from engram_inspect.valuespace import ValueIndex
+
+    if not isinstance(query, str) or not query.strip():
+        raise gr.Error("type an N-gram or a row L:N:K:R")
+    layout, labels = RowLayout.of(session.ck), session.collisions()
+    index = session._lazy("value-index", lambda: ValueIndex(session.ck))
+    try:
+        parts = query.strip().split(":")
+        if len(parts) == 4 and all(p.strip().lstrip("-").isdigit() for p in parts):
+            addresses = [RowAddress.parse(query)]
+            layout.check(addresses[0])
+        else:
+            layout.check(RowAddress(layer, order, 0, 0))
+            rows, _ = ngram_rows(session.ck, query, layer)
+            hpo = layout.spec.heads_per_ngram
+            addresses = [RowAddress(layer, order, h, int(rows[layout.spec.head_index(order, h)])) for h in range(hpo)]
+    except ValueError as e:
+        raise gr.Error(str(e)) from e
+    out = []
+    for address in addresses:
+        for a, sim in index.nearest(session.ck, address, k):
+            grams = labels.ngrams_at(a.layer, a.order, a.head, a.row)[:4]
+            text = ", ".join(f"{ngram_text(session.ck, g)!r}×{c}" for g, c in grams)
+            out.append([round(sim, 6), a.layer, a.order, a.head, a.row, text])
+    return out
