@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from engram_core import Checkpoint
+from engram_core.hooks import engram_hook
 
 from .cache import cache_file, find_file
 from .collisions import CollisionIndex, load_or_build, ngram_text, pack_ngram
@@ -279,7 +280,7 @@ def _with_exact(page: RowPage, total: float, own: float, n: int) -> RowPage:
 def _logp(model, ids: torch.Tensor, rows: dict[int, torch.Tensor], hook=None) -> torch.Tensor:
     """log p(x_{t+1}) at positions 0..T-2: (B, T-1); `hook` (layer -> forward hook on hook_rows) edits reads."""
     mods = dict(model.named_modules())
-    handles = [mods[f"blocks.{ly}.engram.hook_rows"].register_forward_hook(h) for ly, h in (hook or {}).items()]
+    handles = [mods[engram_hook(ly, "rows")].register_forward_hook(h) for ly, h in (hook or {}).items()]
     try:
         with torch.inference_mode():
             return model(ids, rows=rows).float().log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]

@@ -29,6 +29,7 @@ import torch
 
 from engram_core import Checkpoint
 from engram_core.hashing import hash_all
+from engram_core.hooks import engram_hook
 
 from .cache import cache_file, checkpoint_key, find_file
 
@@ -143,7 +144,7 @@ class RowStats:
 
 def _gates(model, ids: torch.Tensor, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Mean-over-branches alpha per Engram layer, (B, T); the forward stops after the last gate."""
-    names = {f"blocks.{ly}.engram.readout.hook_gate": ly for ly in model.engram_layers}
+    names = {engram_hook(ly, "gate"): ly for ly in model.engram_layers}
     out: dict[int, torch.Tensor] = {}
 
     class Stop(Exception):
@@ -183,7 +184,7 @@ def grad_times_input(model, ids: torch.Tensor, rows: dict[int, torch.Tensor]) ->
 
         return hook
 
-    handles = [mods[f"blocks.{ly}.engram.hook_rows"].register_forward_hook(keep(ly)) for ly in model.engram_layers]
+    handles = [mods[engram_hook(ly, "rows")].register_forward_hook(keep(ly)) for ly in model.engram_layers]
     try:
         with torch.enable_grad():
             logits = model(ids, rows=rows)
