@@ -182,4 +182,8 @@ def main(argv: list[str] | None = None, adders: tuple = ()) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # subtle: run the importable module's main, so that UserError raised by other
+    # modules (which import engram_core.cli) is the class this main catches
+    from engram_core.cli import main as _main
+
+    sys.exit(_main())

@@ -149,3 +149,12 @@ def test_adder_key_without_a_main_spec_differs(monkeypatch):
 
     again = _as_run_with_m(inspect_cli.add_commands, monkeypatch, None)
     assert cli._adder_key(again) == "__main__.add_commands" != cli._adder_key(inspect_cli.add_commands)
+
+
+def test_python_m_core_cli_reports_user_errors_in_one_line():
+    # run as __main__, the module must still catch the UserError that other modules raise
+    r = subprocess.run(
+        [sys.executable, "-m", "engram_core.cli", "row", "9:9:9:9"], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "layer 9" in r.stderr
