@@ -21,16 +21,23 @@ def show(token: str) -> str:
     return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in out) or "∅"
 
 
-def gate_choices(trace_layers: tuple[int, ...], n_branches: int) -> list[str]:
-    return ["mean"] + [f"layer {L} branch {m}" for L in trace_layers for m in range(n_branches)]
+def gate_choices(trace_layers: tuple[int, ...], n_branches: int) -> list[tuple[str, str]]:
+    """(label, value) pairs: the value names the gate as "L:m" (layer, branch), the label is for people."""
+    return [("mean", "mean")] + [(f"layer {L} branch {m}", f"{L}:{m}") for L in trace_layers for m in range(n_branches)]
 
 
 def gate_values(trace: Trace, which: str) -> np.ndarray:
-    """(T,) alpha: the mean over layers and branches, or one 'layer L branch m'."""
+    """(T,) alpha: the mean over layers and branches, or the gate of one layer and branch, "L:m"."""
     if which == "mean":
         return trace.gate.mean(axis=(0, 2))
-    _, L, _, m = which.split()
-    return trace.gate[trace.layers.index(int(L)), :, int(m)]
+    layer, _, branch = which.partition(":")
+    try:
+        i, m = trace.layers.index(int(layer)), int(branch)
+    except ValueError:
+        raise ValueError(f"no gate {which!r}: use mean or L:m with an Engram layer L and a branch m") from None
+    if not 0 <= m < trace.gate.shape[2]:
+        raise ValueError(f"no gate {which!r}: branches are 0..{trace.gate.shape[2] - 1}")
+    return trace.gate[i, :, m]
 
 
 # alpha lies in 0..1, but Gradio colours numeric scores on a fixed -1..+1 legend: so the strip

@@ -116,3 +116,17 @@ def test_knockout_switches_carry_values():
     for typed in ("layer=1", "1:2:0", "all"):  # the row list names rows only
         with pytest.raises(ValueError, match="bad row address"):
             switches_knockout(False, [], [], [], [], typed)
+
+
+def test_gate_choices_carry_values_not_labels(tiny_session):
+    tr = capture(tiny_session.ck, "I pray you, my lord.")
+    choices = views.gate_choices(tr.layers, tr.gate.shape[2])
+    assert choices[0] == ("mean", "mean") and len(choices) == 1 + len(tr.layers) * tr.gate.shape[2]
+    for label, value in choices[1:]:
+        layer, branch = map(int, value.split(":"))
+        assert label == f"layer {layer} branch {branch}"
+        np.testing.assert_array_equal(views.gate_values(tr, value), tr.gate[tr.layers.index(layer), :, branch])
+    np.testing.assert_allclose(views.gate_values(tr, "mean"), tr.gate.mean(axis=(0, 2)))
+    for bad in ("9:0", f"{tr.layers[0]}:99", "layer 1 branch 0"):
+        with pytest.raises(ValueError, match="no gate"):
+            views.gate_values(tr, bad)
