@@ -147,7 +147,9 @@ def _suffix_logprob(model, base: _BasePass, e: dict[int, torch.Tensor], s: int, 
             Y = block.engram.readout(H_ext, e[b][:, lo:T].flatten(-2), None)
             H = H + Y[:, s - lo :]
         prefix = base.attn_in[b][:, :s]
-        hook = block.attn.sublayer.register_forward_hook(lambda m, args, _out: _prefix_attention(m, args[0], prefix))
+        hook = block.attn.sublayer.register_forward_hook(
+            lambda m, args, _out, kept=prefix: _prefix_attention(m, args[0], kept)
+        )
         try:
             H = block.attn(H)  # the mHC mixing of the block, with attention over the kept prefix
         finally:
@@ -197,9 +199,7 @@ def approx_deltas(ck: Checkpoint, ids: list[int], position: int) -> tuple[list[t
 
         return hook
 
-    handles = [
-        b.engram.hook_rows.register_forward_hook(make_leaf(i)) for i, b in enumerate(model.blocks) if b.engram
-    ]
+    handles = [b.engram.hook_rows.register_forward_hook(make_leaf(i)) for i, b in enumerate(model.blocks) if b.engram]
     try:
         with torch.enable_grad():
             logits = model(w.ids, rows=w.rows)

@@ -1,4 +1,4 @@
-"""The `engram` command's analysis subcommands: trace, stats, neighbours, project.
+"""The `engram` command's analysis subcommands: trace, stats, neighbours, project, attribute.
 
 Bad input (missing file, empty text, unknown format, a checkpoint that does not
 load) gets one clear line on stderr and exit status 2, never a traceback.
@@ -192,6 +192,28 @@ def cmd_project(args: argparse.Namespace) -> None:
     print(f"{args.method} of {len(p.rows):,} rows ({args.scope}) cached beside the checkpoint")
 
 
+def cmd_attribute(args: argparse.Namespace) -> None:
+    import json
+
+    from .attribution import attribute
+
+    text = _read_text(args)
+    try:
+        records = attribute(_checkpoint(args), text, args.position, method=args.mode)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if args.json:
+        sys.stdout.write(json.dumps(records, ensure_ascii=False) + "\n")
+        return
+    shown = records if args.top is None else records[: args.top]
+    print(f"{'delta logp':>10} layer order head  pos    row  ngram")
+    for r in shown:
+        print(
+            f"{r['delta_logprob']:+10.4f} {r['layer']:>5} {r['order']:>5} {r['head']:>4} "
+            f"{r['position_read']:>4} {r['row']:>6}  {r['ngram']!r}"
+        )
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("trace", help="capture what the memory does for a text and export it")
     s.add_argument("text", nargs="?", help="the text (or use --file)")
@@ -223,6 +245,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--scope", default="pooled", help="pooled, layer1, or layer1-order2-head0")
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_project)
+    s = sub.add_parser("attribute", help="which memory reads carried the prediction at one position")
+    s.add_argument("text", nargs="?", help="the text (or use --file)")
+    s.add_argument("--file", help="read the text from this file")
+    s.add_argument("--position", type=int, required=True, help="token index P: attributes the prediction of P+1")
+    s.add_argument(
+        "--mode",
+        choices=["exact", "approx"],
+        default="exact",
+        help="removals in the conv's reach, or gradient x input for every read",
+    )
+    s.add_argument("--top", type=int, help="print only the strongest N reads (the JSON has all)")
+    s.add_argument("--json", action="store_true", help="print the records as JSON")
+    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    s.set_defaults(fn=cmd_attribute)
 
 
 def main(argv: list[str] | None = None) -> int:
