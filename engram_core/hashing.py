@@ -32,7 +32,10 @@ class HashSpec:
     seed: int = 0  # base seed of the multipliers
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "table_sizes", tuple(int(s) for s in self.table_sizes))
+        try:
+            object.__setattr__(self, "table_sizes", tuple(int(s) for s in self.table_sizes))
+        except (TypeError, ValueError):
+            raise ValueError(f"table_sizes must be integers, one per order, got {self.table_sizes!r}") from None
         object.__setattr__(self, "layer_ids", tuple(int(x) for x in self.layer_ids))
         if self.max_ngram < 2:
             raise ValueError(f"max_ngram must be >= 2, got {self.max_ngram}")
@@ -59,6 +62,23 @@ class HashSpec:
     def head_index(self, order: int, head: int) -> int:
         """Position of (order, head) in the order-major head axis."""
         return (order - 2) * self.heads_per_ngram + head
+
+    def check_head(self, layer: int, order: int, head: int) -> None:
+        """Raise ValueError naming the first of layer, order, head that this spec does not have."""
+        if layer not in self.layer_ids:
+            raise ValueError(f"layer {layer} is not an Engram layer (Engram layers: {list(self.layer_ids)})")
+        if order not in self.orders:
+            raise ValueError(f"order {order} is outside 2..{self.max_ngram}")
+        if not 0 <= head < self.heads_per_ngram:
+            # subtle: an unchecked head past the end would alias a head of the next order
+            raise ValueError(f"head {head} is outside 0..{self.heads_per_ngram - 1}")
+
+    def check_row(self, layer: int, order: int, head: int, row: int) -> None:
+        """`check_head`, then the head-local row against that head's prime."""
+        self.check_head(layer, order, head)
+        size = self.primes[layer][self.head_index(order, head)]
+        if not 0 <= row < size:
+            raise ValueError(f"row {row} is outside 0..{size - 1} (head {layer}:{order}:{head})")
 
     @cached_property
     def primes(self) -> dict[int, tuple[int, ...]]:

@@ -8,8 +8,13 @@ removing a branch sets that branch's gate alpha to 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .addresses import HeadAddress, RowAddress
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,14 @@ class KnockOut:
     def touches_rows(self, layer: int) -> bool:
         return bool(self.orders or any(h[0] == layer for h in self.heads) or any(r[0] == layer for r in self.rows))
 
+    def validate(self, cfg: ModelConfig) -> None:
+        """Raise ValueError, one line naming the item, for anything `cfg`'s model does not have.
+
+        Without this a head past the end of its order silently aliases the next
+        order's head (heads are order-major) and a wrong layer or branch is ignored.
+        """
+        check_knockout(self, cfg)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "all": self.all,
@@ -69,6 +82,42 @@ class KnockOut:
 NO_KNOCKOUT = KnockOut()
 
 
+def check_knockout(ko: KnockOut, cfg: ModelConfig) -> None:
+    """`KnockOut.validate`: every layer, order, head, branch and row must exist in the model."""
+    if ko.empty:
+        return
+    if cfg.memory is None:
+        raise ValueError(f"knock-out {format_knockout(ko)}: this model has no Engram memory, so nothing to knock out")
+    spec, n_branches = cfg.memory.hash_spec, cfg.backbone.n_branches
+    item = ""
+    try:
+        for layer in sorted(ko.layers):
+            item = f"layer={layer}"
+            spec.check_head(layer, spec.orders[0], 0)
+        for order in sorted(ko.orders):
+            item = f"order={order}"
+            spec.check_head(spec.layer_ids[0], order, 0)
+        for head in sorted(ko.heads):
+            item = f"head={HeadAddress(*head)}"
+            spec.check_head(*head)
+        for m in sorted(ko.branches):
+            item = f"branch={m}"
+            if not 0 <= m < n_branches:
+                raise ValueError(f"branch {m} is outside 0..{n_branches - 1}")
+        for row in sorted(ko.rows):
+            item = f"row={RowAddress(*row)}"
+            spec.check_row(*row)
+    except ValueError as e:
+        raise ValueError(f"knock-out item {item}: {e}") from None
+
+
+def _one_int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("the value must be an integer") from None
+
+
 def parse_knockout(spec: str) -> KnockOut:
     """A knock-out from a compact string, as typed on the command line or kept in a URL.
 
@@ -78,11 +127,11 @@ def parse_knockout(spec: str) -> KnockOut:
     fields: dict[str, set] = {"layers": set(), "orders": set(), "heads": set(), "branches": set(), "rows": set()}
     all_off = False
     keys = {
-        "layer": ("layers", 1),
-        "order": ("orders", 1),
-        "head": ("heads", 3),
-        "branch": ("branches", 1),
-        "row": ("rows", 4),
+        "layer": ("layers", _one_int),
+        "order": ("orders", _one_int),
+        "head": ("heads", lambda v: astuple(HeadAddress.parse(v))),
+        "branch": ("branches", _one_int),
+        "row": ("rows", lambda v: astuple(RowAddress.parse(v))),
     }
     for item in filter(None, (s.strip() for s in spec.split(","))):
         if item in ("all", "none"):
@@ -93,14 +142,11 @@ def parse_knockout(spec: str) -> KnockOut:
             raise ValueError(
                 f"bad knock-out item {item!r}: use all, none, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R"
             )
-        name, arity = keys[key]
+        name, parse = keys[key]
         try:
-            parts = tuple(int(v) for v in value.split(":"))
-        except ValueError:
-            raise ValueError(f"bad knock-out item {item!r}: values must be integers") from None
-        if len(parts) != arity:
-            raise ValueError(f"bad knock-out item {item!r}: {key} takes {arity} value(s) separated by ':'")
-        fields[name].add(parts[0] if arity == 1 else parts)
+            fields[name].add(parse(value))
+        except ValueError as e:
+            raise ValueError(f"bad knock-out item {item!r}: {e}") from None
     return KnockOut(all=all_off, **{k: frozenset(v) for k, v in fields.items()})
 
 
@@ -108,7 +154,7 @@ def format_knockout(ko: KnockOut) -> str:
     """The inverse of `parse_knockout` (sorted, so equal knock-outs give equal strings)."""
     items = ["all"] if ko.all else []
     items += [f"layer={x}" for x in sorted(ko.layers)] + [f"order={x}" for x in sorted(ko.orders)]
-    items += ["head=" + ":".join(map(str, h)) for h in sorted(ko.heads)]
+    items += [f"head={HeadAddress(*h)}" for h in sorted(ko.heads)]
     items += [f"branch={x}" for x in sorted(ko.branches)]
-    items += ["row=" + ":".join(map(str, r)) for r in sorted(ko.rows)]
+    items += [f"row={RowAddress(*r)}" for r in sorted(ko.rows)]
     return ",".join(items) or "none"

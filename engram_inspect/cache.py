@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 from engram_core import Checkpoint
+from engram_core.checkpoint import checkpoint_key  # re-exported: the key lives with checkpoints
 from engram_core.data import cache_dir
 
-
-def checkpoint_key(ck: Checkpoint) -> str:
-    """A short hash of the model config, compression map and weights: equal keys, equal model."""
-    h = hashlib.sha256()
-    h.update(json.dumps(ck.model.cfg.to_dict(), sort_keys=True).encode())
-    h.update(ck.model.compression.numpy().tobytes())
-    if ck.path is not None and (ck.path / "config.json").is_file():
-        h.update(str(json.loads((ck.path / "config.json").read_text()).get("weights_sha256")).encode())
-    else:
-        for name, t in sorted(ck.model.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().float().numpy().tobytes())
-    return h.hexdigest()[:16]
+__all__ = ["cache_file", "checkpoint_key"]
 
 
 def cache_file(ck: Checkpoint, name: str, suffix: str) -> Path:

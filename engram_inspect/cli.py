@@ -45,7 +45,10 @@ def cmd_trace(args: argparse.Namespace) -> None:
     text = _read_text(args)
     try:
         mask = parse_knockout(args.knockout) if args.knockout else None
-        trace = capture(_checkpoint(args), text, mask=mask, top_k=args.top_k)
+        ck = _checkpoint(args)
+        if mask is not None:
+            mask.validate(ck.model.cfg)  # before any forward pass
+        trace = capture(ck, text, mask=mask, top_k=args.top_k)
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.output:

@@ -17,16 +17,7 @@ from functools import cached_property
 import numpy as np
 
 from engram_core import Checkpoint, HashSpec
-
-
-@dataclass(frozen=True)
-class RowAddress:
-    """One row of one hash head's table; `row` is head-local (0 <= row < that head's prime)."""
-
-    layer: int  # Engram layer (block index)
-    order: int  # N-gram order, 2..max_ngram
-    head: int  # hash head within the order, 0..heads_per_ngram-1
-    row: int  # head-local row
+from engram_core.addresses import RowAddress  # re-exported: one row address for every layer
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,63 @@ def test_foreign_tokenizer(saved, tmp_path):
 def test_no_pickle_in_folder(saved):
     assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     shutil.rmtree(saved)
+
+
+def test_changed_seed_is_refused(saved):
+    edit_config(saved, lambda c: c["model"]["memory"].update(seed=1))
+    with pytest.raises(CheckpointError, match="multipliers of layer 0") as e:
+        load_checkpoint(saved)
+    assert "\n" not in str(e.value)
+
+
+def test_edited_multiplier_is_refused(saved):
+    def bump(c):
+        c["hash_spec"]["multipliers"]["1"][2] += 2  # still odd, so only the comparison can tell
+
+    edit_config(saved, bump)
+    with pytest.raises(CheckpointError, match="multipliers of layer 1"):
+        load_checkpoint(saved)
+
+
+def test_edited_prime_is_refused(saved):
+    edit_config(saved, lambda c: c["hash_spec"]["primes"]["0"].__setitem__(0, 29))
+    with pytest.raises(CheckpointError, match="primes of layer 0"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("delta", [1, -1])
+def test_vocab_size_off_by_one_is_refused(saved, delta):
+    edit_config(saved, lambda c: c["model"]["memory"].update(vocab_size=c["model"]["memory"]["vocab_size"] + delta))
+    with pytest.raises(CheckpointError, match="vocab_size"):
+        load_checkpoint(saved)
+
+
+def test_vocab_size_checked_without_saved_hash_spec(saved):
+    """An older checkpoint without primes and multipliers: recomputed and accepted, vocab_size still checked."""
+    edit_config(saved, lambda c: c.update(hash_spec=None))
+    load_checkpoint(saved)
+    edit_config(saved, lambda c: c["model"]["memory"].update(vocab_size=c["model"]["memory"]["vocab_size"] + 1))
+    with pytest.raises(CheckpointError, match="vocab_size"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c.pop("compression"), "compression"),
+        (lambda c: c["compression"].pop("table"), "compression"),
+        (lambda c: c["compression"].update(table="abc"), "compression"),
+        (lambda c: c.pop("model"), "model"),
+        (lambda c: c["model"]["memory"].update(table_sizes=[31]), "table_sizes"),
+        (lambda c: c["model"]["memory"].update(table_sizes=["x", 3]), "table_sizes"),
+        (lambda c: c["model"]["memory"].update(max_ngram=1), "max_ngram"),
+        (lambda c: c["model"]["memory"].update(pad_id=10**6), "pad_id"),
+        (lambda c: c["hash_spec"].update(primes=[1, 2]), "hash_spec"),
+        (lambda c: c["hash_spec"]["primes"].pop("1"), "primes of layer 1"),
+    ],
+)
+def test_every_bad_config_is_a_checkpoint_error(saved, edit, match):
+    edit_config(saved, edit)
+    with pytest.raises(CheckpointError, match=match) as e:
+        load_checkpoint(saved)
+    assert "\n" not in str(e.value)
