@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ablation import RowSource, resampled_rows
 from .config import MemoryConfig
 from .hashing import HashSpec
 from .knockout import KnockOut
@@ -112,6 +113,7 @@ class Engram(nn.Module):
         self.readout = EngramReadout(cfg, d, n_branches)
         self.hook_hash_ids = HookPoint()
         self.hook_rows = HookPoint()
+        self.row_source: RowSource | None = None  # replacements for knock-out modes mean and resample
 
     def row_keep(self, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
         """(B, T, H) 1.0 where the looked-up row is kept, 0.0 where knocked out.
@@ -133,17 +135,50 @@ class Engram(nn.Module):
                 keep[..., h] = torch.where(hash_ids[..., h] == row, 0.0, keep[..., h])
         return keep
 
+    def install_row_source(self, source: RowSource | None) -> None:
+        """Give this layer the replacement rows of knock-out modes mean and resample (None removes them)."""
+        if source is not None and tuple(source.mean_rows.shape) != (self.cfg.heads_per_layer, self.cfg.d_head):
+            raise ValueError(
+                f"layer {self.layer}: mean rows of shape {tuple(source.mean_rows.shape)}, "
+                f"the model has {self.cfg.heads_per_layer} heads of {self.cfg.d_head}"
+            )
+        self.row_source = source
+
+    def substitutes(self, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
+        """(B, T, H, Dh) what replaces a removed read under the knock-out's mode (see ablation.py)."""
+        src = self.row_source
+        if src is None:
+            raise ValueError(
+                f"knock-out mode={ko.mode} needs this checkpoint's corpus row statistics: "
+                "install them with engram_inspect.ablation.install(checkpoint)"
+            )
+        if ko.mode == "mean":
+            return src.mean_rows.to(self.table.weight).expand(*hash_ids.shape, -1)
+        rows = resampled_rows(hash_ids, src.pool, self.cfg.heads_per_ngram, ko.seed, self.layer)
+        return self.table(rows + self.offsets)
+
     def forward(self, H: torch.Tensor, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
         hash_ids = self.hook_hash_ids(hash_ids)  # (B, T, H) head-local rows
-        if ko.layer_off(self.layer):
+        if ko.layer_off(self.layer) and not ko.replaces:
             # a knocked-out module adds nothing, so nothing after the hash needs computing
             return H.new_zeros(H.shape)
         e = self.table(hash_ids + self.offsets)  # (B, T, H, Dh) eq. 2
-        if ko.touches_rows(self.layer):
-            e = e * self.row_keep(hash_ids, ko).unsqueeze(-1)
+        sub = self.substitutes(hash_ids, ko) if ko.replaces and (ko.branches or ko.layer_off(self.layer)) else None
+        if ko.layer_off(self.layer):
+            e = sub  # every read of the layer replaced
+        elif ko.touches_rows(self.layer):
+            keep = self.row_keep(hash_ids, ko).unsqueeze(-1)
+            e = e * keep if not ko.replaces else torch.where(keep > 0, e, self.substitutes(hash_ids, ko))
         e = self.hook_rows(e).flatten(-2)  # (B, T, H*Dh), order-major then head-minor (§4)
         branch_keep = None
-        if ko.branches:
+        if ko.branches and not ko.replaces:
             branch_keep = torch.ones(self.n_branches, device=H.device)
             branch_keep[sorted(ko.branches)] = 0.0
-        return self.readout(H, e, branch_keep)
+        out = self.readout(H, e, branch_keep)
+        if ko.branches and ko.replaces and not ko.layer_off(self.layer):
+            # a replaced branch reads every head's substitute; the others keep their reads
+            replaced = self.readout(H, sub.flatten(-2), None)
+            m = torch.zeros(self.n_branches, dtype=torch.bool, device=H.device)
+            m[sorted(ko.branches)] = True
+            out = torch.where(m[:, None], replaced, out)  # (B, T, M, D)
+        return out

@@ -9,13 +9,16 @@ B batch, T time, M branches, L Engram layers, H hash heads, D width, V vocabular
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ablation import RowSource, sample_seeds
 from .config import ModelConfig
 from .engram import Engram
 from .hashing import hash_all
@@ -117,11 +120,30 @@ class EngramLM(nn.Module):
         knockout.validate(self.cfg)  # cheap: a few set lookups per item
         if rows is None:
             rows = self.hash_rows(ids)
+        if knockout.mode == "resample" and knockout.samples > 1:
+            return self._average_samples(ids, knockout, rows)
         M = self.cfg.backbone.n_branches
         H = self.wte(ids).unsqueeze(2).expand(-1, -1, M, -1)  # (B, T, M, D)
         for i, block in enumerate(self.blocks):
             H = block(H, rows.get(i), knockout)
         return self.hook_logits(F.linear(self.norm(H.mean(2)), self.wte.weight))  # tied head
+
+    def _average_samples(self, ids: torch.Tensor, ko: KnockOut, rows: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Logits of the mean next-token distribution over k resampled runs (run i seeded seed + i).
+
+        The mean of probabilities, not of logits, so that the loss under these logits is
+        the loss of the averaged prediction. Hooks see every run; a cache keeps the last.
+        """
+        runs = [
+            F.log_softmax(self(ids, replace(ko, samples=1, seed=s), rows).float(), -1)
+            for s in sample_seeds(ko.seed, ko.samples)
+        ]
+        return torch.logsumexp(torch.stack(runs), 0) - math.log(len(runs))
+
+    def install_row_source(self, sources: dict[int, RowSource] | None) -> None:
+        """Replacement rows per Engram layer for knock-out modes mean and resample (None removes them)."""
+        for layer in self.engram_layers:
+            self.blocks[layer].engram.install_row_source(None if sources is None else sources[layer])
 
     def forward_long(self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT) -> torch.Tensor:
         """Logits for sequences longer than the context, by sliding windows (see `run_with_cache_long`)."""
