@@ -26,16 +26,20 @@ M branches, D width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engram_core import Checkpoint
+from engram_core import Checkpoint, KnockOut
+from engram_core.ablation import sample_seeds
+from engram_core.knockout import NO_KNOCKOUT
 from engram_core.layers import apply_rope
 from engram_core.tokenizer import encode
 
+from .ablation import install
 from .capture import _decode_each, _ngram_texts
 
 METHODS = ("exact", "approx")
@@ -166,10 +170,25 @@ def _reads(model, w: _Window, position_in_window: int) -> list[tuple[int, int, i
     return [(L, h, q) for L in mem.layer_ids for h in range(mem.heads_per_layer) for q in near]
 
 
+def _substitutes(ck: Checkpoint, w: _Window, how: KnockOut) -> list[dict[int, torch.Tensor]]:
+    """Per resampled run (one for zero and mean), per layer, (1, T, H, Dh) rows that replace a removed read."""
+    model = ck.model
+    if how.mode == "zero":
+        return [None]
+    install(ck)
+    return [
+        {L: model.blocks[L].engram.substitutes(w.rows[L], replace(how, seed=s)) for L in w.rows}
+        for s in sample_seeds(how.seed, how.samples)
+    ]
+
+
 @torch.no_grad()
-def exact_deltas(ck: Checkpoint, ids: list[int], position: int) -> tuple[list[tuple[int, int, int]], np.ndarray]:
+def exact_deltas(
+    ck: Checkpoint, ids: list[int], position: int, how: KnockOut = NO_KNOCKOUT
+) -> tuple[list[tuple[int, int, int]], np.ndarray]:
     """Reads in the conv's reach of `position` ((layer, head index, position in the text)) and the
-    exact change in log p(next token) when each is replaced by zeros at that one position."""
+    exact change in log p(next token) when each is removed at that one position, replaced as
+    `how.mode` says (zeros, its head's mean row, or resampled: log of the mean p over the runs)."""
     _check(ck, ids, position)
     model = ck.model
     w = _window(ck, ids, position)
@@ -177,16 +196,23 @@ def exact_deltas(ck: Checkpoint, ids: list[int], position: int) -> tuple[list[tu
     base = _BasePass(model, w)
     reads = _reads(model, w, p)
     s = min(q for _, _, q in reads)
-    e = {L: base.e[L].expand(len(reads) + 1, -1, -1, -1).clone() for L in base.e}  # copy 0 keeps everything
-    for c, (L, h, q) in enumerate(reads, start=1):
-        e[L][c, q, h] = 0.0
+    runs = _substitutes(ck, w, how)
+    n = 1 + len(reads) * len(runs)  # copy 0 keeps everything; then one copy per read and run
+    e = {L: base.e[L].expand(n, -1, -1, -1).clone() for L in base.e}
+    for r, sub in enumerate(runs):
+        for c, (L, h, q) in enumerate(reads):
+            e[L][1 + r * len(reads) + c, q, h] = 0.0 if sub is None else sub[L][0, q, h]
     lp = _suffix_logprob(model, base, e, s, w.target)
-    return [(L, h, q + w.start) for L, h, q in reads], (lp[1:] - lp[0]).numpy()
+    removed = torch.logsumexp(lp[1:].view(len(runs), len(reads)).double(), 0) - math.log(len(runs))
+    return [(L, h, q + w.start) for L, h, q in reads], (removed - lp[0].double()).float().numpy()
 
 
-def approx_deltas(ck: Checkpoint, ids: list[int], position: int) -> tuple[list[tuple[int, int, int]], np.ndarray]:
+def approx_deltas(
+    ck: Checkpoint, ids: list[int], position: int, how: KnockOut = NO_KNOCKOUT
+) -> tuple[list[tuple[int, int, int]], np.ndarray]:
     """Every read at every position of the window cut at `position`, with gradient x input:
-    Δ log p ≈ -∂ log p(next) / ∂e · e, the first-order change when that row reads zeros."""
+    Δ log p ≈ ∂ log p(next) / ∂e · (e' - e), the first-order change when the read e becomes
+    its replacement e' (zeros, the head's mean row, or resampled rows averaged over the runs)."""
     _check(ck, ids, position)
     model = ck.model
     w = _window(ck, ids, position)
@@ -211,20 +237,33 @@ def approx_deltas(ck: Checkpoint, ids: list[int], position: int) -> tuple[list[t
             h.remove()
     T = w.ids.shape[1]
     H = model.cfg.memory.heads_per_layer
+    runs = _substitutes(ck, w, how)
     reads, out = [], []
     for L, g in zip(layers, grads, strict=True):
-        d = -(g[0] * leaves[L][0].detach()).sum(-1)  # (T, H)
+        e = leaves[L][0].detach()
+        d = torch.stack([(g[0] * ((0.0 if sub is None else sub[L][0]) - e)).sum(-1) for sub in runs]).mean(0)  # (T, H)
         reads += [(L, h, q + w.start) for h in range(H) for q in range(T - 1, -1, -1)]
         out.append(d.T.flip(1).reshape(-1))
     return reads, torch.cat(out).numpy()
 
 
-def attribute(ck: Checkpoint, text: str, position: int, method: str = "exact") -> list[dict]:
+def attribute(
+    ck: Checkpoint,
+    text: str,
+    position: int,
+    method: str = "exact",
+    ablation: str = "zero",
+    samples: int = 1,
+    seed: int = 0,
+) -> list[dict]:
     """Memory reads behind the prediction at `position` (of token position+1), strongest first.
 
     Records {layer, order, head, position_read, row, ngram, delta_logprob}; `delta_logprob`
     is log p(actual next token) with the read removed minus with it (negative: the read helped).
+    `ablation` says what replaces a removed read, as a knock-out's mode does (zero, mean, resample
+    with `samples` runs from `seed`).
     """
+    how = KnockOut(mode=ablation, samples=samples, seed=seed)
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}: choose exact or approx")
     if not isinstance(position, int | np.integer) or isinstance(position, bool):
@@ -232,7 +271,7 @@ def attribute(ck: Checkpoint, text: str, position: int, method: str = "exact") -
     ids, _ = encode(ck.tokenizer, text)
     position = int(position)
     _check(ck, ids, position)
-    reads, deltas = (exact_deltas if method == "exact" else approx_deltas)(ck, ids, position)
+    reads, deltas = (exact_deltas if method == "exact" else approx_deltas)(ck, ids, position, how)
     mem = ck.model.cfg.memory
     used = sorted({q for _, _, q in reads})
     rows = ck.model.hash_rows(torch.tensor([ids[: max(used) + 1]]))

@@ -1,5 +1,7 @@
 """Attribution of a prediction to memory reads, against full forward passes and finite differences."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +9,10 @@ import torch.nn.functional as F
 
 from engram_core import Checkpoint, KnockOut
 from engram_core.tokenizer import encode
+from engram_inspect.ablation import row_sources
 from engram_inspect.attribution import approx_deltas, attribute, conv_reach, exact_deltas
 from engram_inspect.capture import PAD_TEXT
+from engram_inspect.collisions import build_collision_index
 
 TEXT = "To be, or not to be, that is the question. I pray you, my lord, let me know not."
 
@@ -29,12 +33,16 @@ def test_conv_reach_by_hand():
     assert conv_reach(0, 4, 2) == [0]
 
 
-def test_exact_removal_equals_one_row_knockout(ck):
-    """A row read only once up to p: knocking that row out everywhere removes exactly that read."""
+@pytest.mark.parametrize("how", [KnockOut(), KnockOut(mode="mean"), KnockOut(mode="resample", samples=2, seed=3)])
+def test_exact_removal_equals_one_row_knockout(ck, how):
+    """A row read only once up to p: knocking that row out everywhere removes exactly that read,
+    in every mode (the same replacement rows, the same resampling draws)."""
     model, mem = ck.model, ck.model.cfg.memory
+    stream = np.asarray(encode(ck.tokenizer, TEXT * 3)[0])
+    model.install_row_source(row_sources(ck, build_collision_index(ck, [stream]), pool=32))
     ids, _ = encode(ck.tokenizer, TEXT)
     p = len(ids) - 4
-    reads, deltas = exact_deltas(ck, ids, p)
+    reads, deltas = exact_deltas(ck, ids, p, how)
     assert len(reads) == len(mem.layer_ids) * mem.heads_per_layer * len(conv_reach(p, 4, mem.max_ngram))
     rows = model.hash_rows(torch.tensor([ids]))
     base = _logp(model, ids, p)
@@ -45,8 +53,8 @@ def test_exact_removal_equals_one_row_knockout(ck):
         if int((seen == r).sum()) != 1:
             continue  # the row is read elsewhere too: its knock-out removes more than this read
         order, head = 2 + h // mem.heads_per_ngram, h % mem.heads_per_ngram
-        ko = KnockOut(rows={(L, order, head, r)})
-        assert d == pytest.approx(_logp(model, ids, p, knockout=ko) - base, abs=2e-5)
+        ko = replace(how, rows={(L, order, head, r)})
+        assert d == pytest.approx(_logp(model, ids[: p + 2], p, knockout=ko) - base, abs=2e-5)
         checked += 1
     assert checked >= 5
     assert np.abs(deltas).max() > 1e-3  # the tiny model's memory does matter
