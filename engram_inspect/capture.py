@@ -24,6 +24,7 @@ from engram_core import Checkpoint, KnockOut
 from engram_core.hashing import suffix_ngrams
 from engram_core.tokenizer import encode
 
+from .ablation import install
 from .cache import checkpoint_key
 
 SCHEMA = "engram-trace/1"
@@ -135,6 +136,8 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
     if model.cfg.memory is None:
         raise ValueError("this checkpoint has no Engram memory to capture")
     mask = KnockOut(all=True) if mask is None else mask
+    if mask.replaces:
+        install(ck)  # modes mean and resample need the checkpoint's corpus row statistics
     ids_list, offsets = encode(tok, text)
     if not ids_list:
         raise ValueError("the text is empty: nothing to capture")

@@ -44,10 +44,9 @@ def cmd_trace(args: argparse.Namespace) -> None:
         raise UserError(f"--format {fmt} writes a binary or tabular file: give -o OUT")
     text = _read_text(args)
     try:
-        mask = parse_knockout(args.knockout) if args.knockout else None
+        mask = _with_ablation(parse_knockout(args.knockout or "all"), args)
         ck = _checkpoint(args)
-        if mask is not None:
-            mask.validate(ck.model.cfg)  # before any forward pass
+        mask.validate(ck.model.cfg)  # before any forward pass
         trace = capture(ck, text, mask=mask, top_k=args.top_k)
     except ValueError as e:
         raise UserError(str(e)) from e
@@ -56,6 +55,26 @@ def cmd_trace(args: argparse.Namespace) -> None:
         print(f"wrote {args.output} ({fmt}, {trace.n_tokens} tokens)", file=sys.stderr)
     else:
         sys.stdout.write(to_json(trace) + "\n")
+
+
+def _with_ablation(mask, args: argparse.Namespace):
+    """The mask with --ablation/--samples/--seed applied (flags win over mode= items in the mask)."""
+    from dataclasses import replace
+
+    given = {k: getattr(args, k) for k in ("samples", "seed") if getattr(args, k) is not None}
+    if args.ablation is not None:
+        given["mode"] = args.ablation
+    return replace(mask, **given) if given else mask
+
+
+def _add_ablation_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--ablation",
+        choices=["zero", "mean", "resample"],
+        help="what replaces removed rows: zeros (default), the head's mean row, another corpus N-gram's row",
+    )
+    s.add_argument("--samples", type=int, help="resample: runs averaged (default 1)")
+    s.add_argument("--seed", type=int, help="resample: seed of the first run (default 0)")
 
 
 def _progress(desc: str):
@@ -198,11 +217,16 @@ def cmd_project(args: argparse.Namespace) -> None:
 def cmd_attribute(args: argparse.Namespace) -> None:
     import json
 
+    from engram_core import KnockOut
+
     from .attribution import attribute
 
     text = _read_text(args)
     try:
-        records = attribute(_checkpoint(args), text, args.position, method=args.mode)
+        how = _with_ablation(KnockOut(), args)
+        records = attribute(
+            _checkpoint(args), text, args.position, args.mode, how.mode, samples=how.samples, seed=how.seed
+        )
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.json:
@@ -225,6 +249,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-o", "--output", help="file to write (json goes to stdout without -o)")
     s.add_argument("--knockout", help="mask to compare with, e.g. all, layer=1, order=3, head=1:2:0, row=1:2:0:99")
     s.add_argument("--top-k", type=int, default=5)
+    _add_ablation_flags(s)
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_trace)
     s = sub.add_parser("stats", help="memory health and collision rates of every table")
@@ -260,6 +285,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--top", type=int, help="print only the strongest N reads (the JSON has all)")
     s.add_argument("--json", action="store_true", help="print the records as JSON")
+    _add_ablation_flags(s)
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_attribute)
 

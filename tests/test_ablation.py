@@ -179,3 +179,31 @@ def test_install_uses_the_cache(ck, tmp_path, monkeypatch):
     monkeypatch.setattr("engram_inspect.ablation.load_or_build", no_build)
     install(ck)
     assert torch.equal(_logits(ck, KnockOut(all=True, mode="resample")), first)
+
+
+def test_cli_trace_and_attribute_take_an_ablation(ck, tmp_path, capsys):
+    from engram_core import load_checkpoint, save_checkpoint
+    from engram_core.checkpoint import checkpoint_key
+    from engram_inspect.attribution import attribute
+    from engram_inspect.cli import main
+    from engram_inspect.export import from_json
+
+    folder = save_checkpoint(tmp_path / "ck", ck.model, ck.tokenizer)
+    saved = load_checkpoint(folder)
+    sources = {L: ck.model.blocks[L].engram.row_source for L in ck.model.engram_layers}
+    save_sources(sources, folder / f"ablation-{checkpoint_key(saved)}.npz", checkpoint_key(saved))
+    argv = ["trace", TEXT, "--knockout", "layer=1", "--ablation", "mean", "--checkpoint", str(folder)]
+    assert main(argv) == 0
+    tr = from_json(capsys.readouterr().out)
+    assert tr.mask["mode"] == "mean" and tr.mask["layers"] == [1]
+    want = F.log_softmax(_logits(ck, KnockOut(layers={1}, mode="mean"))[0], -1)
+    ids = encode(ck.tokenizer, TEXT)[0]
+    np.testing.assert_allclose(
+        tr.masked_logprob_next[:-1], want[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0], atol=1e-5
+    )
+    argv = ["attribute", TEXT, "--position", "9", "--ablation", "resample", "--samples", "2", "--json"]
+    assert main([*argv, "--checkpoint", str(folder)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == attribute(saved, TEXT, 9, "exact", "resample", samples=2)
+    assert main(["trace", TEXT, "--samples", "0", "--ablation", "resample", "--checkpoint", str(folder)]) == 2
+    assert "samples" in capsys.readouterr().err
