@@ -57,7 +57,7 @@ def placement_runs() -> list[dict]:
 def capacity_runs() -> list[dict]:
     """Is the memory memorising? The shipped layout, the smallest tables the prime rule allows
     (table_sizes 1: heads of 2 to 53 rows, every row shared by thousands of N-grams), no memory."""
-    return [{"name": f"rows{r}", "mlp_ratio": 4, "rows": r} for r in (27000, 1, 0)]
+    return [{"name": f"rows{r}", "mlp_ratio": 4, "rows": r} for r in (1, 0, 27000)]
 
 
 STUDIES = {"allocation": allocation_runs, "size": size_runs, "placement": placement_runs, "capacity": capacity_runs}
