@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from engram_core import KnockOut, load_checkpoint
 from engram_core.checkpoint import DEFAULT_CHECKPOINT
+from engram_core.knockout import NO_KNOCKOUT
 from engram_core.pipeline import prepare_corpus
 from engram_core.tokenizer import encode
 from engram_core.train import eval_windows
@@ -38,7 +39,7 @@ CAPACITY_RUNS = ROOT / "runs" / "sweep" / "capacity"
 MODES = ("zero", "mean", "resample")
 
 
-def loss(model, windows: list[torch.Tensor], ko: KnockOut = KnockOut()) -> float:
+def loss(model, windows: list[torch.Tensor], ko: KnockOut = NO_KNOCKOUT) -> float:
     """Mean next-token loss (nats/token), fp32; each window is a (1, T) or (B, T) id tensor."""
     total, count = 0.0, 0
     with torch.no_grad():
