@@ -1,10 +1,12 @@
 """The HTTP API: the same features as the views, as JSON, for `gradio_client` and scripts.
 
-Endpoints (documented in docs/api.md): /trace, /knockout, /neighbours, and /export
-(registered in app.main as an event, since it returns a file).
+Endpoints (documented in docs/api.md): /trace, /knockout, /attribution, /neighbours, and
+/export (registered in app.main as an event, since it returns a file).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
@@ -12,19 +14,21 @@ import numpy as np
 from engram_core.knockout import format_knockout, parse_knockout
 from engram_inspect.diff import knockout_diff
 
-from .session import InputError, Session
+from .session import InputError, Session, clean_input
 
 
-def _mask(mask: str):
+def _mask(mask: str, mode: str | None = None):
+    """The mask string as a KnockOut; `mode` (zero, mean, resample), when given, overrides a mode= item."""
     try:
-        return parse_knockout(mask or "all")
+        ko = parse_knockout(mask or "all")
+        return replace(ko, mode=mode) if mode else ko
     except ValueError as e:
         raise gr.Error(str(e)) from e
 
 
-def _capture(session: Session, text: str, mask: str):
+def _capture(session: Session, text: str, mask: str, mode: str | None = None):
     try:
-        return session.capture(text, _mask(mask))
+        return session.capture(text, _mask(mask, mode))
     except InputError as e:
         raise gr.Error(str(e)) from e
 
@@ -34,8 +38,8 @@ def _floats(a: np.ndarray) -> list:
     return [None if np.isnan(x) else round(float(x), 6) for x in np.asarray(a, dtype=np.float64).ravel()]
 
 
-def trace_summary(session: Session, text: str, mask: str = "all") -> dict:
-    tr = _capture(session, text, mask)
+def trace_summary(session: Session, text: str, mask: str = "all", mode: str | None = None) -> dict:
+    tr = _capture(session, text, mask, mode)
     return {
         "tokens": tr.tokens,
         "offsets": tr.offsets.tolist(),
@@ -51,15 +55,15 @@ def trace_summary(session: Session, text: str, mask: str = "all") -> dict:
         "kl": _floats(tr.kl),
         "lens_kl_on": _floats(tr.lens_kl_on.mean(1)),
         "lens_kl_off": _floats(tr.lens_kl_off.mean(1)),
-        "mask": format_knockout(_mask(mask)),
+        "mask": format_knockout(_mask(mask, mode)),
     }
 
 
-def knockout_summary(session: Session, text: str, mask: str = "all") -> dict:
-    tr = _capture(session, text, mask)
+def knockout_summary(session: Session, text: str, mask: str = "all", mode: str | None = None) -> dict:
+    tr = _capture(session, text, mask, mode)
     d = knockout_diff(tr)
     return {
-        "mask": format_knockout(_mask(mask)),
+        "mask": format_knockout(_mask(mask, mode)),
         "tokens": tr.tokens,
         "delta_logprob": _floats(d.delta_logprob),
         "kl": _floats(d.kl),
@@ -78,6 +82,19 @@ def knockout_summary(session: Session, text: str, mask: str = "all") -> dict:
             for x in d.biggest_losses
         ],
     }
+
+
+def attribution_records(session: Session, text: str, position: int, method: str, mode: str | None) -> list[dict]:
+    """Memory reads behind the prediction at a token position, strongest first (engram_inspect.attribution)."""
+    from engram_inspect.attribution import attribute
+
+    try:
+        text = clean_input(text)
+        if isinstance(position, float) and position.is_integer():
+            position = int(position)  # JSON numbers may arrive as floats
+        return session.run_model(lambda _m: attribute(session.ck, text, position, method or "exact", mode or "zero"))
+    except ValueError as e:  # InputError included
+        raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
 
 def neighbour_rows(session: Session, query: str, layer: int, order: int, head: int | None, k: int) -> list[dict]:
@@ -123,13 +140,20 @@ def neighbour_rows(session: Session, query: str, layer: int, order: int, head: i
 def register(session: Session) -> None:
     """API-only endpoints; call inside the Blocks context."""
 
-    def trace(text: str, mask: str = "all") -> dict:
-        """Capture a text: tokens, rows read, gates, next-token log-probs on and under the mask, KL, logit lens."""
-        return trace_summary(session, text, mask)
+    def trace(text: str, mask: str = "all", mode: str = "zero") -> dict:
+        """Capture a text: tokens, rows read, gates, next-token log-probs on and under the mask, KL, logit lens.
+        `mode` says what replaces removed rows: zero, mean or resample."""
+        return trace_summary(session, text, mask, mode)
 
-    def knockout(text: str, mask: str = "all") -> dict:
-        """Knock-out diff of a text under a mask (all, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R)."""
-        return knockout_summary(session, text, mask)
+    def knockout(text: str, mask: str = "all", mode: str = "zero") -> dict:
+        """Knock-out diff of a text under a mask (all, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R)
+        whose removed rows become zeros, their head's mean row or another corpus N-gram's row (`mode`)."""
+        return knockout_summary(session, text, mask, mode)
+
+    def attribution(text: str, position: int, method: str = "exact", mode: str = "zero") -> list[dict]:
+        """Memory reads behind the prediction at token `position`: {layer, order, head, position_read, row,
+        ngram, delta_logprob}, strongest first; method exact (conv's reach) or approx (every read)."""
+        return attribution_records(session, text, position, method, mode)
 
     def neighbours(query: str, layer: int = 1, order: int = 2, head: int = 0, k: int = 10) -> list[dict]:
         """Nearest memory rows of an N-gram typed as text, or of a row "L:N:K:R"."""
@@ -137,4 +161,5 @@ def register(session: Session) -> None:
 
     gr.api(trace, api_name="trace")
     gr.api(knockout, api_name="knockout")
+    gr.api(attribution, api_name="attribution")
     gr.api(neighbours, api_name="neighbours")
