@@ -168,7 +168,11 @@ class Engram(nn.Module):
             e = sub  # every read of the layer replaced
         elif ko.touches_rows(self.layer):
             keep = self.row_keep(hash_ids, ko).unsqueeze(-1)
-            e = e * keep if not ko.replaces else torch.where(keep > 0, e, self.substitutes(hash_ids, ko))
+            if ko.replaces:
+                sub = self.substitutes(hash_ids, ko) if sub is None else sub
+                e = torch.where(keep > 0, e, sub)
+            else:
+                e = e * keep
         e = self.hook_rows(e).flatten(-2)  # (B, T, H*Dh), order-major then head-minor (§4)
         branch_keep = None
         if ko.branches and not ko.replaces:
