@@ -1,7 +1,8 @@
 """`engram app` and `python -m app`: start the app on 127.0.0.1 with the shipped model.
 
-This module is the `engram` console script: the core's and engram_inspect's
-subcommands plus `app`. Heavy imports wait until a command runs.
+`add_commands` reaches the `engram` command (engram_core.cli) through the
+`engram.commands` entry point; `main` serves `python -m app`. Heavy imports wait
+until a command runs.
 """
 
 from __future__ import annotations
@@ -11,14 +12,28 @@ import os
 import sys
 
 
+def _passive_omp_env() -> dict[str, str] | None:
+    """The environment to restart with, or None when OpenMP already waits passively.
+
+    subtle: OpenMP threads spin after each parallel region by default and starve
+    the server's own threads on 2 cores (p50 /trace 329 ms vs 231 ms passive).
+    libgomp reads this once at load, so the process restarts before torch runs.
+    """
+    return None if "OMP_WAIT_POLICY" in os.environ else {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def cmd_app(args: argparse.Namespace) -> None:
+    env = _passive_omp_env()
+    if env is not None:  # reached through `engram app`: restart as `python -m app` with the same flags
+        argv = ["--checkpoint", args.checkpoint, "--host", args.host, "--port", str(args.port)]
+        os.execve(sys.executable, [sys.executable, "-m", "app", *argv], env)
     from .main import launch
 
     launch(args.checkpoint, host=args.host, port=args.port)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from engram_core.cli import DEFAULT_CHECKPOINT
+    from engram_core.checkpoint import DEFAULT_CHECKPOINT
 
     s = sub.add_parser("app", help="start the Engram Inspector app (127.0.0.1 unless --host says otherwise)")
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
@@ -29,11 +44,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["app"] and "OMP_WAIT_POLICY" not in os.environ:
-        # subtle: OpenMP threads spin after each parallel region by default and starve
-        # the server's own threads on 2 cores (p50 /trace 329 ms vs 231 ms passive).
-        # libgomp reads this once at load, so restart before torch is imported.
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    env = _passive_omp_env()
+    if argv[:1] == ["app"] and env is not None:  # before torch is imported, unlike cmd_app
         os.execve(sys.executable, [sys.executable, "-m", "app", *argv[1:]], env)
     from engram_core.cli import main as core_main
     from engram_inspect.cli import add_commands as inspect_commands

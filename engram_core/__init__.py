@@ -3,7 +3,8 @@
 Headless: torch, numpy, tokenizers and safetensors only. See ENGRAM notes in docs/.
 """
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .addresses import HeadAddress, RowAddress
+from .checkpoint import DEFAULT_CHECKPOINT, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .compression import Compression, build_compression
 from .config import BackboneConfig, MemoryConfig, ModelConfig
 from .hashing import HashSpec, hash_ids, suffix_ngrams
@@ -11,15 +12,18 @@ from .knockout import KnockOut
 from .model import EngramLM
 
 __all__ = [
+    "DEFAULT_CHECKPOINT",
     "BackboneConfig",
     "Checkpoint",
     "CheckpointError",
     "Compression",
     "EngramLM",
     "HashSpec",
+    "HeadAddress",
     "KnockOut",
     "MemoryConfig",
     "ModelConfig",
+    "RowAddress",
     "build_compression",
     "hash_ids",
     "load_checkpoint",

@@ -30,7 +30,11 @@ WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json
 
 
 class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded, with the reason."""
+    """A checkpoint folder that cannot be loaded, with the reason, in one line."""
+
+    def __init__(self, message: str) -> None:
+        # parsers' messages (JSON, tokenizers) may span lines; a CLI prints this as one
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass

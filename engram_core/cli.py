@@ -1,4 +1,9 @@
-"""The `engram` command. Bad input gets one clear line on stderr and exit status 2."""
+"""The `engram` command. Bad input gets one clear line on stderr and exit status 2.
+
+The core owns the command and its own subcommands (train, card, demo, hash-vectors).
+Higher layers add theirs through the `engram.commands` entry-point group: each entry
+point names an `add_commands(subparsers)` function. The core never imports them by name.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default-model"
+from .checkpoint import DEFAULT_CHECKPOINT  # also read here by the layers above
+
+COMMAND_GROUP = "engram.commands"
+Adder = Callable[[argparse._SubParsersAction], None]
 
 
 class UserError(Exception):
@@ -96,18 +105,47 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=cmd_demo)
 
 
-def build_parser(*adders: Callable[[argparse._SubParsersAction], None]) -> argparse.ArgumentParser:
+def build_parser(*adders: Adder) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="engram", description="Engram Inspector: a compact Engram LM and its memory.")
     sub = p.add_subparsers(dest="command", required=True)
+    seen: set[str] = set()
     for add in (add_commands, *adders):
-        add(sub)
+        key = _adder_key(add)
+        if key not in seen:  # the same adder, named explicitly and by an entry point, adds once
+            seen.add(key)
+            add(sub)
     return p
+
+
+def _adder_key(add: Adder) -> str:
+    """Where an adder is defined, the same whether it was loaded by name or run as `python -m`."""
+    module = getattr(add, "__module__", None) or ""
+    if module == "__main__":
+        # subtle: `python -m engram_inspect.cli` defines its adder again in __main__; its spec keeps the real name
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else module
+    return f"{module}.{getattr(add, '__qualname__', repr(add))}"
+
+
+def command_adders(eps: Iterable[EntryPoint] | None = None) -> list[Adder]:
+    """The subcommand adders of the installed `engram.commands` entry points (or of `eps`).
+
+    One that cannot be loaded (a layer installed without its dependencies) is named
+    on stderr in one line and skipped, so the core's own commands still run.
+    """
+    adders = []
+    for ep in entry_points(group=COMMAND_GROUP) if eps is None else eps:
+        try:
+            adders.append(ep.load())
+        except (ImportError, AttributeError) as e:
+            print(f"engram: note: subcommands {ep.name!r} ({ep.value}) not loaded: {e}", file=sys.stderr)
+    return adders
 
 
 def main(argv: list[str] | None = None, adders: tuple = ()) -> int:
     from .checkpoint import CheckpointError
 
-    args = build_parser(*adders).parse_args(argv)
+    args = build_parser(*adders, *command_adders()).parse_args(argv)
     if args.command == "train" and "MALLOC_MMAP_MAX_" not in os.environ:
         # glibc reads these at start-up: they stop page faults on large fresh
         # logits buffers (CALIBRATION.md), so re-run this process with them set
@@ -125,6 +163,9 @@ def main(argv: list[str] | None = None, adders: tuple = ()) -> int:
     except KeyboardInterrupt:
         print(f"engram {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `engram demo | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail too
+        return 0
     return 0
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint
+from .hooks import COMPRESSED_IDS, engram_hook
 from .knockout import KnockOut
 from .tokenizer import encode
 
@@ -32,14 +33,14 @@ def demo_lines(checkpoint: str, text: str) -> Iterator[str]:
         f"{'token':>16} {'cid':>5} " + " ".join(f"{'a' + str(i):>6}" for i in layers) + "   rows (first layer, order 2)"
     )
     for t, i in enumerate(ids):
-        gates = [float(cache[f"blocks.{i_}.engram.readout.hook_gate"][0, t].mean()) for i_ in layers]
-        rows = (
-            cache[f"blocks.{layers[0]}.engram.hook_hash_ids"][0, t, : model.cfg.memory.heads_per_ngram]
-            if layers
-            else []
-        )
+        gates = [float(cache[engram_hook(i_, "gate")][0, t].mean()) for i_ in layers]
+        rows = []
+        if layers:  # the order-2 heads of the first Engram layer
+            spec = model.cfg.memory.hash_spec
+            first = spec.head_index(2, 0)
+            rows = cache[engram_hook(layers[0], "hash_ids")][0, t, first : first + spec.heads_per_ngram]
         yield (
-            f"{tok.decode([i])!r:>16} {int(cache['hook_compressed_ids'][0, t]):>5} "
+            f"{tok.decode([i])!r:>16} {int(cache[COMPRESSED_IDS][0, t]):>5} "
             + " ".join(f"{g:6.3f}" for g in gates)
             + "   "
             + " ".join(str(int(r)) for r in rows)

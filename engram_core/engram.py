@@ -158,7 +158,7 @@ class Engram(nn.Module):
         return self.table(rows + self.offsets)
 
     def forward(self, H: torch.Tensor, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
-        hash_ids = self.hook_hash_ids(hash_ids)  # (B, T, H) head-local rows
+        hash_ids = self.hook_hash_ids(hash_ids.to(self.offsets.device))  # (B, T, H) head-local rows
         if ko.layer_off(self.layer) and not ko.replaces:
             # a knocked-out module adds nothing, so nothing after the hash needs computing
             return H.new_zeros(H.shape)

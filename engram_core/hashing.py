@@ -206,11 +206,17 @@ def hash_all(
     bad = [layer for layer in layers if layer not in spec.layer_ids]
     if bad:
         raise ValueError(f"layer {bad[0]} is not an Engram layer of this spec {spec.layer_ids}")
-    x = _as_ids(ids, spec.vocab_size).numpy()
+    t = _as_ids(ids, spec.vocab_size)
+    # the hash runs in numpy on the CPU (exact int64 wrap-around, libdivide); the rows
+    # go back to the device the ids came from, so a model on CUDA reads them in place
+    x = t.cpu().numpy()
     out = np.empty((len(layers), spec.heads_per_layer, *x.shape), dtype=np.int64)  # (L, H, B, T)
     for i, layer in enumerate(layers):
         _rows_numpy(x, spec, layer, out[i])
-    return {layer: torch.from_numpy(out[i]).permute(1, 2, 0) for i, layer in enumerate(layers)}  # (B, T, H)
+    rows = torch.from_numpy(out)
+    if t.device.type != "cpu":
+        rows = rows.to(t.device)
+    return {layer: rows[i].permute(1, 2, 0) for i, layer in enumerate(layers)}  # (B, T, H)
 
 
 def suffix_ngrams(ids: np.ndarray | torch.Tensor | list, spec: HashSpec, order: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from .ablation import RowSource, sample_seeds
 from .config import ModelConfig
 from .engram import Engram
 from .hashing import hash_all
+from .hooks import COMPRESSED_IDS
 from .knockout import NO_KNOCKOUT, KnockOut
 from .layers import MLP, Attention, HookPoint, HyperResidual, RMSNorm
 
@@ -72,6 +73,7 @@ class EngramLM(nn.Module):
         self.norm = RMSNorm(b.d_model)
         self.hook_compressed_ids = HookPoint()
         self.hook_logits = HookPoint()
+        self._valid_knockout: KnockOut = NO_KNOCKOUT  # the last knock-out that passed validate_knockout
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -104,7 +106,18 @@ class EngramLM(nn.Module):
             )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= b.vocab_size):
             raise ValueError(f"token ids must lie in 0..{b.vocab_size - 1}, got {int(ids.min())}..{int(ids.max())}")
-        return ids.long()
+        return ids.long().to(self.wte.weight.device)  # ids from anywhere, the model's device from here on
+
+    def validate_knockout(self, knockout: KnockOut) -> None:
+        """`knockout.validate(self.cfg)`, skipped for the object that passed last time.
+
+        subtle: a mask of thousands of rows takes ~50 ms to check, and sliding
+        windows and generation run forward many times with the same object; the
+        config is frozen, so one pass per object is enough.
+        """
+        if knockout is not self._valid_knockout:
+            knockout.validate(self.cfg)
+            self._valid_knockout = knockout
 
     def hash_rows(self, ids: torch.Tensor) -> dict[int, torch.Tensor]:
         """Compress raw ids and hash them: per Engram layer, (B, T, H) head-local rows."""
@@ -117,7 +130,7 @@ class EngramLM(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, V) of raw token ids (B, T); `rows` may carry precomputed hashes."""
         ids = self.check_ids(ids)
-        knockout.validate(self.cfg)  # cheap: a few set lookups per item
+        self.validate_knockout(knockout)
         if rows is None:
             rows = self.hash_rows(ids)
         if knockout.mode == "resample" and knockout.samples > 1:
@@ -151,7 +164,7 @@ class EngramLM(nn.Module):
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, **kw) -> torch.Tensor:
         logits = self(ids, **kw)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(logits.device))
 
     def hook_names(self) -> list[str]:
         return [n for n, m in self.named_modules() if isinstance(m, HookPoint)]
@@ -196,7 +209,7 @@ class EngramLM(nn.Module):
         Every hooked activation has time on dim 1, so windows stitch along it.
         """
         ids = self.check_ids(ids, long_ok=True)
-        knockout.validate(self.cfg)  # before hashing the whole text, not inside the first window
+        self.validate_knockout(knockout)  # before hashing the whole text, not inside the first window
         T, C = ids.shape[1], self.cfg.backbone.block_size
         if T <= C:
             return self.run_with_cache(ids, knockout, names)
@@ -212,9 +225,30 @@ class EngramLM(nn.Module):
             for k, v in cache.items():
                 parts.setdefault(k, []).append(v[:, own - start :])
         out = {k: torch.cat(v, 1) for k, v in parts.items()}
-        if names is None or "hook_compressed_ids" in names:
-            out["hook_compressed_ids"] = self.compression[ids]  # hashed once above, outside the windows
+        if names is None or COMPRESSED_IDS in names:
+            out[COMPRESSED_IDS] = self.compression[ids]  # hashed once above, outside the windows
         return torch.cat(logits_parts, 1), out
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor | list[int], n_tokens: int, knockout: KnockOut = NO_KNOCKOUT) -> torch.Tensor:
+        """Greedy continuation: the (B, n_tokens) ids that follow `ids` ((T,) or (B, T), T >= 1).
+
+        Each step reads at most the last block_size tokens, so a prompt of any length works.
+        """
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.as_tensor(ids, dtype=torch.long)  # subtle: [] would become a float tensor
+        ids = self.check_ids(ids, long_ok=True)
+        if ids.shape[1] == 0 or n_tokens < 0:
+            raise ValueError(f"greedy generation needs at least one prompt token and n_tokens >= 0, got {n_tokens}")
+        self.validate_knockout(knockout)
+        C = self.cfg.backbone.block_size
+        x = ids[:, -C:]
+        out = ids.new_empty((ids.shape[0], 0))
+        for _ in range(n_tokens):
+            nxt = self(x, knockout=knockout)[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+            out = torch.cat([out, nxt], 1)
+            x = torch.cat([x, nxt], 1)[:, -C:]
+        return out
 
     def param_counts(self) -> dict[str, int]:
         tables = sum(p.numel() for n, p in self.named_parameters() if n.endswith("table.weight"))

@@ -108,6 +108,10 @@ def cmd_stats(args: argparse.Namespace) -> None:
     from .export import write_table
     from .health import gate_weighted_hits, health_table
 
+    if args.scan_dir:
+        from .scan import print_scan
+
+        return print_scan(args.scan_dir)
     ck = _checkpoint(args)
     if ck.model.cfg.memory is None:
         raise UserError("this checkpoint has no Engram memory")
@@ -242,6 +246,13 @@ def cmd_attribute(args: argparse.Namespace) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from .address_cli import add_address_command
+    from .scan import add_scan_command
+    from .traffic_cli import add_traffic_command
+
+    add_address_command(sub)
+    add_traffic_command(sub)
+    add_scan_command(sub)
     s = sub.add_parser("trace", help="capture what the memory does for a text and export it")
     s.add_argument("text", nargs="?", help="the text (or use --file)")
     s.add_argument("--file", help="read the text from this file")
@@ -253,6 +264,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_trace)
     s = sub.add_parser("stats", help="memory health and collision rates of every table")
+    s.add_argument("scan_dir", nargs="?", metavar="OUT_DIR", help="print a finished `engram scan` instead")
     s.add_argument("--corpus", nargs="*", help="text files to index instead of the training corpus")
     s.add_argument("--gate-tokens", type=int, default=0, help="also weight hits by the gate over this many tokens")
     s.add_argument("-o", "--output", help="write OUTPUT-health.FORMAT and OUTPUT-collisions.FORMAT")

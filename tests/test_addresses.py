@@ -132,3 +132,14 @@ def test_cli_trace_refuses_bad_knockouts(tmp_path, tiny_model, tiny_tokenizer, c
     assert main(["trace", "to be or not", "--knockout", mask, "--checkpoint", str(ck)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"knock-out item {mask}" in err
+
+
+def test_validation_memo_is_per_object(tiny_model):
+    """A knock-out is checked once per object, and an invalid one never passes by being equal to a valid one."""
+    good = KnockOut(rows={(1, 2, 0, 3)})
+    ids = torch.zeros((1, 4), dtype=torch.long)
+    tiny_model(ids, knockout=good)
+    assert tiny_model._valid_knockout is good
+    with pytest.raises(ValueError, match="head 9"):
+        tiny_model(ids, knockout=KnockOut(heads={(1, 2, 9)}))
+    assert tiny_model._valid_knockout is good  # a refused mask is not remembered

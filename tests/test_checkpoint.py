@@ -173,3 +173,21 @@ def test_every_bad_config_is_a_checkpoint_error(saved, edit, match):
     with pytest.raises(CheckpointError, match=match) as e:
         load_checkpoint(saved)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("tokenizer.json", '{"version": "1.0",\n "model": {"type": "Nope"}}'),
+        ("tokenizer.json", "not json\nat all"),
+    ],
+)
+def test_unreadable_tokenizer_is_one_line(saved, name, data):
+    (saved / name).write_text(data)
+    with pytest.raises(CheckpointError, match="tokenizer.json") as e:
+        load_checkpoint(saved)
+    assert "\n" not in str(e.value)
+
+
+def test_checkpoint_error_is_always_one_line():
+    assert str(CheckpointError("a\n  b\tc")) == "a b c"

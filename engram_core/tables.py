@@ -1,0 +1,167 @@
+"""Engram tables read from safetensors shards, row by row, never loaded whole.
+
+Only the JSON headers are parsed; each table tensor is memory-mapped and exactly
+the rows asked for are read and dequantised. FP8 tables (ENGRAM.md §10) store E4M3
+values with one E8M0 power-of-two scale per 32 values: value = e4m3 x 2^(e - 127).
+Tensor names and dtypes come from the headers: a table is a 2-D tensor named
+`...layers.<L>.engram...weight`, its scale the tensor of the same prefix whose name
+contains `scale`.
+
+`write_mini_shard` writes a miniature file in the same layout, for tests and benches.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .layout import FP8_BLOCK, LayoutError, MemoryLayout
+
+_DTYPES = {"F8_E4M3": np.uint8, "F8_E8M0": np.uint8, "BF16": np.uint16, "F16": np.float16, "F32": np.float32}
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.engram\.")
+
+
+def _e4m3_table() -> np.ndarray:
+    """float32 value of each E4M3 byte (OCP FP8: bias 7, no infinities, S.1111.111 is NaN)."""
+    b = np.arange(256)
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    exp = (b >> 3) & 0xF
+    man = b & 0x7
+    val = np.where(exp == 0, man / 8.0 * 2.0**-6, (1 + man / 8.0) * 2.0 ** (exp - 7.0))
+    val = sign * val
+    val[(b & 0x7F) == 0x7F] = np.nan
+    return val.astype(np.float32)
+
+
+E4M3 = _e4m3_table()
+# E8M0: an unsigned power-of-two exponent with bias 127; 0xFF is NaN
+E8M0 = np.where(np.arange(256) == 255, np.nan, 2.0 ** (np.arange(256) - 127.0)).astype(np.float32)
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """The safetensors JSON header and the byte offset where tensor data starts."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise LayoutError(f"{path} is not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", head)
+            if n > 100 << 20:
+                raise LayoutError(f"{path} is not a safetensors file (header of {n} bytes)")
+            header = json.loads(f.read(n))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LayoutError(f"{path} is not a readable safetensors file ({e})") from e
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+@dataclass
+class TableTensor:
+    """One layer's table, memory-mapped, with its block scales when it is FP8."""
+
+    layer: int
+    name: str
+    dtype: str
+    values: np.ndarray  # (rows, d) memory-mapped raw storage
+    scales: np.ndarray | None  # (rows, d / 32) memory-mapped E8M0 bytes
+
+    @property
+    def n_rows(self) -> int:
+        return self.values.shape[0]
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Dequantised float32 rows (k, d): reads those rows' bytes only."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise LayoutError(
+                f"row {int(rows.max() if rows.max() >= self.n_rows else rows.min())} outside layer "
+                f"{self.layer}'s table of {self.n_rows:,} rows"
+            )
+        raw = self.values[rows]
+        if self.dtype == "F8_E4M3":
+            vals = E4M3[raw]  # (k, d)
+            scale = E8M0[self.scales[rows]]  # (k, d / 32)
+            return (vals.reshape(len(rows), -1, FP8_BLOCK) * scale[:, :, None]).reshape(len(rows), -1)
+        if self.dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32)
+
+
+def _memmap(path: Path, start: int, meta: dict) -> np.ndarray:
+    dt = meta["dtype"]
+    if dt not in _DTYPES:
+        raise LayoutError(f"{path}: table dtype {dt} is not supported ({', '.join(_DTYPES)})")
+    begin, end = meta["data_offsets"]
+    shape = tuple(meta["shape"])
+    if (end - begin) != int(np.prod(shape)) * np.dtype(_DTYPES[dt]).itemsize:
+        raise LayoutError(f"{path}: tensor byte range does not match its shape {shape} and dtype {dt}")
+    return np.memmap(path, dtype=_DTYPES[dt], mode="r", offset=start + begin, shape=shape)
+
+
+def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[int, TableTensor]:
+    """Every Engram table in any subset of safetensors files of a folder (or one file)."""
+    folder = Path(folder)
+    files = [folder] if folder.is_file() else sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise LayoutError(f"no .safetensors files in {folder}")
+    found: dict[int, TableTensor] = {}
+    for path in files:
+        header, start = read_header(path)
+        for name, meta in header.items():
+            m = _LAYER.search(name)
+            if not m or "scale" in name or len(meta.get("shape", ())) != 2:
+                continue
+            layer = int(m.group(1))
+            # subtle: projections (wkv, keys) are 2-D engram tensors too; the table is the tallest
+            if layer in found and found[layer].n_rows >= meta["shape"][0]:
+                continue
+            prefix = name.rsplit(".", 1)[0]
+            scale_name = next((k for k in header if k.startswith(prefix + ".") and "scale" in k), None)
+            values = _memmap(path, start, meta)
+            scales = _memmap(path, start, header[scale_name]) if scale_name else None
+            if meta["dtype"] == "F8_E4M3" and (scales is None or scales.shape[1] * FP8_BLOCK != values.shape[1]):
+                raise LayoutError(f"{path}: {name} is FP8 but has no scale tensor with one scale per 32 values")
+            found[layer] = TableTensor(layer, name, meta["dtype"], values, scales)
+    if not found:
+        raise LayoutError(f"no Engram table tensors (layers.<L>.engram...) in {folder}")
+    if layout is not None:
+        for layer, t in found.items():
+            if layer in layout.layers and t.n_rows != layout.num_embeddings(layer):
+                raise LayoutError(
+                    f"{t.name} has {t.n_rows:,} rows but the layout gives layer {layer} "
+                    f"{layout.num_embeddings(layer):,}"
+                )
+            if t.values.shape[1] != layout.d_head:
+                raise LayoutError(f"{t.name} rows are {t.values.shape[1]} wide, the layout says {layout.d_head}")
+    return found
+
+
+def quantize_fp8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float rows (k, d) -> (E4M3 bytes, E8M0 bytes), one power-of-two scale per 32 values."""
+    import torch
+
+    k, d = x.shape
+    blocks = torch.as_tensor(x, dtype=torch.float32).reshape(k, d // FP8_BLOCK, FP8_BLOCK)
+    amax = blocks.abs().amax(-1).clamp_min(2.0**-120)
+    exp = torch.ceil(torch.log2(amax / 448.0)).clamp(-127, 127)  # 448: E4M3's largest finite value
+    q = (blocks / torch.exp2(exp)[..., None]).to(torch.float8_e4m3fn).reshape(k, d)
+    return q.view(torch.uint8).numpy(), (exp + 127).to(torch.uint8).numpy()
+
+
+def write_mini_shard(path: str | Path, tables: dict[int, np.ndarray]) -> Path:
+    """A safetensors file of FP8 tables `layers.<L>.engram.embed.weight` with E8M0 `...scale`."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = {}
+    for layer, x in tables.items():
+        q, s = quantize_fp8(x)
+        state[f"layers.{layer}.engram.embed.weight"] = torch.from_numpy(q).view(torch.float8_e4m3fn)
+        state[f"layers.{layer}.engram.embed.scale"] = torch.from_numpy(s).view(torch.float8_e8m0fnu)
+    save_file(state, str(path))
+    return Path(path)

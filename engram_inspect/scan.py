@@ -1,0 +1,389 @@
+"""`engram scan`: corpus statistics of a memory layout as map and reduce steps, two executors.
+
+Map (per shard of documents): read, tokenise, compress, hash; count N-grams and
+replay the shard's reads through LRU caches (`traffic.map_shard`); the partial
+counts go to `OUT_DIR/parts/<shard>.npz`, written atomically, so a rerun after a
+crash skips finished shards. Reduce: merge the partial counts (a group-by on the
+N-gram) and expand them head by head into `rows.parquet`, `ngrams.parquet`,
+`cache.parquet` and `summary.json` (docs/scale.md).
+
+The in-process executor runs the map steps one after another; `--ray` / `--ray-address`
+runs the same map function as a Ray Data pipeline (`map_batches`), then the same reduce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engram_core.layout import MemoryLayout
+
+from .traffic import ShardCounts, Summary, cache_curves, head_rows, map_shard, merge, zipf_curve
+
+TEXT_SUFFIXES = (".txt", ".md", ".py")
+SHARD_BYTES = 4 << 20  # text bytes per shard of a folder: bounds a map step's memory
+DEFAULT_SAMPLE_RATE = 1 / 16  # LRU replay sample (SHARDS); fixed so every executor samples the same reads
+
+
+class ScanError(ValueError):
+    """Bad scan input (no such path, nothing to scan); one line."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A unit of map work: some files, or one JSONL/Parquet file."""
+
+    kind: str  # "files", "jsonl" or "parquet"
+    paths: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps([self.kind, self.paths]).encode()).hexdigest()[:16]
+
+
+def plan_shards(paths: list[str], shard_bytes: int = SHARD_BYTES) -> list[Shard]:
+    """Deterministic shards of every input: folders in file-name order, grouped by size."""
+    shards: list[Shard] = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise ScanError(f"no such path: {p}")
+        if path.is_dir():
+            files = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
+            group, size = [], 0
+            for f in files:
+                group.append(f)
+                size += os.path.getsize(f)
+                if size >= shard_bytes:
+                    shards.append(Shard("files", tuple(group)))
+                    group, size = [], 0
+            if group:
+                shards.append(Shard("files", tuple(group)))
+        elif path.suffix == ".jsonl":
+            shards.append(Shard("jsonl", (str(path),)))
+        elif path.suffix == ".parquet":
+            shards.append(Shard("parquet", (str(path),)))
+        elif path.suffix in TEXT_SUFFIXES:
+            shards.append(Shard("files", (str(path),)))
+        else:
+            raise ScanError(f"{p}: give folders of .txt/.md/.py files, .jsonl with a text field, or .parquet")
+    if not shards:
+        raise ScanError("no documents found in " + ", ".join(paths))
+    return shards
+
+
+def read_shard(shard: Shard) -> tuple[list[str], list[str]]:
+    """(documents, problems): a corrupt or unreadable file is reported, never fatal."""
+    docs, problems = [], []
+    for p in shard.paths:
+        try:
+            if shard.kind == "files":
+                docs.append(Path(p).read_bytes().decode("utf-8"))
+            elif shard.kind == "jsonl":
+                with open(p, encoding="utf-8") as f:
+                    docs.extend(json.loads(line)["text"] for line in f if line.strip())
+            else:
+                import pyarrow.parquet as pq
+
+                docs.extend(pq.read_table(p, columns=["text"]).column("text").to_pylist())
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{p}: {type(e).__name__}: {str(e)[:120]}")
+    return [d for d in docs if isinstance(d, str)], problems
+
+
+def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float) -> None:
+    arrays = {
+        "meta": np.frombuffer(
+            json.dumps(
+                {
+                    "tokens": counts.tokens,
+                    "documents": counts.documents,
+                    "problems": problems,
+                    "seconds": seconds,
+                    "sampled": {str(k): v for k, v in counts.sampled.items()},
+                }
+            ).encode(),
+            dtype=np.uint8,
+        )
+    }
+    for n, (hi, lo, cnt) in counts.ngrams.items():
+        arrays[f"ngrams{n}"] = np.stack([hi, lo, cnt])
+    for layer, hits in counts.lru_hits.items():
+        arrays[f"lru{layer}"] = hits
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written part
+
+
+def _load(path: Path) -> tuple[ShardCounts, dict]:
+    with np.load(path) as z:
+        meta = json.loads(z["meta"].tobytes())
+        ngrams = {int(k[6:]): tuple(z[k]) for k in z.files if k.startswith("ngrams")}
+        lru = {int(k[3:]): z[k] for k in z.files if k.startswith("lru")}
+    sampled = {int(k): v for k, v in meta["sampled"].items()}
+    return ShardCounts(ngrams, lru, sampled, meta["tokens"], meta["documents"]), meta
+
+
+def run_map(layout: MemoryLayout, shard: Shard, parts: Path, rate: float) -> dict:
+    """The map step of one shard (skipped when its part exists); returns its progress line."""
+    out = parts / f"{shard.key}.npz"
+    if out.exists():
+        return {"shard": shard.key, "skipped": True, **{k: _load(out)[1][k] for k in ("tokens", "documents")}}
+    t0 = time.perf_counter()
+    texts, problems = read_shard(shard)
+    from .traffic_cli import tokenize
+
+    counts = map_shard(layout, tokenize(layout, texts), rate)
+    seconds = time.perf_counter() - t0
+    _save(out, counts, problems, seconds)
+    if os.environ.get("ENGRAM_SCAN_CRASH_AFTER") == shard.key:  # tests: a crash right after this shard
+        os._exit(137)
+    return {"shard": shard.key, "skipped": False, "tokens": counts.tokens, "documents": counts.documents}
+
+
+def run_local(layout, shards, parts, rate, progress: Callable[[dict], None]) -> None:
+    for shard in shards:
+        progress(run_map(layout, shard, parts, rate))
+
+
+def run_ray(layout_name: str, shards, parts, rate, progress, address: str | None, workers: int) -> None:
+    """The same map steps as a Ray Data pipeline: one shard per batch, `workers` concurrent tasks."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+
+    def map_batch(batch: dict) -> dict:
+        from engram_core.layout import load_layout
+
+        lay = _worker_layout(layout_name, load_layout)
+        lines = [
+            run_map(lay, Shard(k, tuple(json.loads(p))), Path(parts), rate)
+            for k, p in zip(batch["kind"], batch["paths"], strict=True)
+        ]
+        return {"line": [json.dumps(x) for x in lines]}
+
+    items = [{"kind": s.kind, "paths": json.dumps(list(s.paths))} for s in shards]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    for row in ds.map_batches(map_batch, batch_size=1, concurrency=workers).iter_rows():
+        progress(json.loads(row["line"]))
+
+
+_LAYOUTS: dict = {}
+
+
+def _worker_layout(name: str, load):
+    if name not in _LAYOUTS:  # once per worker process: the V4.1 compression takes about a second
+        _LAYOUTS[name] = load(name)
+    return _LAYOUTS[name]
+
+
+def reduce_parts(layout: MemoryLayout, shards: list[Shard], parts: Path, out_dir: Path, rate: float) -> dict:
+    """Merge every shard's part into rows.parquet, ngrams.parquet, cache.parquet; return the summary."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    loaded = [_load(parts / f"{s.key}.npz") for s in shards]
+    counts = merge([c for c, _ in loaded])
+    problems = [p for _, m in loaded for p in m["problems"]]
+    summary = Summary()
+    rows_w = ngrams_w = None
+    for hr in head_rows(layout, counts):
+        summary.add(hr)
+        n = len(hr.rows)
+        rows_tab = pa.table(
+            {
+                "layer": np.full(n, hr.layer, np.int32),
+                "order": np.full(n, hr.order, np.int8),
+                "head": np.full(n, hr.head, np.int8),
+                "row": hr.rows,
+                "ngrams": hr.ngrams,
+                "hits": hr.hits,
+            }
+        )
+        rows_w = rows_w or pq.ParquetWriter(out_dir / "rows.parquet", rows_tab.schema)
+        rows_w.write_table(rows_tab)
+        rows, grams, cnt = hr.collided()
+        k = len(rows)
+        flat = pa.array(grams.reshape(-1))
+        ngram_col = pa.FixedSizeListArray.from_arrays(flat, hr.order).cast(pa.list_(pa.int64()))
+        ng_tab = pa.table(
+            {
+                "layer": np.full(k, hr.layer, np.int32),
+                "order": np.full(k, hr.order, np.int8),
+                "head": np.full(k, hr.head, np.int8),
+                "row": rows,
+                "ngram": ngram_col,
+                "count": cnt,
+            }
+        )
+        ngrams_w = ngrams_w or pq.ParquetWriter(out_dir / "ngrams.parquet", ng_tab.schema)
+        ngrams_w.write_table(ng_tab)
+    for w in (rows_w, ngrams_w):
+        if w is not None:
+            w.close()
+    cache = cache_curves(layout, summary, counts)
+    pq.write_table(pa.Table.from_pylist(cache), out_dir / "cache.parquet")
+    return {
+        "model": layout.name,
+        "layers": list(layout.layers),
+        "tokens": counts.tokens,
+        "documents": counts.documents,
+        "shards": len(shards),
+        "skipped_files": len(problems),
+        "problems": problems,
+        "lru_sample_rate": rate,
+        "heads": summary.heads,
+        "zipf": {str(k): zipf_curve(h) for k, h in summary.hit_hist.items()},
+    }
+
+
+def scan(
+    layout: MemoryLayout,
+    paths: list[str],
+    out_dir: str | Path,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int = 2,
+    rate: float = DEFAULT_SAMPLE_RATE,
+    progress: Callable[[dict], None] | None = None,
+    shard_bytes: int = SHARD_BYTES,
+) -> dict:
+    """Scan the corpus under PATHs into OUT_DIR; returns the summary (also in summary.json)."""
+    shards = plan_shards(paths, shard_bytes)
+    out_dir = Path(out_dir)
+    parts = out_dir / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    done = {"tokens": 0, "documents": 0, "shards": 0}
+
+    def tick(line: dict) -> None:
+        for k in ("tokens", "documents"):
+            done[k] += line[k]
+        done["shards"] += 1
+        if progress:
+            progress({**done, "total_shards": len(shards), "seconds": time.perf_counter() - t0, **line})
+
+    if executor == "ray":
+        run_ray(layout.name, shards, parts, rate, tick, address, workers)
+    else:
+        run_local(layout, shards, parts, rate, tick)
+    map_seconds = time.perf_counter() - t0
+    summary = reduce_parts(layout, shards, parts, out_dir, rate)
+    seconds = time.perf_counter() - t0
+    summary.update(
+        executor=executor,
+        workers=workers if executor == "ray" else 1,
+        seconds=round(seconds, 2),
+        map_seconds=round(map_seconds, 2),
+        tokens_per_s=round(summary["tokens"] / max(seconds, 1e-9)),
+        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+__all__ = ["Shard", "ScanError", "plan_shards", "read_shard", "scan", "asdict"]
+
+
+# -- command ------------------------------------------------------------------------------------
+
+
+def check_ray_address(address: str, timeout: float = 3.0) -> None:
+    """One clear line for an address nothing answers on (ray.init would wait for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ScanError(f"--ray-address takes HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ScanError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from e
+
+
+def cmd_scan(args) -> None:
+    import sys
+
+    from engram_core.cli import UserError
+    from engram_core.layout import load_layout
+
+    try:
+        if args.ray_address:
+            check_ray_address(args.ray_address)
+        if not 0 < args.sample_rate <= 1:
+            raise ScanError(f"--sample-rate must lie in (0, 1], got {args.sample_rate}")
+        if args.workers < 1:
+            raise ScanError(f"--workers must be at least 1, got {args.workers}")
+        shards = plan_shards(args.paths)  # no such path: before the model loads
+        layout = load_layout(args.model)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    executor = "ray" if (args.ray or args.ray_address) else "local"
+
+    def progress(p: dict) -> None:
+        rate = p["tokens"] / max(p["seconds"], 1e-9)
+        state = "done before, skipped" if p["skipped"] else "done"
+        print(
+            f"shard {p['shards']}/{p['total_shards']} {state}: {p['documents']:,} documents, "
+            f"{p['tokens']:,} tokens, {rate:,.0f} tokens/s",
+            file=sys.stderr,
+        )
+
+    del shards
+    s = scan(layout, args.paths, args.output, executor, args.ray_address, args.workers, args.sample_rate, progress)
+    print(
+        f"{s['tokens']:,} tokens, {s['documents']:,} documents in {s['seconds']} s ({s['tokens_per_s']:,} tokens/s), "
+        f"{s['skipped_files']} files skipped, peak RSS {s['peak_rss_mib']:,} MiB: {args.output}"
+    )
+
+
+def print_scan(out_dir: str) -> None:
+    """`engram stats OUT_DIR`: the per-layer summary of a finished scan."""
+    from engram_core.cli import UserError
+
+    try:
+        s = json.loads((Path(out_dir) / "summary.json").read_text())
+        import pyarrow.parquet as pq
+
+        cache = pq.read_table(Path(out_dir) / "cache.parquet").to_pylist()
+    except (OSError, ValueError) as e:
+        raise UserError(f"{out_dir} is not a finished scan (summary.json, cache.parquet): {e}") from e
+    print(
+        f"{s['model']}: {s['tokens']:,} tokens, {s['documents']:,} documents, {s['shards']} shards, "
+        f"{s['skipped_files']} files skipped ({s['executor']}, {s['seconds']} s)"
+    )
+    for layer in s["layers"]:
+        heads = [h for h in s["heads"] if h["layer"] == layer]
+        reads = sum(h["reads"] for h in heads)
+        rate = sum(h["collision_rate"] * h["reads"] for h in heads) / max(reads, 1)
+        curve = [c for c in cache if c["layer"] == layer and c["mib"] <= 1024]
+        at = f"; 1 GiB cache: LRU {curve[-1]['lru']:.3f}, static {curve[-1]['static']:.3f}" if curve else ""
+        print(
+            f"layer {layer}: {sum(h['rows_hit'] for h in heads):,} rows hit, {reads:,} reads, "
+            f"collision rate {rate:.4f}{at}"
+        )
+
+
+def add_scan_command(sub) -> None:
+    s = sub.add_parser("scan", help="corpus statistics of a memory layout into OUT_DIR (in-process, or on Ray)")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="folders of .txt/.md/.py, .jsonl (text), .parquet (text)")
+    s.add_argument("--model", default="deepseek-v4.1-flash", help="deepseek-v4.1-flash or a checkpoint folder")
+    s.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    s.add_argument("--ray", action="store_true", help="run the map steps on a local Ray cluster")
+    s.add_argument("--ray-address", help="join an existing Ray cluster at HOST:PORT")
+    s.add_argument("--workers", type=int, default=2, help="concurrent Ray map tasks")
+    s.add_argument("--sample-rate", type=float, default=DEFAULT_SAMPLE_RATE, help="LRU replay sample rate")
+    s.set_defaults(fn=cmd_scan)
