@@ -6,82 +6,29 @@ Endpoints (documented in docs/api.md): /trace, /knockout, /attribution, /neighbo
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import gradio as gr
-import numpy as np
 
-from engram_core.knockout import format_knockout, parse_knockout
-from engram_inspect.diff import knockout_diff
+from engram_core.knockout import parse_knockout
+from engram_inspect.capture import Trace
+from engram_inspect.summary import knockout_summary, trace_summary
 
-from .session import InputError, Session, clean_input
+from .session import Session, clean_input
 
 
-def _mask(mask: str, mode: str | None = None):
-    """The mask string as a KnockOut; `mode` (zero, mean, resample), when given, overrides a mode= item."""
+def user_trace(session: Session, text: str, mask: str | None, mode: str | None = None) -> Trace:
+    """The one way from what a user typed (text, mask string) to a trace; bad input is a one-line gr.Error.
+
+    The mask string becomes a KnockOut here, once (`parse_knockout`); the model checks it
+    against its own layers, orders, heads, branches and rows, and says which item is wrong.
+    """
     try:
         ko = parse_knockout(mask or "all")
-        return replace(ko, mode=mode) if mode else ko
-    except ValueError as e:
-        raise gr.Error(str(e)) from e
-
-
-def _capture(session: Session, text: str, mask: str, mode: str | None = None):
-    try:
-        return session.capture(text, _mask(mask, mode))
-    except InputError as e:
-        raise gr.Error(str(e)) from e
-
-
-def _floats(a: np.ndarray) -> list:
-    """JSON-safe floats: NaN (the last position has no next token) becomes None."""
-    return [None if np.isnan(x) else round(float(x), 6) for x in np.asarray(a, dtype=np.float64).ravel()]
-
-
-def trace_summary(session: Session, text: str, mask: str = "all", mode: str | None = None) -> dict:
-    tr = _capture(session, text, mask, mode)
-    return {
-        "tokens": tr.tokens,
-        "offsets": tr.offsets.tolist(),
-        "compressed_ids": tr.compressed_ids.tolist(),
-        "layers": list(tr.layers),
-        "orders": list(tr.orders),
-        "heads_per_ngram": tr.heads_per_ngram,
-        "hash_rows": tr.hash_rows.tolist(),  # (layers, T, heads)
-        "gate": np.round(tr.gate.astype(np.float64), 6).tolist(),  # (layers, T, branches)
-        "gate_mean": _floats(tr.gate.mean(axis=(0, 2))),
-        "logprob_next": _floats(tr.logprob_next),
-        "masked_logprob_next": _floats(tr.masked_logprob_next),
-        "kl": _floats(tr.kl),
-        "lens_kl_on": _floats(tr.lens_kl_on.mean(1)),
-        "lens_kl_off": _floats(tr.lens_kl_off.mean(1)),
-        "mask": format_knockout(_mask(mask, mode)),
-    }
-
-
-def knockout_summary(session: Session, text: str, mask: str = "all", mode: str | None = None) -> dict:
-    tr = _capture(session, text, mask, mode)
-    d = knockout_diff(tr)
-    return {
-        "mask": format_knockout(_mask(mask, mode)),
-        "tokens": tr.tokens,
-        "delta_logprob": _floats(d.delta_logprob),
-        "kl": _floats(d.kl),
-        "top1_changed": d.top1_changed.tolist(),
-        "mean_loss_change": round(d.mean_loss_change, 6),
-        "mean_kl": round(d.mean_kl, 6),
-        "top1_accuracy_on": d.top1_accuracy_on,
-        "top1_accuracy_masked": d.top1_accuracy_masked,
-        "biggest_losses": [
-            {
-                "position": x.position,
-                "context": x.context,
-                "target": x.target,
-                "delta_logprob": round(x.delta_logprob, 6),
-            }
-            for x in d.biggest_losses
-        ],
-    }
+        return session.capture(text, replace(ko, mode=mode) if mode else ko)  # `mode` wins over a mode= item
+    except ValueError as e:  # InputError included
+        raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
 
 def attribution_records(session: Session, text: str, position: int, method: str, mode: str | None) -> list[dict]:
@@ -97,19 +44,21 @@ def attribution_records(session: Session, text: str, position: int, method: str,
         raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
 
+ROW_QUERY = re.compile(r"-?\d+(\s*:\s*-?\d+){3}")  # a row address L:N:K:R, not an N-gram's text
+
+
 def neighbour_rows(session: Session, query: str, layer: int, order: int, head: int | None, k: int) -> list[dict]:
     """Nearest rows of a row ("L:N:K:R") or of the rows an N-gram's text reads."""
+    from engram_core.addresses import RowAddress
     from engram_inspect.collisions import ngram_text
     from engram_inspect.neighbours import nearest_ngram
-    from engram_inspect.rows import RowAddress
 
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("type an N-gram or a row L:N:K:R")
     index, labels = session.neighbour_index(), session.collisions()
     try:
-        parts = query.strip().split(":")
-        if len(parts) == 4 and all(p.strip().lstrip("-").isdigit() for p in parts):
-            address = RowAddress(*(int(p) for p in parts))
+        if ROW_QUERY.fullmatch(query.strip()):
+            address = RowAddress.parse(query)
             found = [(address, index.nearest_rows(address, k, labels))]
         else:
             found = [
@@ -143,12 +92,12 @@ def register(session: Session) -> None:
     def trace(text: str, mask: str = "all", mode: str = "zero") -> dict:
         """Capture a text: tokens, rows read, gates, next-token log-probs on and under the mask, KL, logit lens.
         `mode` says what replaces removed rows: zero, mean or resample."""
-        return trace_summary(session, text, mask, mode)
+        return trace_summary(user_trace(session, text, mask, mode))
 
     def knockout(text: str, mask: str = "all", mode: str = "zero") -> dict:
         """Knock-out diff of a text under a mask (all, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R)
         whose removed rows become zeros, their head's mean row or another corpus N-gram's row (`mode`)."""
-        return knockout_summary(session, text, mask, mode)
+        return knockout_summary(user_trace(session, text, mask, mode))
 
     def attribution(text: str, position: int, method: str = "exact", mode: str = "zero") -> list[dict]:
         """Memory reads behind the prediction at token `position`: {layer, order, head, position_read, row,

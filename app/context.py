@@ -1,4 +1,9 @@
-"""The handful of objects every tab needs: the shared session and this user's state."""
+"""The handful of objects every tab needs: the shared session, this user's state, and the views.
+
+A tab registers what it draws from a trace with `ctx.view(tab_id, fn, inputs, outputs)`
+and its `gr.Tab` with `ctx.tab(tab_id, tab)`; app.main draws a tab's views when the tab
+is shown and, after a Run, only those of the tab on screen.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,25 @@ from .session import Session
 
 
 @dataclass
+class View:
+    fn: Callable  # fn(*inputs) -> one value per output
+    inputs: list
+    outputs: list
+
+
+@dataclass
 class Ctx:
     session: Session
     trace: gr.State  # this user's current Trace (None before the first run)
     text: gr.Textbox  # the text being inspected
     mask: gr.Textbox  # the knock-out mask, as `engram trace --knockout` spells it
-    # (fn, inputs, outputs) of every view that redraws when a new trace arrives
-    on_trace: list[tuple[Callable, list, list]] = field(default_factory=list)
+    shown: gr.State  # id of the tab on this user's screen
+    views: dict[str, list[View]] = field(default_factory=dict)  # tab id -> what it draws from a trace
+    tabs: dict[str, gr.Tab] = field(default_factory=dict)  # tab id -> the tab
+
+    def view(self, tab_id: str, fn: Callable, inputs: list, outputs: list) -> None:
+        self.views.setdefault(tab_id, []).append(View(fn, list(inputs), list(outputs)))
+
+    def tab(self, tab_id: str, tab: gr.Tab) -> gr.Tab:
+        self.tabs[tab_id] = tab
+        return tab

@@ -14,11 +14,11 @@ for _k, _v in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"), (
 
 import gradio as gr  # noqa: E402
 
-from engram_core.knockout import format_knockout, parse_knockout  # noqa: E402
+from engram_core.knockout import format_knockout  # noqa: E402
 
 from . import api  # noqa: E402
 from .context import Ctx  # noqa: E402
-from .session import MAX_CHARS, InputError, Session  # noqa: E402
+from .session import MAX_CHARS, Session  # noqa: E402
 from .tabs import card, export, gates, health, knockout, lookups, memory_map, paper  # noqa: E402
 
 EXAMPLES = [
@@ -75,39 +75,76 @@ def build_app(session: Session) -> gr.Blocks:
             link = gr.Textbox(label="link to this state", elem_id="share-link", scale=3)
         status = gr.Markdown(elem_id="status")
         gr.Examples(EXAMPLES, inputs=[text], label="examples (held-out plays, code)")
-        ctx = Ctx(session=session, trace=gr.State(None), text=text, mask=mask)
+        ctx = Ctx(session=session, trace=gr.State(None), text=text, mask=mask, shown=gr.State("lookups"))
+        # the documented endpoints first, so no internal event can take their names
+        _wire_export_api(ctx)
+        api.register(session)
         with gr.Tabs():
             for tab in (lookups, gates, memory_map, knockout, health, export, paper, card):
                 tab.build(ctx)
-        loaded = demo.load(_from_url, None, [text, mask], api_name="load_state")
-        _wire_run(ctx, (run.click, text.submit, loaded.then), status, link)
-        _wire_export_api(ctx)
-        api.register(session)
-        dark.click(None, js=DARK_JS, api_name="dark_mode")
+        loaded = demo.load(_from_url, None, [text, mask], api_visibility="private")
+        _wire_run(ctx, [run.click, text.submit], loaded, status, link)
+        dark.click(None, js=DARK_JS)
     return demo
 
 
 def _run_event(ctx: Ctx, status, link):
     def run(text, mask, request: gr.Request):
-        try:
-            ko = parse_knockout(mask or "all")
-            trace = ctx.session.capture(text, ko)
-        except (InputError, ValueError) as e:
-            return None, f"⚠️ {e}", ""
-        q = urllib.parse.urlencode({"text": text, "mask": format_knockout(ko)})
+        trace = api.user_trace(ctx.session, text, mask)
+        shown = format_knockout(trace.mask)
+        q = urllib.parse.urlencode({"text": text, "mask": shown})
         base = str(request.request.base_url) if request is not None and request.request is not None else "/"
-        return trace, f"{trace.n_tokens} tokens · mask `{format_knockout(ko)}`", f"{base}?{q}"
+        return trace, f"{trace.n_tokens} tokens · mask `{shown}`", f"{base}?{q}"
 
     return run, [ctx.text, ctx.mask], [ctx.trace, status, link]
 
 
-def _wire_run(ctx: Ctx, triggers, status, link) -> None:
-    """Each trigger (Run, Enter, opening a link) captures the text, then every view redraws."""
+def _wire_run(ctx: Ctx, triggers, loaded, status, link) -> None:
+    """Run and Enter (one event), and opening a link, capture the text; then the tab on screen redraws.
+
+    Every other tab draws when it is shown, so a Run never pays for views nobody sees
+    (the Knock-out tab's two greedy continuations above all).
+    """
     fn, inputs, outputs = _run_event(ctx, status, link)
-    for i, trigger in enumerate(triggers):
-        ev = trigger(fn, inputs, outputs, api_name=f"run_{i}")
-        for j, (view, v_in, v_out) in enumerate(ctx.on_trace):
-            ev = ev.then(view, v_in, v_out, api_name=f"view_{i}_{j}")
+    hidden = {"api_visibility": "private"}  # the HTTP API is /trace (app.api)
+    # gr.on cannot take a `.then` as a trigger: the link's capture follows the load instead
+    captures = [gr.on(triggers, fn, inputs, outputs, **hidden), loaded.then(fn, inputs, outputs, **hidden)]
+    ins, outs = _union(ctx, "inputs"), _union(ctx, "outputs")
+
+    def redraw_shown(shown, *values):
+        by_id = {id(c): v for c, v in zip(ins, values, strict=True)}
+        drawn = _draw(ctx, shown, by_id)
+        return [drawn.get(id(c), gr.skip()) for c in outs]
+
+    for captured in captures:
+        captured.success(redraw_shown, [ctx.shown, *ins], outs, **hidden)
+    for tab_id, tab in ctx.tabs.items():
+        view_ins, view_outs = _union(ctx, "inputs", tab_id), _union(ctx, "outputs", tab_id)
+
+        def on_select(*values, tab_id=tab_id, view_ins=view_ins, view_outs=view_outs):
+            drawn = _draw(ctx, tab_id, {id(c): v for c, v in zip(view_ins, values, strict=True)})
+            return tab_id, *(drawn[id(c)] for c in view_outs)
+
+        tab.select(on_select, view_ins, [ctx.shown, *view_outs], **hidden)
+
+
+def _union(ctx: Ctx, which: str, tab_id: str | None = None) -> list:
+    """The distinct components the views of one tab (or all tabs) read or write, in a fixed order."""
+    out: dict[int, object] = {}
+    for t, views in ctx.views.items():
+        for v in views if tab_id in (None, t) else ():
+            out.update({id(c): c for c in getattr(v, which)})
+    return list(out.values())
+
+
+def _draw(ctx: Ctx, tab_id: str, values: dict[int, object]) -> dict[int, object]:
+    """Run the views of one tab on the given input values; {id(output component): value}."""
+    drawn: dict[int, object] = {}
+    for v in ctx.views.get(tab_id, ()):
+        result = v.fn(*(values[id(c)] for c in v.inputs))
+        result = result if len(v.outputs) > 1 else (result,)
+        drawn.update({id(c): r for c, r in zip(v.outputs, result, strict=True)})
+    return drawn
 
 
 def _from_url(request: gr.Request):
@@ -119,14 +156,10 @@ def _wire_export_api(ctx: Ctx) -> None:
     """/export: text + format -> a trace file (an event, since the API returns a file)."""
     with gr.Row(visible=False):
         e_text, e_fmt, e_mask = gr.Textbox(), gr.Textbox(value="json"), gr.Textbox(value="all")
-        e_file, e_go = gr.File(), gr.Button()
+        e_file, e_go = gr.File(file_count="multiple"), gr.Button()
 
     def export_text(text: str, fmt: str, mask: str):
-        try:
-            trace = ctx.session.capture(text, parse_knockout(mask or "all"))
-        except (InputError, ValueError) as e:
-            raise gr.Error(str(e)) from e
-        return export.export_file(trace, fmt)
+        return export.export_file(api.user_trace(ctx.session, text, mask), fmt)
 
     e_go.click(export_text, [e_text, e_fmt, e_mask], [e_file], api_name="export")
 

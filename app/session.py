@@ -87,55 +87,24 @@ class Session:
 
         def build():
             if method == "umap":
-                from engram_inspect.cache import cache_file
+                from engram_inspect.cache import find_file
 
-                if not cache_file(self.ck, "projection-umap-pooled", ".npz").is_file():
+                if not find_file(self.ck, "projection-umap-pooled", ".npz").is_file():
                     return None
             return compute_projection(self.ck, method, "pooled")
 
         return self._lazy(f"projection-{method}", build)
 
     def mean_gate(self):
-        """Per flat row id, the mean alpha of held-out tokens that read it (NaN: none did); cached on disk."""
-        import numpy as np
+        """Per flat row id, the mean alpha of held-out tokens that read it (NaN: none did)."""
+        from engram_inspect.mean_gate import load_or_compute
 
-        from engram_inspect.cache import cache_file
-
-        path = cache_file(self.ck, "mean-gate", ".npz")
-
-        def build():
-            if path.is_file():
-                with np.load(path, allow_pickle=False) as f:
-                    return f["mean_gate"].astype(np.float32)
-            values = mean_gate_array(self.ck, self._model_lock)
-            np.savez_compressed(path, mean_gate=values.astype(np.float16))
-            return values
-
-        return self._lazy("mean-gate", build)
+        return self._lazy("mean-gate", lambda: load_or_compute(self.ck, self._model_lock))
 
     def health(self) -> list[dict]:
         from engram_inspect.health import health_table
 
         return self._lazy("health", lambda: health_table(self.collisions()))
-
-
-def mean_gate_array(ck: Checkpoint, lock: threading.Lock, max_tokens: int = 16_384):
-    """Mean alpha per flat row over a sample of the held-out plays and modules."""
-    import numpy as np
-
-    from engram_core.pipeline import prepare_corpus
-    from engram_inspect.health import mean_gate_per_row
-    from engram_inspect.rows import RowAddress, RowLayout
-
-    _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
-    with lock:
-        per_head = mean_gate_per_row(ck, [v for k, v in sorted(streams.items()) if k.startswith("val/")], max_tokens)
-    layout = RowLayout.of(ck)
-    out = np.full(layout.total, np.nan, dtype=np.float32)
-    for (layer, order, head), values in per_head.items():
-        start = layout.flat(RowAddress(layer, order, head, 0))
-        out[start : start + len(values)] = values
-    return out
 
 
 __all__ = ["MAX_CHARS", "MAX_TOKENS", "InputError", "Session", "clean_input"]

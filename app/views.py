@@ -33,9 +33,29 @@ def gate_values(trace: Trace, which: str) -> np.ndarray:
     return trace.gate[trace.layers.index(int(L)), :, int(m)]
 
 
-def token_strip(trace: Trace, which: str = "mean") -> list[tuple[str, float]]:
-    """(token, alpha) pairs for a strip coloured by the gate."""
-    return [(t, round(float(a), 4)) for t, a in zip(trace.tokens, gate_values(trace, which), strict=True)]
+# alpha lies in 0..1, but Gradio colours numeric scores on a fixed -1..+1 legend: so the strip
+# carries one of ten named bins instead, each with its own colour, and the legend reads 0..1
+GATE_BINS = [f"α {i / 10:.1f}–{(i + 1) / 10:.1f}" for i in range(10)]
+GATE_COLOURS = {name: f"rgba(255, 140, 0, {0.08 + 0.092 * i:.3f})" for i, name in enumerate(GATE_BINS)}
+
+
+def gate_bin(alpha: float) -> str:
+    """The bin of one alpha: [0, 0.1) is the first, [0.9, 1] the last."""
+    return GATE_BINS[min(max(int(float(alpha) * 10), 0), 9)]
+
+
+def token_strip(trace: Trace, which: str = "mean") -> list[tuple[str, str]]:
+    """(token, gate bin) pairs for a strip coloured by the gate (`GATE_COLOURS`)."""
+    return [(t, gate_bin(a)) for t, a in zip(trace.tokens, gate_values(trace, which), strict=True)]
+
+
+COLLISION_COLUMNS = ["layer", "order", "head", "prime", "distinct_ngrams", "occupied_rows", "collision_rate"]
+
+
+def collision_rows(head_table: list[dict]) -> list[list]:
+    """`CollisionIndex.head_table()` as rows under `COLLISION_COLUMNS` (rates to 4 places)."""
+    fmt = lambda v: round(v, 4) if isinstance(v, float) else v  # noqa: E731
+    return [[fmt(r[c]) for c in COLLISION_COLUMNS] for r in head_table]
 
 
 def lookup_rows(trace: Trace, pos: int, index=None, ngram_text=None) -> list[list]:

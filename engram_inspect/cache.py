@@ -1,22 +1,43 @@
-"""Where derived data of a checkpoint is cached, keyed by what it was computed from."""
+"""Where derived data of a checkpoint is cached, keyed by what it was computed from.
+
+Everything this package computes and keeps goes under the cache directory
+(`ENGRAM_CACHE`, default `~/.cache/engram-inspector`), in the checkpoint's own folder
+(`engram_core.checkpoint.checkpoint_cache_dir`); nothing is ever written beside the
+weights, since a checkpoint folder may be read-only or inside an installed package.
+The only files read from beside the weights are those that ship precomputed with a
+model (`<name>-<key><suffix>`, e.g. the default model's projections and mean gates).
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from engram_core import Checkpoint
-from engram_core.checkpoint import checkpoint_key  # re-exported: the key lives with checkpoints
-from engram_core.data import cache_dir
+from engram_core.checkpoint import checkpoint_cache_dir, checkpoint_key  # re-exported: they live with checkpoints
 
-__all__ = ["cache_file", "checkpoint_key"]
+__all__ = ["cache_file", "checkpoint_cache", "checkpoint_key", "find_file", "shipped_file"]
+
+
+def checkpoint_cache(ck: Checkpoint) -> Path:
+    """This checkpoint's own folder in the cache directory, created on demand."""
+    folder = checkpoint_cache_dir(ck)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def cache_file(ck: Checkpoint, name: str, suffix: str) -> Path:
-    """`<name>-<key><suffix>` beside the checkpoint when that folder is writable, else in the user cache."""
-    fname = f"{name}-{checkpoint_key(ck)}{suffix}"
-    if ck.path is not None and os.access(ck.path, os.W_OK):
-        return ck.path / fname
-    folder = cache_dir() / "derived"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / fname
+    """Where to write `<name><suffix>` for this checkpoint: always inside `checkpoint_cache(ck)`."""
+    return checkpoint_cache(ck) / f"{name}{suffix}"
+
+
+def shipped_file(ck: Checkpoint, name: str, suffix: str) -> Path | None:
+    """A file that ships precomputed beside the weights (`<name>-<key><suffix>`), if there is one."""
+    if ck.path is None:
+        return None
+    path = Path(ck.path) / f"{name}-{checkpoint_key(ck)}{suffix}"
+    return path if path.is_file() else None
+
+
+def find_file(ck: Checkpoint, name: str, suffix: str) -> Path:
+    """Where to read `<name><suffix>`: the shipped copy when present, else the cache path (may not exist yet)."""
+    return shipped_file(ck, name, suffix) or cache_file(ck, name, suffix)

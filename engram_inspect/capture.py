@@ -22,9 +22,11 @@ import torch.nn.functional as F
 
 from engram_core import Checkpoint, KnockOut
 from engram_core.hashing import suffix_ngrams
+from engram_core.hooks import COMPRESSED_IDS, engram_hook
 from engram_core.tokenizer import encode
 
 from .ablation import install
+from .activations import GATE, GATE_SCORE, HASH_IDS, OUT, activations, lens_kl, memory_names, resid_names
 from .cache import checkpoint_key
 
 SCHEMA = "engram-trace/1"
@@ -49,7 +51,7 @@ class Trace:
     gate_score: np.ndarray  # (L, T, M) gate before the sigmoid
     gate: np.ndarray  # (L, T, M) alpha
     out_norm: np.ndarray  # (L, T) L2 norm of the Engram output over branches and width
-    mask: dict  # KnockOut.to_dict() of the masked run
+    mask: KnockOut  # what the masked run switched off (exporters write it as a dict)
     logprob_next: np.ndarray  # (T,) log p(actual next token), memory on; NaN at the last position
     topk_ids: np.ndarray  # (T, K) memory on
     topk_logprob: np.ndarray  # (T, K)
@@ -108,20 +110,6 @@ def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[
     return nxt, top.indices, top.values, logp
 
 
-def _lens_kl(model, cache: dict[str, torch.Tensor], final_logp: torch.Tensor) -> torch.Tensor:
-    """Per block, KL(block's own prediction || final prediction) per position (paper §6.1).
-
-    The last block's prediction is the final one, so its row is exactly zero.
-    """
-    Y, T = model.cfg.backbone.n_layer, final_logp.shape[0]
-    kls = torch.zeros(Y, T)
-    if Y > 1:
-        H = torch.stack([cache[f"blocks.{i}.hook_resid_post"][0].mean(1) for i in range(Y - 1)])  # (Y-1, T, D)
-        logp = F.log_softmax(F.linear(model.norm(H), model.wte.weight).float(), -1)  # (Y-1, T, V)
-        kls[:-1] = (logp.exp() * (logp - final_logp)).sum(-1)
-    return kls
-
-
 def _decode_each(tok, ids: np.ndarray) -> list:
     """Decoded text of every id in an integer array, decoding each distinct id once."""
     uniq, inv = np.unique(ids, return_inverse=True)
@@ -146,28 +134,24 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
     ids = torch.tensor([ids_list])
     mem = model.cfg.memory
     layers = mem.layer_ids
-    names = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.backbone.n_layer)] + ["hook_compressed_ids"]
-    for L in layers:
-        p = f"blocks.{L}.engram."
-        names += [p + "hook_hash_ids", p + "readout.hook_gate_score", p + "readout.hook_gate", p + "readout.hook_out"]
-    model.eval()
-    logits, cache = model.run_with_cache_long(ids, names=names)
-    lens_names = [n for n in names if n.endswith("resid_post")]
+    lens_names = resid_names(model)
+    names = [*lens_names, COMPRESSED_IDS, *memory_names(layers, (HASH_IDS, GATE_SCORE, GATE, OUT))]
+    logits, cache = activations(model, ids, names)
     off = KnockOut(all=True)
-    m_logits, m_cache = model.run_with_cache_long(ids, mask, names=lens_names)
+    m_logits, m_cache = activations(model, ids, lens_names, mask)
     on_next, on_top, on_topv, on_logp = _next_token_stats(logits[0], ids[0], top_k)
     m_next, m_top, m_topv, m_logp = _next_token_stats(m_logits[0], ids[0], top_k)
     off_cache, off_final = m_cache, m_logp
     if mask != off:  # the logit lens with memory off needs its own pass
-        off_logits, off_cache = model.run_with_cache_long(ids, off, names=lens_names)
+        off_logits, off_cache = activations(model, ids, lens_names, off)
         off_final = F.log_softmax(off_logits[0].float(), -1)
-    cids = cache["hook_compressed_ids"]
+    cids = cache[COMPRESSED_IDS]
     spec = mem.hash_spec
     ngram = np.full((len(spec.orders), len(ids_list), mem.max_ngram), -1, dtype=np.int64)
     for o, n in enumerate(spec.orders):
         ngram[o, :, :n] = suffix_ngrams(cids, spec, n)[0].numpy()
     tokens = _decode_each(tok, np.asarray(ids_list))
-    stack = lambda suffix: torch.stack([cache[f"blocks.{L}.engram.{suffix}"][0] for L in layers])  # noqa: E731
+    stack = lambda part: torch.stack([cache[engram_hook(L, part)][0] for L in layers])  # noqa: E731
     return Trace(
         text=text,
         checkpoint=checkpoint_key(ck),
@@ -180,11 +164,11 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
         heads_per_ngram=mem.heads_per_ngram,
         ngram_ids=ngram,
         ngram_text=_ngram_texts(tok, ids_list, tokens, spec.orders),
-        hash_rows=stack("hook_hash_ids").numpy().astype(np.int64),
-        gate_score=stack("readout.hook_gate_score").float().numpy(),
-        gate=stack("readout.hook_gate").float().numpy(),
-        out_norm=stack("readout.hook_out").flatten(2).norm(dim=-1).float().numpy(),
-        mask=mask.to_dict(),
+        hash_rows=stack(HASH_IDS).numpy().astype(np.int64),
+        gate_score=stack(GATE_SCORE).float().numpy(),
+        gate=stack(GATE).float().numpy(),
+        out_norm=stack(OUT).flatten(2).norm(dim=-1).float().numpy(),
+        mask=mask,
         logprob_next=on_next.numpy(),
         topk_ids=on_top.numpy().astype(np.int64),
         topk_logprob=on_topv.numpy(),
@@ -192,8 +176,8 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
         masked_topk_ids=m_top.numpy().astype(np.int64),
         masked_topk_logprob=m_topv.numpy(),
         kl=(on_logp.exp() * (on_logp - m_logp)).sum(-1).numpy(),
-        lens_kl_on=_lens_kl(model, cache, on_logp).numpy(),
-        lens_kl_off=_lens_kl(model, off_cache, off_final).numpy(),
+        lens_kl_on=lens_kl(model, cache, on_logp[None])[:, 0].numpy(),
+        lens_kl_off=lens_kl(model, off_cache, off_final[None])[:, 0].numpy(),
         topk_text=_decode_each(tok, on_top.numpy()),
         masked_topk_text=_decode_each(tok, m_top.numpy()),
     )

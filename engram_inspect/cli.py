@@ -178,17 +178,14 @@ def cmd_neighbours(args: argparse.Namespace) -> None:
     try:
         index = NeighbourIndex.build(ck)
         if args.row:
-            parts = [int(x) for x in args.row.split(":")]
-            if len(parts) != 4:
-                raise UserError("--row takes L:N:K:R (layer, order, head, row)")
-            index.layout.check(RowAddress(*parts))
+            address = RowAddress.parse(args.row)  # one line naming L:N:K:R when malformed
+            index.layout.check(address)
         elif not args.ngram:
             raise UserError("give an NGRAM text or --row L:N:K:R")
         else:
             index.layout.check(RowAddress(layer, args.order, args.head or 0, 0))
         labels = _labels(ck)
         if args.row:
-            address = RowAddress(*parts)
             results = [(address, index.nearest_rows(address, args.k, labels), None)]
         else:
             found = nearest_ngram(ck, index, args.ngram, layer, args.order, args.head, args.k, labels)

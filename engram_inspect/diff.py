@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engram_core import KnockOut
+
 from .capture import Trace
 
 
@@ -24,7 +26,7 @@ class TokenLoss:
 
 @dataclass(frozen=True)
 class KnockoutDiff:
-    mask: dict  # the KnockOut that was applied
+    mask: KnockOut  # the knock-out that was applied
     delta_logprob: np.ndarray  # (T,) log p_masked(next) - log p_on(next); NaN at the last position
     kl: np.ndarray  # (T,) KL(on || masked)
     top1_changed: np.ndarray  # (T,) bool

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from engram_core import KnockOut
+
 from .capture import SCHEMA, Trace
 
 FORMATS = ("json", "csv", "parquet", "npz")
@@ -96,7 +98,7 @@ def _meta(trace: Trace) -> dict[str, Any]:
         "layers": list(trace.layers),
         "orders": list(trace.orders),
         "heads_per_ngram": trace.heads_per_ngram,
-        "mask": trace.mask,
+        "mask": trace.mask.to_dict(),
         "dims": dims(trace),
     }
 
@@ -121,7 +123,7 @@ def _build(schema: str, meta: dict[str, Any], texts: dict[str, Any], arrays: dic
             layers=tuple(int(x) for x in meta["layers"]),
             orders=tuple(int(x) for x in meta["orders"]),
             heads_per_ngram=int(meta["heads_per_ngram"]),
-            mask=meta["mask"],
+            mask=KnockOut.from_dict(meta["mask"]),
             tokens=list(texts["tokens"]),
             **{n: [list(r) for r in texts[n]] for n in TEXT_FIELDS[1:]},
             **{n: arrays[n] for n in ARRAY_FIELDS},
@@ -342,7 +344,7 @@ def _require_columns(names: list[str], header: dict[str, Any]) -> dict[str, tupl
     return wanted
 
 
-# ---- CSV: a `# engram-trace/1 {header}` line, then the long table
+# ---- CSV: the long table, its first line the column names; schema and header in a `.json` sidecar
 
 
 def _csv_cells(col: np.ndarray) -> list[Any]:
@@ -372,28 +374,52 @@ def _parse_cells(cells: list[str], kind: str, width: int) -> np.ndarray:
     return np.array(flat, dtype=str).astype(dtype).reshape(R, width)
 
 
+def sidecar_path(path: PathLike) -> Path:
+    """Where a CSV trace keeps its metadata: `<file>.json` beside it (`t.csv` -> `t.csv.json`)."""
+    return Path(f"{os.fspath(path)}.json")
+
+
 def write_csv(trace: Trace, path: PathLike) -> None:
+    """The long table with its column names on line 1, and the schema and header in `sidecar_path(path)`."""
     header, cols = _long_table(trace)
     with open(path, "w", encoding="utf-8", newline="") as f:
-        # the header is ASCII JSON on one line: the text may hold newlines and lone surrogates
-        f.write(f"# {trace.schema} {json.dumps(header, ensure_ascii=True, allow_nan=False)}\r\n")
         # subtle: the writer quotes only line breaks in its own terminator, so keep the
         # default CRLF (RFC 4180): with "\n" alone a token "\r" would go out unquoted
         w = csv.writer(f)
         w.writerow(cols)
         w.writerows(zip(*(_csv_cells(c) for c in cols.values()), strict=True))
+    # ASCII JSON: the text may hold lone surrogates
+    side = {"schema": trace.schema, "header": header}
+    sidecar_path(path).write_text(json.dumps(side, ensure_ascii=True, allow_nan=False) + "\n", encoding="ascii")
 
 
-def _parse_header_line(line: str, path: PathLike) -> tuple[str, dict[str, Any]]:
+def _read_sidecar(path: PathLike) -> tuple[str, dict[str, Any]]:
+    side = sidecar_path(path)
+    try:
+        doc = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SchemaError(f"{path} is not an engram trace: no metadata file {side.name} beside it") from None
+    except (OSError, ValueError) as e:
+        raise SchemaError(f"{side} cannot be read as a trace's metadata: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("header"), dict):
+        raise SchemaError(f"{side} is not an engram trace's metadata (no header object)")
+    return check_schema(doc.get("schema")), doc["header"]
+
+
+def _legacy_header_line(line: str) -> tuple[str, dict[str, Any]] | None:
+    """Schema and header of a CSV written before the sidecar, whose line 1 was `# engram-trace/1 {...}`."""
     parts = line.rstrip("\r\n").split(" ", 2)
-    if len(parts) < 3 or parts[0] != "#":
-        raise SchemaError(f"{path} is not an engram trace: its first line is not '# engram-trace/<version> {{...}}'")
+    if len(parts) < 3 or parts[0] != "#" or not parts[1].startswith("engram-trace/"):
+        return None
     return check_schema(parts[1]), json.loads(parts[2])
 
 
 def read_csv(path: PathLike) -> Trace:
     with open(path, encoding="utf-8", newline="") as f:
-        schema, header = _parse_header_line(f.readline(), path)
+        legacy = _legacy_header_line(f.readline())
+        if legacy is None:
+            f.seek(0)
+        schema, header = legacy if legacy is not None else _read_sidecar(path)
         reader = csv.reader(f)
         names = next(reader, [])
         rows = list(reader)

@@ -23,6 +23,7 @@ import torch
 
 from engram_core import Checkpoint, HashSpec
 
+from .activations import GATE, HASH_IDS, activations, memory_names
 from .collisions import CollisionIndex
 
 GATE_TOKENS = 65_536  # default token budget of gate_weighted_hits: 256 windows of 256 tokens
@@ -202,39 +203,9 @@ def sample_windows(streams: Iterable[np.ndarray], window: int, max_tokens: int) 
     return [cands[int(i)] for i in np.linspace(0, len(cands) - 1, k).round().astype(int)]
 
 
-class _Stop(Exception):
-    """Raised to end a forward pass once every needed hook has fired."""
-
-
-def _hook_names(layers: Iterable[int]) -> list[str]:
-    return [n for ly in layers for n in (f"blocks.{ly}.engram.hook_hash_ids", f"blocks.{ly}.engram.readout.hook_gate")]
-
-
 def _capture(ck: Checkpoint, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Hash ids and gates of the Engram layers for a batch of windows."""
-    model = ck.model
-    names = _hook_names(model.engram_layers)
-    cache: dict[str, torch.Tensor] = {}
-    handles = [
-        model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: cache.__setitem__(n, out.detach()))
-        for n in names
-    ]
-
-    def stop(*_args: object) -> None:
-        raise _Stop
-
-    # later blocks cannot change the hashes or gates: stop at the last Engram block's attention,
-    # which runs after its memory (§2.3); this skips about half of the default model's work
-    handles.append(model.blocks[max(model.engram_layers)].attn.register_forward_pre_hook(stop))
-    try:
-        with torch.no_grad():
-            model(ids)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return cache
+    """Hash ids and gates of the Engram layers for a batch of windows (the pass ends after the last one)."""
+    return activations(ck.model, ids, memory_names(ck.model.engram_layers, (HASH_IDS, GATE)), logits=False)[1]
 
 
 def gate_weighted_hits(
@@ -277,8 +248,9 @@ def gate_weighted_hits(
 def _accumulate(out: dict[HeadKey, np.ndarray], cache: dict[str, torch.Tensor], spec: HashSpec) -> None:
     """Add each token's mean gate to the row every head read for it."""
     for ly in spec.layer_ids:
-        rows = cache[f"blocks.{ly}.engram.hook_hash_ids"].reshape(-1, spec.heads_per_layer).numpy()  # (B*T, H)
-        alpha = cache[f"blocks.{ly}.engram.readout.hook_gate"].float().mean(-1).reshape(-1).numpy()  # (B*T,)
+        hash_name, gate_name = memory_names([ly], (HASH_IDS, GATE))
+        rows = cache[hash_name].reshape(-1, spec.heads_per_layer).numpy()  # (B*T, H)
+        alpha = cache[gate_name].float().mean(-1).reshape(-1).numpy()  # (B*T,)
         for n in spec.orders:
             for h in range(spec.heads_per_ngram):
                 acc = out[(ly, n, h)]
@@ -300,10 +272,7 @@ def mean_gate_per_row(
     for w in windows:
         cache = _capture(ck, torch.as_tensor(w.astype(np.int64))[None])
         _accumulate(sums, cache, spec)
-        ones = {
-            f"blocks.{ly}.engram.readout.hook_gate": torch.ones_like(cache[f"blocks.{ly}.engram.readout.hook_gate"])
-            for ly in spec.layer_ids
-        }
+        ones = {n: torch.ones_like(cache[n]) for n in memory_names(spec.layer_ids, (GATE,))}
         _accumulate(counts, {**cache, **ones}, spec)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {k: np.where(counts[k] > 0, sums[k] / counts[k], np.nan) for k in sums}

@@ -7,8 +7,8 @@ the caller passes (e.g. the rows a corpus hits) or to all rows. At most
 takes minutes on two cores and a browser scatter of more is unreadable. PCA axes
 are fitted on every row of the scope (cheap) and then applied to the sample.
 
-Results are cached beside the checkpoint (`cache.cache_file`), so the app's second
-request is a file read. This module draws nothing.
+Results are cached under the cache directory (`cache.cache_file`), so the app's
+second request is a file read; a projection shipped beside the weights is read first. This module draws nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from engram_core import Checkpoint
 
-from .cache import cache_file
+from .cache import cache_file, find_file
 from .rows import RowLayout, row_vectors
 
 MAX_POINTS = 50_000  # rows per projection; larger scopes are sampled (seeded) down to this
@@ -201,7 +201,7 @@ def compute_projection(
 
     rows: flat row ids to project (e.g. those a corpus hits); None means every row.
     progress: called as progress(done, total, message) at each stage.
-    cache_path: the .npz to use instead of the one beside the checkpoint (tests).
+    cache_path: the .npz to use instead of the cached (or shipped) one (tests).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -214,11 +214,13 @@ def compute_projection(
     # a row set gets its own file, so the corpus's rows and all rows can both stay cached
     meta["rows"] = _rows_digest(rows)
     name = f"projection-{method}-{scope}{meta['rows']}"
+    # read a shipped copy beside the weights when there is one; write only to the cache
+    source = Path(cache_path) if cache_path is not None else find_file(ck, name, ".npz")
     path = Path(cache_path) if cache_path is not None else cache_file(ck, name, ".npz")
-    if not recompute and path.is_file():
-        cached = _load(path, layout, meta)
+    if not recompute and source.is_file():
+        cached = _load(source, layout, meta)
         if cached is not None:
-            progress(4, 4, f"loaded from {path.name}")
+            progress(4, 4, f"loaded from {source.name}")
             return cached
     p = project(ck, method, scope, rows, seed, max_points, progress)
     progress(3, 4, f"saving {path.name}")

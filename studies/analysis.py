@@ -20,6 +20,7 @@ from engram_core import KnockOut, load_checkpoint
 from engram_core.cli import DEFAULT_CHECKPOINT
 from engram_core.pipeline import prepare_corpus
 from engram_core.train import eval_windows
+from engram_inspect.activations import GATE, activations, lens_kl, memory_names, resid_names
 from engram_inspect.collisions import load_or_build, ngram_text, position_keys
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "paper-checks"
@@ -36,14 +37,8 @@ def ngram_counts(index, cids: np.ndarray, order: int, spec) -> np.ndarray:
 
 
 def run_windows(model, windows: torch.Tensor, knockout=None, names=()):
-    outs, caches = [], []
-    for i in range(0, len(windows), 16):
-        w = windows[i : i + 16, :-1]
-        logits, cache = model.run_with_cache(w, knockout or KnockOut(), names=list(names))
-        outs.append(logits)
-        caches.append(cache)
-    logits = torch.cat(outs)
-    return logits, {k: torch.cat([c[k] for c in caches]) for k in caches[0]} if names else {}
+    """Logits and hooked activations of the inputs of windows (W, T+1), 16 windows a pass."""
+    return activations(model, windows[:, :-1], names, knockout or KnockOut(), batch=16)
 
 
 def knockout_by_kind(ck, windows, trigram_counts) -> dict:
@@ -79,8 +74,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def gate_cache(ck, windows) -> dict:
     """alpha per window, position and branch at every Engram layer: one pass, shared by the gate studies."""
-    names = [f"blocks.{L}.engram.readout.hook_gate" for L in ck.model.cfg.memory.hash_spec.layer_ids]
-    return run_windows(ck.model, windows, names=names)[1]
+    return run_windows(ck.model, windows, names=memory_names(ck.model.cfg.memory.hash_spec.layer_ids, (GATE,)))[1]
 
 
 def gates_vs_frequency(ck, index, windows, cids, unigram, cache) -> dict:
@@ -89,14 +83,14 @@ def gates_vs_frequency(ck, index, windows, cids, unigram, cache) -> dict:
     Positions 1..T-1 of each window: alpha at t belongs to the bigram (x_{t-1}, x_t).
     """
     spec = ck.model.cfg.memory.hash_spec
-    names = [f"blocks.{L}.engram.readout.hook_gate" for L in spec.layer_ids]
+    names = memory_names(spec.layer_ids, (GATE,))
     T = windows.shape[1] - 1
     big = ngram_counts(index, cids, 2, spec)[:, 1:T].ravel()
     prev, cur = cids[:, : T - 1].ravel(), cids[:, 1:T].ravel()
     pmi = np.log((big + 0.5) * unigram.sum() / ((unigram[prev] + 1.0) * (unigram[cur] + 1.0)))
     out: dict = {"per_branch": {}}
-    for L in spec.layer_ids:
-        g = cache[f"blocks.{L}.engram.readout.hook_gate"].numpy()[:, 1:T]  # (W, T-1, M)
+    for L, name in zip(spec.layer_ids, names, strict=True):
+        g = cache[name].numpy()[:, 1:T]  # (W, T-1, M)
         for m in range(g.shape[-1]):
             a = g[..., m].ravel()
             out["per_branch"][f"layer{L}_branch{m}"] = {
@@ -115,7 +109,7 @@ def gates_vs_frequency(ck, index, windows, cids, unigram, cache) -> dict:
 def top_gated(ck, cids, cache, n: int = 30) -> list[dict]:
     """The bigrams of the held-out plays with the highest mean alpha (seen at least 3 times)."""
     spec = ck.model.cfg.memory.hash_spec
-    names = [f"blocks.{L}.engram.readout.hook_gate" for L in spec.layer_ids]
+    names = memory_names(spec.layer_ids, (GATE,))
     alpha = np.stack([cache[k].numpy().mean(-1) for k in names]).mean(0)  # (W, T)
     sums: dict[tuple[int, int], list[float]] = {}
     for w in range(len(cids)):
@@ -127,15 +121,11 @@ def top_gated(ck, cids, cache, n: int = 30) -> list[dict]:
 
 def logit_lens(model, windows) -> list[float]:
     """§6.1: mean KL(block's prediction || final) per block."""
-    Y = model.cfg.backbone.n_layer
-    names = [f"blocks.{i}.hook_resid_post" for i in range(Y)]
-    kls = np.zeros(Y)
+    kls = np.zeros(model.cfg.backbone.n_layer)
     for i in range(0, len(windows), 16):
-        logits, cache = model.run_with_cache(windows[i : i + 16, :-1], names=names)
-        final = F.log_softmax(logits, -1)
-        for b in range(Y):
-            lp = F.log_softmax(F.linear(model.norm(cache[names[b]].mean(2)), model.wte.weight), -1)
-            kls[b] += (lp.exp() * (lp - final)).sum(-1).mean().item() * len(logits)
+        logits, cache = activations(model, windows[i : i + 16, :-1], resid_names(model))
+        per_block = lens_kl(model, cache, F.log_softmax(logits, -1))  # (Y, B, T)
+        kls += np.array([kl.mean().item() * len(logits) for kl in per_block])
     return (kls / len(windows)).tolist()
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .records import LOSSES
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "docs" / "paper-checks"
 CARD = ROOT / "assets" / "default-model" / "MODEL_CARD.json"
@@ -85,25 +87,6 @@ def study_1(card: dict, analysis: dict) -> list[str]:
     ]
 
 
-LOSSES = ("val_plays", "val_code", "val_plays_memory_off")
-
-
-def by_config(runs: list[dict]) -> list[dict]:
-    """One record per configuration: losses averaged over its seeds, with their range."""
-    groups: dict[str, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(r["name"], []).append(r)
-    out = []
-    for rs in groups.values():
-        rec = {**rs[0], "seeds": sorted(r["seed"] for r in rs)}
-        for k in LOSSES:
-            vals = [r[k] for r in rs if r.get(k) is not None]
-            if vals:
-                rec[k], rec[f"{k}_range"] = float(np.mean(vals)), float(max(vals) - min(vals))
-        out.append(rec)
-    return out
-
-
 def _cell(r: dict, key: str) -> str:
     if r.get(key) is None:
         return "-"
@@ -124,7 +107,7 @@ def study_2(sw: dict | None) -> list[str]:
     head = ["## 2. Sparsity allocation (paper §3.1)", ""]
     if not sw or len(sw["runs"]) < 2:
         return head + ["Not yet run: `python -m studies.sweep allocation`.", ""]
-    runs = sorted(by_config(sw["runs"]), key=lambda r: r["memory_share"])
+    runs = sorted(sw["configs"], key=lambda r: r["memory_share"])
     mean = [(r["val_plays"] + r["val_code"]) / 2 for r in runs]
     best = runs[int(np.argmin(mean))]
     return head + [
@@ -151,7 +134,7 @@ def study_3(sw: dict | None) -> list[str]:
     head = ["## 3. Loss vs memory size (paper §3.2)", ""]
     if not sw or len(sw["runs"]) < 2:
         return head + ["Not yet run: `python -m studies.sweep size`.", ""]
-    runs = sorted(by_config(sw["runs"]), key=lambda r: r["rows"])
+    runs = sorted(sw["configs"], key=lambda r: r["rows"])
     x = np.log2([r["rows"] for r in runs])
     y = np.array([(r["val_plays"] + r["val_code"]) / 2 for r in runs])
     slope, icpt = np.polyfit(x, y, 1)
@@ -274,7 +257,7 @@ def study_7(sw: dict | None) -> list[str]:
     head = ["## 7. Placement (paper Fig. 5)", ""]
     if not sw or len(sw["runs"]) < 2:
         return head + ["Not yet run: `python -m studies.sweep placement`.", ""]
-    runs = sorted(by_config(sw["runs"]), key=lambda r: r["layers"][0])
+    runs = sorted(sw["configs"], key=lambda r: r["layers"][0])
     mean = [(r["val_plays"] + r["val_code"]) / 2 for r in runs]
     best = runs[int(np.argmin(mean))]["layers"][0]
     return head + [

@@ -4,10 +4,13 @@
     python -m studies.sweep size
     python -m studies.sweep placement
     python -m studies.sweep capacity
+    python -m studies.sweep size --average-only   # rewrite the averaged records, train nothing
 
 Each run trains the default recipe on the offline corpus for the same number of
 tokens, evaluates held-out plays and modules, and appends one record to
-docs/paper-checks/sweep-<study>.json. Checkpoints go to runs/sweep/ (not kept).
+docs/paper-checks/sweep-<study>.json, whose `configs` hold the runs averaged per
+configuration over their seeds (what the report and the app's Paper checks tab read).
+Checkpoints go to runs/sweep/ (not kept).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from engram_core import KnockOut, load_checkpoint
 from engram_core.config import BackboneConfig, MemoryConfig
 from engram_core.pipeline import prepare_corpus, train_model
 from engram_core.train import TrainConfig, eval_windows, evaluate
+
+from .records import with_configs
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "paper-checks"
 EVAL_WINDOWS = 64  # per domain, 256 tokens each
@@ -92,18 +97,22 @@ def main() -> None:
     p.add_argument("study", choices=sorted(STUDIES))
     p.add_argument("--tokens", type=int, default=500_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--average-only", action="store_true", help="recompute the averaged records; train nothing")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     path = OUT / f"sweep-{a.study}.json"
     OUT.mkdir(parents=True, exist_ok=True)
     done = json.loads(path.read_text()) if path.is_file() else {"study": a.study, "runs": []}
+    if a.average_only:
+        path.write_text(json.dumps(with_configs(done), indent=1))
+        return
     for spec in STUDIES[a.study]():
         if any(r["name"] == spec["name"] and r["seed"] == a.seed and r["tokens"] == a.tokens for r in done["runs"]):
             continue
         record = run_one(a.study, spec, a.tokens, a.seed)
         done["runs"].append(record)
         done["command"] = f"python -m studies.sweep {a.study} --tokens {a.tokens} --seed {a.seed}"
-        path.write_text(json.dumps(done, indent=1))
+        path.write_text(json.dumps(with_configs(done), indent=1))
         print(json.dumps(record), flush=True)
 
 

@@ -1,8 +1,24 @@
+"""Shared fixtures. Build expensive things once per session and share them read-only.
+
+- `tiny_tokenizer`, `tiny_parts` (tokenizer, compression, pad id): session-scoped.
+- `tiny_model`: a fresh tiny EngramLM per test (tests may modify it); `make_tiny_model(parts)` builds one.
+- `tiny_ckdir`: a saved tiny checkpoint folder, built once per session: do not write into it
+  (copy it with `shutil.copytree` first if a test must).
+- `tiny_session`: an `app.session.Session` on `tiny_ckdir` (imports gradio only when used).
+- `served_app`: the app on the shipped default model, launched once per session on a free
+  loopback port: `(session, demo, url)`. Use it for HTTP and browser tests; never close it.
+"""
+
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# one intra-op thread: the suite's models are tiny (or one text at a time), and the app server's
+# request threads and the subprocess tests share the same 2 cores; two spinning OpenMP threads per
+# process oversubscribe them (a tiny training test ran 9x slower on a busy 2-core machine).
+# Set before torch is imported, so subprocesses inherit it; export OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -65,3 +81,27 @@ def tiny_model(tiny_parts):
 @pytest.fixture()
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckdir(tmp_path_factory, tiny_parts):
+    from engram_core import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("tiny-ck"), make_tiny_model(tiny_parts), tiny_parts[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_session(tiny_ckdir):
+    from app.session import Session
+
+    return Session.load(tiny_ckdir)
+
+
+@pytest.fixture(scope="session")
+def served_app():
+    from app.main import CLICK_JS
+    from tests.serving import serve
+
+    session, demo, url = serve(js=CLICK_JS)
+    yield session, demo, url
+    demo.close()

@@ -18,7 +18,6 @@ sync_api = pytest.importorskip("playwright.sync_api")
 from engram_core import KnockOut  # noqa: E402
 from engram_inspect.capture import capture  # noqa: E402
 from engram_inspect.export import read  # noqa: E402
-from tests.serving import serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = Path(os.environ.get("ENGRAM_SCREENSHOTS", ROOT / "build" / "screenshots"))
@@ -44,12 +43,9 @@ if CHROMIUM is None:
 
 
 @pytest.fixture(scope="module")
-def app_url():
-    from app.main import CLICK_JS
-
-    session, demo, url = serve(js=CLICK_JS)
-    yield session, url
-    demo.close()
+def app_url(served_app):
+    session, _, url = served_app  # one app server per test session (conftest), launched with CLICK_JS
+    return session, url
 
 
 @pytest.fixture(scope="module")

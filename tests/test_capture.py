@@ -54,7 +54,7 @@ def test_masked_predictions_equal_knocked_out_forward(ck):
     )
     kl = (logp_on.exp() * (logp_on - logp_m)).sum(-1)
     np.testing.assert_allclose(tr.kl, kl.numpy(), rtol=1e-5, atol=1e-7)
-    assert tr.mask == KnockOut(layers={1}).to_dict()
+    assert tr.mask == KnockOut(layers={1})
 
 
 def test_logit_lens_last_block_is_final(ck):
@@ -118,6 +118,7 @@ def test_diff_of_two_traces(ck):
 
 @pytest.mark.slow
 def test_same_trace_across_processes():
+    """A fresh process (its own hash seed, allocator and thread pool) gives this process's trace, bit for bit."""
     code = (
         "import json, sys, hashlib, numpy as np\n"
         "from engram_core import load_checkpoint\n"
@@ -127,9 +128,30 @@ def test_same_trace_across_processes():
         " if isinstance(v, np.ndarray)}\n"
         "print(json.dumps(out, sort_keys=True))\n"
     )
-    runs = [
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-        for _ in range(2)
-    ]
-    a, b = (json.loads(r.stdout) for r in runs)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    a = json.loads(run.stdout)
+    import hashlib
+
+    from engram_core import load_checkpoint
+
+    tr = capture(load_checkpoint(ROOT / "assets" / "default-model"), "Good night, sweet prince: def __init__(self):")
+    b = {
+        k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+        for k, v in vars(tr).items()
+        if isinstance(v, np.ndarray)
+    }
     assert len(a) > 15 and a == b
+
+
+def test_http_summaries_are_plain_json(ck):
+    """engram_inspect.summary builds what /trace and /knockout return: JSON types only, NaN as None."""
+    from engram_inspect.summary import knockout_summary, trace_summary
+
+    tr = capture(ck, TEXT, mask=KnockOut(layers={1}))
+    s, k = trace_summary(tr), knockout_summary(tr)
+    assert json.loads(json.dumps(s, allow_nan=False)) == s and json.loads(json.dumps(k, allow_nan=False)) == k
+    assert s["mask"] == k["mask"] == "layer=1"
+    assert s["logprob_next"][-1] is None and s["logprob_next"][0] == round(float(tr.logprob_next[0]), 6)
+    assert s["gate_mean"][2] == round(float(tr.gate[:, 2].mean()), 6)
+    assert k["delta_logprob"][:-1] == [round(float(x), 6) for x in tr.masked_logprob_next[:-1] - tr.logprob_next[:-1]]
+    assert len(s["hash_rows"]) == len(tr.layers) and len(s["lens_kl_on"]) == ck.model.cfg.backbone.n_layer

@@ -173,15 +173,16 @@ def test_packing():
         check_packable(10**7, 3)
 
 
-def test_checkpoint_cache_and_text(tiny_model, tiny_parts, tmp_path):
+def test_checkpoint_cache_and_text(tiny_model, tiny_parts, tmp_path, monkeypatch):
     tok, comp, pad = tiny_parts
-    ck = Checkpoint(model=tiny_model, tokenizer=tok, meta={}, path=tmp_path)
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
+    ck = Checkpoint(model=tiny_model, tokenizer=tok, meta={}, path=tmp_path / "ck")
     ids = np.array(tok.encode("To be, or not to be, that is the question.").ids, dtype=np.uint16)
     progress = []
     first = load_or_build(ck, [ids, ids[:5]], progress=lambda d, t, m: progress.append((d, t)))
     assert progress[0] == (0, 6) and (6, 6) in progress
-    files = list(Path(tmp_path).glob("collisions-*.npz"))
-    assert len(files) == 1 and checkpoint_key(ck) in files[0].name
+    files = list(Path(tmp_path).rglob("collisions-*.npz"))
+    assert len(files) == 1 and files[0].parent == tmp_path / "cache" / checkpoint_key(ck)
     again = load_or_build(ck, [ids, ids[:5]], progress=lambda *_: pytest.fail("rebuilt instead of loading"))
     assert again.head_table() == first.head_table()
     assert build_collision_index(ck, [ids, ids[:5]]).head_table() == first.head_table()

@@ -20,6 +20,7 @@ from engram_inspect.export import (
     dims,
     from_json,
     read,
+    sidecar_path,
     to_json,
     write,
 )
@@ -76,7 +77,7 @@ def random_trace(rng, T=200, L=2, orders=(2, 3, 4), hpn=2, M=3, K=4, Y=3) -> Tra
         gate_score=floats(L, T, M),
         gate=gate,
         out_norm=floats(L, T),
-        mask=KnockOut(heads={(1, 2, 0)}, branches={1}).to_dict(),
+        mask=KnockOut(heads={(1, 2, 0)}, branches={1}),
         logprob_next=floats(T),
         topk_ids=ints(T, K),
         topk_logprob=floats(T, K),
@@ -162,7 +163,7 @@ def test_mutated_copies_are_not_equal(traces, tmp_path):
         "logprob_next": lp,
         "kl": tr.kl.astype(np.float64),  # same values, other dtype
         "tokens": tr.tokens[:-1] + [tr.tokens[-1] + "x"],
-        "mask": {**tr.mask, "layers": [1]},
+        "mask": KnockOut(layers={1}),
         "layers": tuple(reversed(tr.layers)),
     }
     for field, value in mutants.items():
@@ -176,9 +177,9 @@ def test_csv_is_one_row_per_token_layer_head(traces, tmp_path):
     tr = traces["masked"]
     path = write(tr, tmp_path / "t.csv")
     with open(path, encoding="utf-8", newline="") as f:
-        first = f.readline()
         rows = list(csv.DictReader(f))
-    assert first.startswith(f"# {SCHEMA} {{")
+    side = json.loads(sidecar_path(path).read_text())
+    assert side["schema"] == SCHEMA and side["header"]["meta"]["text"] == tr.text
     T, L, H = tr.n_tokens, len(tr.layers), len(tr.orders) * tr.heads_per_ngram
     assert len(rows) == T * L * H
     row = next(r for r in rows if (r["position"], r["layer"], r["order"], r["head"]) == ("2", "1", "3", "1"))
@@ -197,19 +198,57 @@ def test_csv_rows_in_any_order_and_missing_rows(traces, tmp_path, rng):
     tr = traces["masked"]
     path = write(tr, tmp_path / "t.csv")
     with open(path, encoding="utf-8", newline="") as f:
-        first, rows = f.readline(), list(csv.reader(f))
+        rows = list(csv.reader(f))
     body = rows[1:]
     shuffled = [body[i] for i in rng.permutation(len(body))]
     for name, table in {"shuffled": shuffled, "short": body[:-1], "repeated": body[:-1] + body[:1]}.items():
         out = tmp_path / f"{name}.csv"
         with open(out, "w", encoding="utf-8", newline="") as f:
-            f.write(first)
             csv.writer(f).writerows([rows[0]] + table)
+        sidecar_path(out).write_bytes(sidecar_path(path).read_bytes())
         if name == "shuffled":
             assert read(out) == tr
         else:
             with pytest.raises(ValueError, match="exactly one row per"):
                 read(out)
+
+
+def test_pandas_reads_the_csv_with_its_columns(traces, tmp_path):
+    """Bug 11: the CSV's first line is its header, so pandas and spreadsheets see the real columns."""
+    import pandas as pd
+
+    tr = traces["masked"]
+    path = write(tr, tmp_path / "t.csv")
+    df = pd.read_csv(path, keep_default_na=False)
+    assert list(df.columns) == pq.read_table(write(tr, tmp_path / "t.parquet")).column_names
+    T, L, H = tr.n_tokens, len(tr.layers), len(tr.orders) * tr.heads_per_ngram
+    assert len(df) == T * L * H
+    assert df["position"].tolist() == np.repeat(np.arange(T), L * H).tolist()
+    first = df.iloc[0]
+    assert first["token"] == tr.tokens[0] and int(first["row"]) == tr.hash_rows[0, 0, 0]
+    assert np.float32(first["gate_b0"]) == tr.gate[0, 0, 0]
+    # the sidecar holds what is not a column, and the two read back to the same trace
+    assert json.loads(sidecar_path(path).read_text())["header"]["meta"]["mask"] == tr.mask.to_dict()
+    assert read(path) == tr
+
+
+def test_csv_without_its_sidecar_is_a_clear_error(traces, tmp_path):
+    path = write(traces["masked"], tmp_path / "t.csv")
+    sidecar_path(path).unlink()
+    with pytest.raises(SchemaError, match="no metadata file t.csv.json"):
+        read(path)
+
+
+def test_csv_of_the_first_layout_still_reads(traces, tmp_path):
+    """A CSV written before the sidecar, with `# engram-trace/1 {header}` on line 1, reads back equal."""
+    tr = traces["masked"]
+    path = write(tr, tmp_path / "t.csv")
+    side = json.loads(sidecar_path(path).read_text())
+    sidecar_path(path).unlink()
+    old = tmp_path / "old.csv"
+    line = f"# {side['schema']} {json.dumps(side['header'], ensure_ascii=True)}\r\n"
+    old.write_bytes(line.encode() + path.read_bytes())
+    assert read(old) == tr
 
 
 def forge_schema(path, fmt: str, schema: str) -> None:
@@ -218,9 +257,8 @@ def forge_schema(path, fmt: str, schema: str) -> None:
         doc = json.loads(path.read_text())
         path.write_text(json.dumps({**doc, "schema": schema}))
     elif fmt == "csv":
-        first, rest = path.read_bytes().split(b"\r\n", 1)
-        header = first.split(b" ", 2)[2]
-        path.write_bytes(b"# " + schema.encode() + b" " + header + b"\r\n" + rest)
+        side = sidecar_path(path)
+        side.write_text(json.dumps({**json.loads(side.read_text()), "schema": schema}))
     elif fmt == "parquet":
         table = pq.read_table(path)
         pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"engram_trace.schema": schema}), path)

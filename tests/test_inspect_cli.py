@@ -2,12 +2,14 @@
 
 import csv
 
+import numpy as np
 import pytest
 
 from engram_core import load_checkpoint, save_checkpoint
 from engram_inspect.capture import capture
 from engram_inspect.cli import main
 from engram_inspect.export import from_json, read
+from tests.conftest import TINY_TEXT
 
 TEXT = "I pray you, my lord, let me know."
 
@@ -42,6 +44,8 @@ def test_trace_json_to_stdout_from_file(ckdir, tmp_path, capsys):
         (["trace", "hi", "--format", "xml"], "unknown format"),
         (["trace", "hi", "--format", "npz"], "give -o"),
         (["trace", "hi", "--knockout", "layer=x"], "bad knock-out"),
+        (["trace", "hi", "--knockout", "head=0:2:2"], "head=0:2:2"),  # heads are 0..1: once aliased 0:3:0
+        (["trace", "hi", "--knockout", "layer=9"], "layer=9"),
         (["neighbours", "hi", "--layer", "7"], "not an Engram layer"),
         (["neighbours", "hi", "--order", "9"], "order"),
         (["neighbours", "--row", "0:2:0"], "L:N:K:R"),
@@ -72,10 +76,58 @@ def test_stats_and_neighbours_on_a_corpus_file(ckdir, tmp_path, capsys):
     }
 
 
-def test_neighbours_prints_k_rows(ckdir, capsys):
+def test_neighbours_prints_k_rows(ckdir, capsys, monkeypatch, tmp_path):
+    # the tiny model's "training corpus" is the tiny text: tokenizing the real corpus with the
+    # tiny tokenizer would take minutes and proves nothing about the command's output
+    from engram_inspect import collisions
+
+    monkeypatch.setattr(collisions, "training_streams", lambda ck: [np.asarray(ck.tokenizer.encode(TINY_TEXT).ids)])
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))  # that index must not land in the user's cache
     assert main(["neighbours", "my lord", "--order", "2", "--head", "1", "-k", "4", "--checkpoint", ckdir]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert "reads layer 0 order 2 head 1 row" in out[0]
     assert len(out) == 5
     sims = [float(line.split()[0]) for line in out[1:]]
     assert sims == sorted(sims, reverse=True) and all(-1 <= x <= 1 for x in sims)
+
+
+def _snapshot(folder) -> dict:
+    from pathlib import Path
+
+    return {str(p): p.stat().st_mtime_ns for p in Path(folder).rglob("*")}
+
+
+def test_caches_never_go_beside_a_read_only_checkpoint(ckdir, tmp_path, monkeypatch, capsys):
+    """Bug 9: `engram stats`, collision index and projections write only under ENGRAM_CACHE."""
+    import os
+    import stat
+    from pathlib import Path
+
+    from engram_inspect.cache import checkpoint_key
+    from engram_inspect.collisions import load_or_build
+    from engram_inspect.projection import compute_projection
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ENGRAM_CACHE", str(cache))
+    for p in Path(ckdir).iterdir():
+        p.chmod(stat.S_IRUSR)
+    Path(ckdir).chmod(stat.S_IRUSR | stat.S_IXUSR)
+    before = _snapshot(ckdir)
+    try:
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text(TEXT * 30)
+        assert main(["stats", "--corpus", str(corpus), "-o", str(tmp_path / "s"), "--checkpoint", ckdir]) == 0
+        ck = load_checkpoint(ckdir)
+        ids = capture(ck, TEXT * 3).token_ids
+        load_or_build(ck, [ids])
+        compute_projection(ck, "pca", "pooled")
+        assert _snapshot(ckdir) == before  # nothing written, nothing touched
+        written = {p.relative_to(cache).parts[0] for p in cache.rglob("*.npz")}
+        assert written == {checkpoint_key(ck)}
+        assert len(list(cache.rglob("collisions*.npz"))) == 2  # the corpus file's index and `ids`'s
+        assert len(list(cache.rglob("projection-pca-pooled*.npz"))) == 1
+    finally:
+        Path(ckdir).chmod(stat.S_IRWXU)
+        for p in Path(ckdir).iterdir():
+            p.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    assert os.access(ckdir, os.W_OK)

@@ -37,6 +37,21 @@ def test_app_tab_draws_the_recorded_numbers():
         v["knockout_by_kind"]["frequent_ngram_completion"]["loss_increase"] for v in a["by_domain"].values()
     ]
     assert list(figs["lens"].data[0].y) == a["by_domain"]["plays"]["logit_lens_engram"]
+    size = json.loads((DATA / "sweep-size.json").read_text())
+    configs = sorted(size["configs"], key=lambda r: r["rows"])
+    assert list(figs["size"].data[0].x) == [r["rows"] for r in configs]
+    assert list(figs["size"].data[1].y) == [r["val_code"] for r in configs]
+
+
+def test_recorded_sweeps_carry_their_averages():
+    """The app draws `configs`; they must be the averages of the recorded runs (regenerated, no training)."""
+    from studies.records import by_config
+
+    for study in ("allocation", "size", "placement"):
+        sw = json.loads((DATA / f"sweep-{study}.json").read_text())
+        assert sw["configs"] == by_config(sw["runs"]), study
+        seeds = {r["name"]: [x["seed"] for x in sw["runs"] if x["name"] == r["name"]] for r in sw["configs"]}
+        assert all(sorted(v) == c["seeds"] for c, v in zip(sw["configs"], seeds.values(), strict=True))
 
 
 def test_report_renders_every_study(tmp_path, monkeypatch):
@@ -54,7 +69,8 @@ def test_report_renders_every_study(tmp_path, monkeypatch):
 
 
 def test_seeds_average_into_one_row():
-    from studies.report import _cell, by_config
+    from studies.records import by_config
+    from studies.report import _cell
 
     runs = [
         {"name": "a", "seed": 0, "val_plays": 4.0, "val_code": 3.0},

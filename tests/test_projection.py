@@ -140,13 +140,26 @@ def test_cache_round_trip(tiny_ck, tmp_path, monkeypatch):
         compute_projection(tiny_ck, "pca", "layer0", cache_path=path, recompute=True)
 
 
-def test_default_cache_lives_beside_the_checkpoint(tiny_parts, tiny_model, tmp_path):
-    ck = Checkpoint(model=tiny_model, tokenizer=tiny_parts[0], meta={}, path=tmp_path)
-    compute_projection(ck, "pca", "layer1")
+def test_default_cache_lives_in_the_cache_dir_and_shipped_files_are_read(tiny_parts, tiny_model, tmp_path, monkeypatch):
+    from engram_inspect.cache import checkpoint_key
+
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "ck").mkdir()
+    ck = Checkpoint(model=tiny_model, tokenizer=tiny_parts[0], meta={}, path=tmp_path / "ck")
+    first = compute_projection(ck, "pca", "layer1")
     compute_projection(ck, "pca", "layer1", rows=np.arange(10, 300))
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert len(names) == 2 and all(n.startswith("projection-pca-layer1-") and n.endswith(".npz") for n in names)
+    assert list((tmp_path / "ck").iterdir()) == []  # nothing beside the weights
+    folder = tmp_path / "cache" / checkpoint_key(ck)
+    names = sorted(p.name for p in folder.iterdir())
+    assert len(names) == 2 and all(n.startswith("projection-pca-layer1") and n.endswith(".npz") for n in names)
     assert any("-rows" in n for n in names)
+    # a file shipped beside the weights, named with the checkpoint's key, is read before the cache
+    shipped = tmp_path / "ck" / f"projection-pca-layer1-{checkpoint_key(ck)}.npz"
+    (folder / "projection-pca-layer1.npz").rename(shipped)
+    msgs: list = []
+    again = compute_projection(ck, "pca", "layer1", progress=lambda d, t, m: d == 4 and msgs.append(m))
+    assert msgs == [f"loaded from {shipped.name}"] and np.array_equal(again.coords, first.coords)
+    assert not (folder / "projection-pca-layer1.npz").exists()
 
 
 @pytest.mark.parametrize(
@@ -178,11 +191,11 @@ def test_importing_engram_inspect_does_not_import_umap():
 
 @pytest.mark.slow
 def test_umap_is_deterministic_for_a_seed(rng):
-    # 2,000 points in 4 well-separated clusters: below 4,096 points umap finds exact
+    # 600 points in 4 well-separated clusters: below 4,096 points umap finds exact
     # neighbours and, with random_state set, runs single-threaded, so two fits agree bit for bit
     centres = rng.standard_normal((4, 16)) * 5
-    x = (centres[rng.integers(0, 4, 2000)] + rng.standard_normal((2000, 16))).astype(np.float32)
+    x = (centres[rng.integers(0, 4, 600)] + rng.standard_normal((600, 16))).astype(np.float32)
     a, b = umap_fit(x, seed=0), umap_fit(x, seed=0)
-    assert a.shape == (2000, 2) and a.dtype == np.float32 and np.isfinite(a).all()
+    assert a.shape == (600, 2) and a.dtype == np.float32 and np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, umap_fit(x, seed=1))

@@ -9,5 +9,5 @@ from ..context import Ctx
 
 def build(ctx: Ctx) -> None:
     card = ctx.session.path / "MODEL_CARD.md"
-    with gr.Tab("Model card", id="card"):
+    with ctx.tab("card", gr.Tab("Model card", id="card")):
         gr.Markdown(card.read_text() if card.is_file() else f"No MODEL_CARD.md in {ctx.session.path}.")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engram_inspect.export import FORMATS, write
+from engram_inspect.export import FORMATS, sidecar_path, write
 
 from .. import views
 from ..context import Ctx
@@ -20,7 +20,8 @@ from ..context import Ctx
 EXPORT_DIR = Path(tempfile.gettempdir()) / "engram-inspector-exports"
 
 
-def export_file(trace, fmt: str) -> str:
+def export_file(trace, fmt: str) -> list[str]:
+    """The trace file, and for CSV its metadata sidecar (`<file>.json`), which `read` needs beside it."""
     if trace is None:
         raise gr.Error("run a text first: there is no trace to export")
     if fmt not in FORMATS:
@@ -28,7 +29,7 @@ def export_file(trace, fmt: str) -> str:
     EXPORT_DIR.mkdir(parents=True, exist_ok=True)
     path = EXPORT_DIR / f"trace-{uuid.uuid4().hex[:12]}.{fmt}"
     write(trace, path, fmt)
-    return str(path)
+    return [str(path)] + ([str(sidecar_path(path))] if fmt == "csv" else [])
 
 
 def figure_file(trace, which: str) -> str:
@@ -49,14 +50,14 @@ def figure_file(trace, which: str) -> str:
 
 
 def build(ctx: Ctx) -> None:
-    with gr.Tab("Export", id="export"):
+    with ctx.tab("export", gr.Tab("Export", id="export")):
         fmt = gr.Radio(list(FORMATS), value="json", label="trace format")
         go = gr.Button("Export trace", elem_id="export-trace")
-        out = gr.File(label="trace file", elem_id="export-file")
+        out = gr.File(label="trace file (CSV: with its .json sidecar)", file_count="multiple", elem_id="export-file")
         which = gr.Radio(
             ["gate heatmap", "Δ log p", "logit lens", "gate distribution"], value="gate heatmap", label="figure"
         )
         fig_go = gr.Button("Export figure (HTML)")
         fig_out = gr.File(label="figure file")
-    go.click(export_file, [ctx.trace, fmt], [out], api_name="export_current")
-    fig_go.click(figure_file, [ctx.trace, which], [fig_out], api_name="export_figure")
+    go.click(export_file, [ctx.trace, fmt], [out], api_visibility="private")  # the HTTP API is /export
+    fig_go.click(figure_file, [ctx.trace, which], [fig_out], api_visibility="private")

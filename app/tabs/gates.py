@@ -9,7 +9,7 @@ from ..context import Ctx
 
 
 def build(ctx: Ctx) -> None:
-    with gr.Tab("Gates", id="gates"):
+    with ctx.tab("gates", gr.Tab("Gates", id="gates")):
         heat = gr.Plot(label="gate heatmap", elem_id="gate-heatmap")
         top = gr.Dataframe(headers=["pos", "token", "N-gram", "mean alpha"], label="top-gated tokens of this text")
 
@@ -18,4 +18,4 @@ def build(ctx: Ctx) -> None:
             return None, []
         return views.gate_heatmap(trace), views.top_gated(trace)
 
-    ctx.on_trace.append((redraw, [ctx.trace], [heat, top]))
+    ctx.view("gates", redraw, [ctx.trace], [heat, top])

@@ -24,12 +24,15 @@ HEALTH_COLUMNS = [
 
 def build(ctx: Ctx) -> None:
     s = ctx.session
-    with gr.Tab("Health", id="health"):
+    with ctx.tab("health", gr.Tab("Health", id="health")):
         load = gr.Button("Load memory health and collisions (indexes the training corpus on first use)")
         health = gr.Dataframe(
             headers=HEALTH_COLUMNS, label="memory health per table (training corpus)", elem_id="health-table"
         )
-        collisions = gr.Dataframe(label="collisions per table")
+        # a Dataframe without headers names its columns 1..N
+        collisions = gr.Dataframe(
+            headers=views.COLLISION_COLUMNS, label="collisions per table", elem_id="collision-table"
+        )
         with gr.Row():
             hist = gr.Plot(label="gate distribution")
             lens = gr.Plot(label="logit lens")
@@ -37,14 +40,13 @@ def build(ctx: Ctx) -> None:
     def tables(progress=gr.Progress()):  # noqa: B008 - how Gradio injects a progress bar
         progress(0, desc="indexing the training corpus (first use only)")
         rows = s.health()
-        coll = s.collisions().head_table()
         fmt = lambda v: round(v, 4) if isinstance(v, float) else v  # noqa: E731
-        return [[fmt(r[c]) for c in HEALTH_COLUMNS] for r in rows], [[fmt(v) for v in r.values()] for r in coll]
+        return [[fmt(r[c]) for c in HEALTH_COLUMNS] for r in rows], views.collision_rows(s.collisions().head_table())
 
     def redraw(trace):
         if trace is None:
             return None, None
         return views.gate_histogram(trace), views.lens_figure(trace)
 
-    load.click(tables, None, [health, collisions], api_name="health_tables")
-    ctx.on_trace.append((redraw, [ctx.trace], [hist, lens]))
+    load.click(tables, None, [health, collisions], api_visibility="private")
+    ctx.view("health", redraw, [ctx.trace], [hist, lens])

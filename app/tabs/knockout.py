@@ -1,30 +1,43 @@
-"""Knock-out: switch parts of the memory off and watch the current text re-run live."""
+"""Knock-out: switch parts of the memory off and watch the current text re-run live.
+
+The switches carry values (layer ids, orders, `HeadAddress` strings, branch ids), from which
+`switches_knockout` builds a KnockOut directly; only the typed row list is text, and
+it goes through the one parser of user strings, `parse_knockout`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import gradio as gr
 
+from engram_core import KnockOut
+from engram_core.addresses import HeadAddress
 from engram_core.knockout import format_knockout, parse_knockout
 
 from .. import views
+from ..api import user_trace
 from ..context import Ctx
-from ..session import InputError
 
 CONTINUATION_TOKENS = 24
 
 
-def mask_from_switches(all_off: bool, layers: list, orders: list, heads: list, branches: list, rows: str) -> str:
-    items = ["all"] if all_off else []
-    items += [f"layer={x.split()[-1]}" for x in layers or []] + [f"order={x.split()[-1]}" for x in orders or []]
-    items += ["head=" + ":".join(x.replace("L", "").replace("n", "").replace("h", "").split()) for x in heads or []]
-    items += [f"branch={x.split()[-1]}" for x in branches or []]
-    items += [
-        r.strip() if r.strip().startswith("row=") else f"row={r.strip()}" for r in (rows or "").split(",") if r.strip()
-    ]
-    return format_knockout(parse_knockout(",".join(items)))
+def switches_knockout(all_off: bool, layers: list, orders: list, heads: list, branches: list, rows: str) -> KnockOut:
+    """The KnockOut the switches describe; a bad row list raises ValueError (one line)."""
+    typed = [r.strip() for r in (rows or "").split(",") if r.strip()]
+    # every typed item becomes a row= item, so the list can only ever name rows
+    from_rows = parse_knockout(",".join(r if r.startswith("row=") else f"row={r}" for r in typed))
+    return KnockOut(
+        all=bool(all_off),
+        layers=frozenset(int(x) for x in layers or ()),
+        orders=frozenset(int(x) for x in orders or ()),
+        heads=frozenset(astuple(HeadAddress.parse(x)) for x in heads or ()),
+        branches=frozenset(int(x) for x in branches or ()),
+        rows=from_rows.rows,
+    )
 
 
-def greedy(session, ids: list[int], mask, n: int = CONTINUATION_TOKENS) -> str:
+def greedy(session, ids: list[int], mask: KnockOut, n: int = CONTINUATION_TOKENS) -> str:
     def run(model):
         text = session.ck.tokenizer.decode(model.generate(ids, n, knockout=mask)[0].tolist())
         return text if text.strip() else views.show(text)  # a run of blank lines, made visible
@@ -35,14 +48,19 @@ def greedy(session, ids: list[int], mask, n: int = CONTINUATION_TOKENS) -> str:
 def build(ctx: Ctx) -> None:
     s = ctx.session
     spec = s.ck.model.cfg.memory.hash_spec
-    with gr.Tab("Knock-out", id="knockout"):
+    with ctx.tab("knockout", gr.Tab("Knock-out", id="knockout")):
         with gr.Row():
             all_off = gr.Checkbox(label="all memory off", value=True, elem_id="ko-all")
-            layers = gr.CheckboxGroup([f"layer {L}" for L in s.layers], label="layers off")
-            orders = gr.CheckboxGroup([f"order {n}" for n in spec.orders], label="orders off")
-            branches = gr.CheckboxGroup([f"branch {m}" for m in range(s.n_branches)], label="branches off")
+            layers = gr.CheckboxGroup([(f"layer {L}", L) for L in s.layers], label="layers off")
+            orders = gr.CheckboxGroup([(f"order {n}", n) for n in spec.orders], label="orders off")
+            branches = gr.CheckboxGroup([(f"branch {m}", m) for m in range(s.n_branches)], label="branches off")
         heads = gr.CheckboxGroup(
-            [f"L{L} n{n} h{h}" for L in s.layers for n in spec.orders for h in range(spec.heads_per_ngram)],
+            [
+                (f"L{L} n{n} h{h}", str(HeadAddress(L, n, h)))
+                for L in s.layers
+                for n in spec.orders
+                for h in range(spec.heads_per_ngram)
+            ],
             label="heads off",
         )
         rows = gr.Textbox(label="rows off (L:N:K:R, comma-separated)", placeholder="1:2:0:8615, 2:3:1:42")
@@ -55,18 +73,18 @@ def build(ctx: Ctx) -> None:
             cont_off = gr.Textbox(label="greedy continuation, masked", lines=3)
 
     switches = [all_off, layers, orders, heads, branches, rows]
+    outputs = [delta, summary, topk, cont_on, cont_off]
 
-    def compose(*values):
+    def compose(*values) -> str:
         try:
-            return mask_from_switches(*values)
+            ko = switches_knockout(*values)
+            ko.validate(s.ck.model.cfg)  # a row past its head's prime says so before any run
         except ValueError as e:
             raise gr.Error(str(e)) from e
+        return format_knockout(ko)  # the mask box shows the mask as a user would type it
 
     def rerun(text, mask):
-        try:
-            trace = s.capture(text, parse_knockout(mask or "all"))
-        except (InputError, ValueError) as e:
-            raise gr.Error(str(e)) from e
+        trace = user_trace(s, text, mask)
         return trace, *views_of(trace)
 
     def views_of(trace):
@@ -77,24 +95,17 @@ def build(ctx: Ctx) -> None:
         d = knockout_diff(trace)
         lost = ", ".join(f"{views.show(x.target)} ({x.delta_logprob:+.2f})" for x in d.biggest_losses[:5])
         md = (
-            f"**mask** `{format_knockout(parse_knockout(_mask_str(trace.mask)))}` · mean loss change "
+            f"**mask** `{format_knockout(trace.mask)}` · mean loss change "
             f"**{d.mean_loss_change:+.3f}** nats/token · mean KL {d.mean_kl:.3f} · top-1 accuracy "
             f"{d.top1_accuracy_on:.2f} → {d.top1_accuracy_masked:.2f} · lost most: {lost or 'nothing'}"
         )
         ids = trace.token_ids.tolist()
-        on = greedy(s, ids, parse_knockout("none"))
-        off = greedy(s, ids, parse_knockout(_mask_str(trace.mask)))
+        on, off = greedy(s, ids, KnockOut()), greedy(s, ids, trace.mask)
         return views.delta_figure(trace, d), md, views.topk_rows(trace, d), on, off
 
-    for i, w in enumerate(switches):
-        w.change(compose, switches, [ctx.mask], api_name=f"ko_switch_{i}", show_progress="hidden")
-    apply.click(compose, switches, [ctx.mask], api_name="ko_compose").then(
-        rerun, [ctx.text, ctx.mask], [ctx.trace, delta, summary, topk, cont_on, cont_off], api_name="ko_apply"
+    hidden = {"api_visibility": "private"}  # the HTTP API is /knockout (app.api)
+    gr.on([w.change for w in switches], compose, switches, [ctx.mask], show_progress="hidden", **hidden)
+    apply.click(compose, switches, [ctx.mask], **hidden).success(
+        rerun, [ctx.text, ctx.mask], [ctx.trace, *outputs], **hidden
     )
-    ctx.on_trace.append((views_of, [ctx.trace], [delta, summary, topk, cont_on, cont_off]))
-
-
-def _mask_str(mask: dict) -> str:
-    from engram_core import KnockOut
-
-    return format_knockout(KnockOut.from_dict(mask))
+    ctx.view("knockout", views_of, [ctx.trace], outputs)

@@ -10,13 +10,14 @@ from ..context import Ctx
 
 def build(ctx: Ctx) -> None:
     s = ctx.session
-    with gr.Tab("Lookups", id="lookups"):
+    with ctx.tab("lookups", gr.Tab("Lookups", id="lookups")):
         which = gr.Dropdown(
             views.gate_choices(s.layers, s.n_branches), value="mean", label="colour tokens by the gate of"
         )
         strip = gr.HighlightedText(
-            label="tokens (colour: gate alpha; click a token)",
+            label="tokens (colour: gate alpha, 0 to 1; click a token)",
             show_legend=True,
+            color_map=views.GATE_COLOURS,
             combine_adjacent=False,
             elem_id="token-strip",
         )
@@ -38,11 +39,11 @@ def build(ctx: Ctx) -> None:
     def select(trace, evt: gr.SelectData):
         return evt.index if isinstance(evt.index, int) else evt.index[0]
 
-    which.change(redraw, [ctx.trace, which], [strip, pos], api_name="lookups_colour")
-    strip.select(select, [ctx.trace], [pos], api_name="lookups_select")
-    pos.change(lookup, [ctx.trace, pos], [table], api_name="lookups_token")
-    ctx.on_trace.append((redraw, [ctx.trace, which], [strip, pos]))
-    ctx.on_trace.append((lookup, [ctx.trace, pos], [table]))
+    which.change(redraw, [ctx.trace, which], [strip, pos], api_visibility="private")
+    strip.select(select, [ctx.trace], [pos], api_visibility="private")
+    pos.change(lookup, [ctx.trace, pos], [table], api_visibility="private")
+    ctx.view("lookups", redraw, [ctx.trace, which], [strip, pos])
+    ctx.view("lookups", lookup, [ctx.trace, pos], [table])
 
 
 def _ngram_text(session, gram) -> str:

@@ -17,7 +17,7 @@ NEIGHBOUR_HEADERS = ["similarity", "layer", "order", "head", "row", "corpus N-gr
 
 def build(ctx: Ctx) -> None:
     s = ctx.session
-    with gr.Tab("Memory map", id="memory-map"):
+    with ctx.tab("memory-map", gr.Tab("Memory map", id="memory-map")):
         with gr.Row():
             method = gr.Radio(["umap", "pca"], value="umap", label="projection")
             colour = gr.Radio(["order", "head", "layer", "hits", "mean gate"], value="order", label="colour by")
@@ -43,27 +43,31 @@ def build(ctx: Ctx) -> None:
         values = _hits(s) if c == "hits" else s.mean_gate() if c == "mean gate" else None
         return views.memory_map(p, RowLayout.of(s.ck), trace, c, values)
 
-    def neighbours(q, L, n, kk):
+    def find_rows(q, L, n, kk):
         from ..api import neighbour_rows
 
         rows = neighbour_rows(s, q, int(L), int(n), None, int(kk))
         return [[r["similarity"], r["layer"], r["order"], r["head"], r["row"], r["ngrams"]] for r in rows]
 
     def to_mask(rows, mask):
-        import pandas as pd  # noqa: F401 - gradio hands dataframes over as pandas
+        """The listed rows added to the mask (an `all` mask gives way: it would hide them)."""
+        import dataclasses
 
-        picked = (
-            [f"row={int(r[1])}:{int(r[2])}:{int(r[3])}:{int(r[4])}" for r in rows.values.tolist()] if len(rows) else []
-        )
-        keep = [] if mask in (None, "", "all", "none") else [mask]
-        return ",".join(keep + picked) or "none"
+        from engram_core.knockout import format_knockout, parse_knockout
 
-    method.change(redraw, [ctx.trace, method, colour], [plot], api_name="map_method")
-    colour.change(redraw, [ctx.trace, method, colour], [plot], api_name="map_colour")
-    find.click(neighbours, [query, layer, order, k], [table], api_name="map_neighbours")
-    query.submit(neighbours, [query, layer, order, k], [table], api_name="map_neighbours_submit")
-    send.click(to_mask, [table, ctx.mask], [ctx.mask], api_name="map_to_mask")
-    ctx.on_trace.append((redraw, [ctx.trace, method, colour], [plot]))
+        try:
+            base = parse_knockout(mask or "none")
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+        # gradio hands the table over as a pandas frame: columns similarity, layer, order, head, row, ...
+        picked = {tuple(int(x) for x in r[1:5]) for r in rows.values.tolist()} if len(rows) else set()
+        return format_knockout(dataclasses.replace(base, all=False, rows=base.rows | picked))
+
+    hidden = {"api_visibility": "private"}  # the HTTP API is /neighbours (app.api)
+    gr.on([method.change, colour.change], redraw, [ctx.trace, method, colour], [plot], **hidden)
+    gr.on([find.click, query.submit], find_rows, [query, layer, order, k], [table], **hidden)
+    send.click(to_mask, [table, ctx.mask], [ctx.mask], **hidden)
+    ctx.view("memory-map", redraw, [ctx.trace, method, colour], [plot])
 
 
 def _hits(session):

@@ -28,17 +28,17 @@ def _load(name: str) -> dict | None:
 
 
 def _sweep_figure(sw: dict | None, x_key: str, title: str, log_x: bool = False) -> go.Figure | None:
-    if not sw or not sw.get("runs"):
+    """One line per domain through the sweep's averaged records (`configs`, written by studies.sweep)."""
+    if not sw or not sw.get("configs"):
         return None
-    points: dict = {}  # x -> runs there (several seeds average into one point)
-    for r in sw["runs"]:
-        x = r[x_key][0] if isinstance(r[x_key], list) else r[x_key]
-        points.setdefault(x, []).append(r)
-    xs = sorted(points)
+    x_of = lambda r: r[x_key][0] if isinstance(r[x_key], list) else r[x_key]  # noqa: E731 - placement: [layer]
+    configs = sorted(sw["configs"], key=x_of)
     fig = go.Figure()
     for d in ("plays", "code"):
-        ys = [sum(r[f"val_{d}"] for r in points[x]) / len(points[x]) for x in xs]
-        fig.add_trace(go.Scatter(x=xs, y=ys, name=f"{d} (mean over seeds)", mode="lines+markers"))
+        ys = [r[f"val_{d}"] for r in configs]
+        fig.add_trace(
+            go.Scatter(x=[x_of(r) for r in configs], y=ys, name=f"{d} (mean over seeds)", mode="lines+markers")
+        )
     fig.update_layout(title=title, yaxis_title="held-out loss (nats/token)", height=320)
     if log_x:
         fig.update_xaxes(type="log")
@@ -87,7 +87,7 @@ def figures() -> dict[str, go.Figure | None]:
 
 
 def build(ctx: Ctx) -> None:
-    with gr.Tab("Paper checks", id="paper"):
+    with ctx.tab("paper", gr.Tab("Paper checks", id="paper")):
         gr.Markdown("The paper's findings, measured on this model (details and commands: `docs/paper-checks.md`).")
         show = gr.Button("Show the paper checks")
         slots = []
@@ -100,4 +100,4 @@ def build(ctx: Ctx) -> None:
         figs = figures()
         return [figs[k] for k in PAPER]
 
-    show.click(draw, None, slots, api_name="paper_checks")
+    show.click(draw, None, slots, api_visibility="private")

@@ -1,0 +1,118 @@
+"""The app's pure views and tab wiring on a tiny checkpoint: what the user reads is what the data says."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from app import views  # noqa: E402
+from engram_inspect.capture import capture  # noqa: E402
+
+
+def _component(demo, elem_id):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tiny_session):
+    from app.main import build_app
+
+    return build_app(tiny_session)
+
+
+def test_gate_bins_by_hand():
+    assert views.gate_bin(0.0) == "α 0.0–0.1"
+    assert views.gate_bin(0.099) == "α 0.0–0.1"
+    assert views.gate_bin(0.55) == "α 0.5–0.6"
+    assert views.gate_bin(1.0) == "α 0.9–1.0"  # alpha = 1 belongs to the last bin, not an eleventh
+    assert views.GATE_BINS[0].startswith("α 0.0") and views.GATE_BINS[-1].endswith("1.0")
+    # the colour deepens with alpha: opacities strictly increase bin by bin
+    opacity = [float(c.rsplit(",", 1)[1].rstrip(")")) for c in views.GATE_COLOURS.values()]
+    assert list(views.GATE_COLOURS) == views.GATE_BINS and opacity == sorted(set(opacity))
+
+
+def test_token_strip_legend_runs_from_0_to_1(tiny_session, tiny_demo):
+    """Bug 8: numeric scores get Gradio's fixed -1..+1 legend; the strip must carry 0..1 bins."""
+    tr = capture(tiny_session.ck, "I pray you, my lord.")
+    gate = np.zeros_like(tr.gate)
+    gate[:, :, :] = np.linspace(0, 1, tr.n_tokens)[None, :, None]
+    tr = dataclasses.replace(tr, gate=gate)
+    strip = views.token_strip(tr)
+    assert [t for t, _ in strip] == tr.tokens
+    assert strip[0][1] == "α 0.0–0.1" and strip[-1][1] == "α 0.9–1.0"
+    shown = _component(tiny_demo, "token-strip")
+    assert shown.color_map == views.GATE_COLOURS  # the legend lists the ten bins, 0 to 1
+    sent = shown.postprocess(strip).model_dump()
+    labels = [e["class_or_confidence"] for e in sent]
+    assert all(isinstance(x, str) and x in views.GATE_BINS for x in labels)  # no number: no -1..+1 scale
+
+
+def test_collision_table_has_named_columns(tiny_session, tiny_demo, monkeypatch, tmp_path):
+    """Bug 7: the Health tab's collision table showed columns named 1..7."""
+    from engram_inspect.collisions import build_collision_index
+
+    tr = capture(tiny_session.ck, "I pray you, my lord. " * 5)
+    head_table = build_collision_index(tiny_session.ck, [tr.token_ids]).head_table()
+    assert views.COLLISION_COLUMNS == list(head_table[0])
+    rows = views.collision_rows(head_table)
+    sent = _component(tiny_demo, "collision-table").postprocess(rows)
+    assert sent.headers == views.COLLISION_COLUMNS
+    assert [r[3] for r in sent.data] == [h["prime"] for h in head_table]
+
+
+def _fn(demo, name):
+    return next(f for f in demo.fns.values() if f.name == name)
+
+
+def test_api_lists_only_the_documented_endpoints(tiny_demo):
+    import re
+    from pathlib import Path
+
+    documented = set(re.findall(r"^## (/\w+)$", (Path(__file__).parent.parent / "docs" / "api.md").read_text(), re.M))
+    assert documented == {"/trace", "/knockout", "/neighbours", "/export"}
+    info = tiny_demo.get_api_info()
+    assert set(info["named_endpoints"]) == documented and not info["unnamed_endpoints"]
+
+
+def test_a_run_draws_only_the_tab_on_screen(tiny_session, tiny_demo, monkeypatch):
+    """The Knock-out tab's two greedy continuations run when it is shown, not on every Run."""
+    from app.tabs import knockout
+
+    calls = []
+    monkeypatch.setattr(knockout, "greedy", lambda s, ids, mask, n=24: calls.append(mask) or "...")
+    runs = [f for f in tiny_demo.fns.values() if f.name == "run"]
+    assert len(runs) == 2  # Run/Enter (one event with two triggers) and opening a link
+    redraw = _fn(tiny_demo, "redraw_shown")
+    tr = capture(tiny_session.ck, "I pray you, my lord.")
+    assert isinstance(redraw.inputs[0], gr.State)  # the id of the tab on screen, then the views' inputs
+    values = [tr if isinstance(b, gr.State) else b.value for b in redraw.inputs[1:]]
+    out = dict(zip(_ids(redraw.outputs), redraw.fn("gates", *values), strict=True))
+    assert calls == []
+    assert out["gate-heatmap"] is not None and out["gate-heatmap"] != gr.skip()
+    assert out["ko-summary"] == gr.skip() and out["token-strip"] == gr.skip()
+    out = dict(zip(_ids(redraw.outputs), redraw.fn("knockout", *values), strict=True))
+    assert len(calls) == 2 and "mean loss change" in out["ko-summary"] and out["gate-heatmap"] == gr.skip()
+    # showing the tab draws it
+    select = next(f for f in tiny_demo.fns.values() if f.name == "on_select" and "ko-summary" in _ids(f.outputs))
+    shown, *drawn = select.fn(tr)
+    assert shown == "knockout" and len(calls) == 4
+
+
+def _ids(blocks):
+    return [getattr(b, "elem_id", None) for b in blocks]
+
+
+def test_knockout_switches_carry_values():
+    from app.tabs.knockout import switches_knockout
+    from engram_core import KnockOut
+
+    ko = switches_knockout(False, [1], [3], ["1:2:0", "0:3:1"], [0, 2], " 1:2:0:5, row=0:3:1:7 ")
+    assert ko == KnockOut(
+        layers={1}, orders={3}, heads={(1, 2, 0), (0, 3, 1)}, branches={0, 2}, rows={(1, 2, 0, 5), (0, 3, 1, 7)}
+    )
+    assert switches_knockout(True, [], [], [], [], "") == KnockOut(all=True)
+    for typed in ("layer=1", "1:2:0", "all"):  # the row list names rows only
+        with pytest.raises(ValueError, match="bad row address"):
+            switches_knockout(False, [], [], [], [], typed)
