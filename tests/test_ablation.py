@@ -195,7 +195,7 @@ def test_cli_trace_and_attribute_take_an_ablation(ck, tmp_path, capsys):
     argv = ["trace", TEXT, "--knockout", "layer=1", "--ablation", "mean", "--checkpoint", str(folder)]
     assert main(argv) == 0
     tr = from_json(capsys.readouterr().out)
-    assert tr.mask["mode"] == "mean" and tr.mask["layers"] == [1]
+    assert tr.mask == KnockOut(layers={1}, mode="mean")
     want = F.log_softmax(_logits(ck, KnockOut(layers={1}, mode="mean"))[0], -1)
     ids = encode(ck.tokenizer, TEXT)[0]
     np.testing.assert_allclose(
