@@ -113,6 +113,7 @@ def test_knockout_switches_carry_values():
         layers={1}, orders={3}, heads={(1, 2, 0), (0, 3, 1)}, branches={0, 2}, rows={(1, 2, 0, 5), (0, 3, 1, 7)}
     )
     assert switches_knockout(True, [], [], [], [], "") == KnockOut(all=True)
+    assert switches_knockout(True, [], [], [], [], "", "mean") == KnockOut(all=True, mode="mean")
     for typed in ("layer=1", "1:2:0", "all"):  # the row list names rows only
         with pytest.raises(ValueError, match="bad row address"):
             switches_knockout(False, [], [], [], [], typed)
