@@ -93,9 +93,10 @@ def mode_table(ck, data, samples: int) -> dict:
     return {"memory_on": on, "increase": rows, "resample_samples": samples}
 
 
-def control_table(ck, data) -> dict:
+def control_table(ck, data, old: dict | None = None) -> dict:
+    """Inference-time controls of the shipped model (reused from `old` when given) and trained controls."""
     m = ck.model
-    rows = {
+    rows = old or {
         "shipped model": {d: loss(m, w) for d, w in data.items()},
         "rows shuffled within each head": {d: loss(shuffled_within_heads(m), w) for d, w in data.items()},
         "all memory mean-ablated": {d: loss(m, w, KnockOut(all=True, mode="mean")) for d, w in data.items()},
@@ -127,6 +128,7 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=32, help="held-out windows of 256 tokens per domain")
     p.add_argument("--samples", type=int, default=2, help="resampled runs averaged per resample knock-out")
     p.add_argument("--skip-modes", action="store_true", help="only the controls table")
+    p.add_argument("--trained-only", action="store_true", help="keep the recorded inference controls too")
     a = p.parse_args()
     torch.manual_seed(0)
     ck = install(load_checkpoint(a.checkpoint))
@@ -139,8 +141,9 @@ def main() -> None:
     }
     path = OUT / "controls.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    result["modes"] = old.get("modes") if a.skip_modes else mode_table(ck, data, a.samples)
-    result["controls"] = control_table(ck, data)
+    result["modes"] = old.get("modes") if a.skip_modes or a.trained_only else mode_table(ck, data, a.samples)
+    kept = (old.get("controls") or {}).get("inference") if a.trained_only else None
+    result["controls"] = control_table(ck, data, kept)
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}")
