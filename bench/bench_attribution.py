@@ -1,6 +1,6 @@
 """Attribution of one clicked token: cost against a plain forward, and how far the approximation agrees.
 
-python -m bench.bench_attribution [--examples 40]
+python -m bench.bench_attribution [--examples 40]   (--examples 0: timing only)
 
 Timing: a 256-token held-out text, the prediction at its last position (the window
 is full, so this is the slowest click); exact removals (target <= 1.5 s on 2 cores)
@@ -15,6 +15,9 @@ exact removals and the approximation, per example (median, quartiles) and pooled
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
+import time
 
 import numpy as np
 import torch
@@ -33,23 +36,46 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def timing(ck) -> None:
+def timing(ck, rounds: int) -> None:
     play = next(plays_dir().rglob(f"{HELD_OUT_PLAYS[0]}.md")).read_text()
     _, offsets = encode(ck.tokenizer, play[5000:12000])
     text = play[5000 : 5000 + offsets[255][1]]
     ids, _ = encode(ck.tokenizer, text)
     p = len(ids) - 2  # the last prediction with a next token: the window is the whole text
     x = torch.tensor([ids[: p + 1]])
+    # interleaved rounds: on a shared machine the load drifts, and each round sees the same load
+    times: dict[str, list[float]] = {"plain": [], "exact": [], "approx": []}
+    runs = {
+        "plain": lambda: ck.model(x),
+        "exact": lambda: attribute(ck, text, p, "exact"),
+        "approx": lambda: attribute(ck, text, p, "approx"),
+    }
     with torch.no_grad():
-        plain = timeit(lambda: ck.model(x), repeat=10, warmup=2)
-    exact = timeit(lambda: attribute(ck, text, p, "exact"), repeat=10, warmup=2)
-    approx = timeit(lambda: attribute(ck, text, p, "approx"), repeat=10, warmup=2)
+        for fn in runs.values():
+            timeit(fn, repeat=1, warmup=1)
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            with torch.no_grad() if name == "plain" else contextlib.nullcontext():
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    plain, exact, approx = (statistics.median(times[k]) for k in ("plain", "exact", "approx"))
+    # CPU seconds of this process: on a machine shared with other jobs they drift far less than wall time
+    c_plain, c_exact, c_approx = (statistics.median(cpu[k]) for k in ("plain", "exact", "approx"))
     print(f"machine: {machine()}")
     print(f"{len(ids)} tokens of {HELD_OUT_PLAYS[0]} (held out), fp32, clicked position {p} ({p + 1} in the window)")
-    print(f"  plain forward:          {plain * 1e3:8.1f} ms")
+    print(f"  plain forward:          {plain * 1e3:8.1f} ms  (CPU {c_plain * 1e3:.0f} ms)")
     n_reads = len(attribute(ck, text, p, "exact"))
-    print(f"  exact, {n_reads} removals:   {exact * 1e3:8.1f} ms  ({exact / plain:.2f}x a plain forward; <= 1.5 s)")
-    print(f"  approx, every read:     {approx * 1e3:8.1f} ms  ({approx / plain:.2f}x a plain forward; <= 3x)")
+    print(
+        f"  exact, {n_reads} removals:   {exact * 1e3:8.1f} ms  ({exact / plain:.2f}x a plain forward; <= 1.5 s)"
+        f"  CPU {c_exact * 1e3:.0f} ms ({c_exact / c_plain:.2f}x)"
+    )
+    print(
+        f"  approx, every read:     {approx * 1e3:8.1f} ms  ({approx / plain:.2f}x a plain forward; <= 3x)"
+        f"  CPU {c_approx * 1e3:.0f} ms ({c_approx / c_plain:.2f}x)"
+    )
 
 
 def agreement(ck, examples: int) -> None:
@@ -80,11 +106,13 @@ def agreement(ck, examples: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=40, help="held-out examples per domain for the agreement")
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     args = ap.parse_args()
     ck = load_checkpoint(DEFAULT_CHECKPOINT)
-    timing(ck)
-    print("agreement of gradient x input with exact removals (reads in the conv's reach):")
-    agreement(ck, args.examples)
+    timing(ck, args.rounds)
+    if args.examples > 0:
+        print("agreement of gradient x input with exact removals (reads in the conv's reach):")
+        agreement(ck, args.examples)
 
 
 if __name__ == "__main__":

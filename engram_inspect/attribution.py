@@ -14,9 +14,9 @@ row: (Engram layer, order, head, position read). Two answers:
 
 How the exact removals stay cheap: removing a read at position q changes nothing
 before q, so one plain pass over the window cut at p keeps every block's inputs,
-and each removal re-runs only the last few positions (from the earliest read in
-reach to p), batched one copy per read, attending to the kept keys and values of
-the earlier positions. A test checks this against the full-window knock-out.
+and each removal re-runs only positions q..p, batched one copy per read (one batch
+per position read), attending to the kept keys and values of the earlier
+positions. A test checks this against the full-window knock-out.
 
 This module is analysis only: it reads the model, it never changes it.
 
@@ -195,16 +195,21 @@ def exact_deltas(
     p = w.ids.shape[1] - 1
     base = _BasePass(model, w)
     reads = _reads(model, w, p)
-    s = min(q for _, _, q in reads)
     runs = _substitutes(ck, w, how)
-    n = 1 + len(reads) * len(runs)  # copy 0 keeps everything; then one copy per read and run
-    e = {L: base.e[L].expand(n, -1, -1, -1).clone() for L in base.e}
-    for r, sub in enumerate(runs):
-        for c, (L, h, q) in enumerate(reads):
-            e[L][1 + r * len(reads) + c, q, h] = 0.0 if sub is None else sub[L][0, q, h]
-    lp = _suffix_logprob(model, base, e, s, w.target)
-    removed = torch.logsumexp(lp[1:].view(len(runs), len(reads)).double(), 0) - math.log(len(runs))
-    return [(L, h, q + w.start) for L, h, q in reads], (removed - lp[0].double()).float().numpy()
+    deltas = np.zeros(len(reads), dtype=np.float32)
+    # one batch per position read: a removal at q re-runs only positions q..p
+    for q in sorted({q for _, _, q in reads}):
+        group = [i for i, r in enumerate(reads) if r[2] == q]
+        n = 1 + len(group) * len(runs)  # copy 0 keeps everything; then one copy per read and run
+        e = {L: base.e[L].expand(n, -1, -1, -1).clone() for L in base.e}
+        for r, sub in enumerate(runs):
+            for c, i in enumerate(group):
+                L, h, _ = reads[i]
+                e[L][1 + r * len(group) + c, q, h] = 0.0 if sub is None else sub[L][0, q, h]
+        lp = _suffix_logprob(model, base, e, q, w.target).double()
+        removed = torch.logsumexp(lp[1:].view(len(runs), len(group)), 0) - math.log(len(runs))
+        deltas[group] = (removed - lp[0]).float().numpy()
+    return [(L, h, q + w.start) for L, h, q in reads], deltas
 
 
 def approx_deltas(
