@@ -372,7 +372,8 @@ def study_9(
         if "rows0" in by_name:
             twin = by_name["rows0"]
             capacity += (
-                f" The memory-free twin of that budget: {twin['val_plays']:.3f} (plays), {twin['val_code']:.3f} (code); "
+                f" The memory-free twin of that budget: {twin['val_plays']:.3f} (plays), "
+                f"{twin['val_code']:.3f} (code); "
                 f"the smallest tables sit {small['val_plays'] - twin['val_plays']:+.3f} / "
                 f"{small['val_code'] - twin['val_code']:+.3f} from it, so nearly all of the memory's gain "
                 "needs rows of its own per N-gram."
