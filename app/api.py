@@ -1,12 +1,13 @@
 """The HTTP API: the same features as the views, as JSON, for `gradio_client` and scripts.
 
-Endpoints (documented in docs/api.md): /trace, /knockout, /neighbours, and /export
-(registered in app.main as an event, since it returns a file).
+Endpoints (documented in docs/api.md): /trace, /knockout, /attribution, /neighbours, and
+/export (registered in app.main as an event, since it returns a file).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import gradio as gr
 
@@ -14,17 +15,31 @@ from engram_core.knockout import parse_knockout
 from engram_inspect.capture import Trace
 from engram_inspect.summary import knockout_summary, trace_summary
 
-from .session import Session
+from .session import Session, clean_input
 
 
-def user_trace(session: Session, text: str, mask: str | None) -> Trace:
+def user_trace(session: Session, text: str, mask: str | None, mode: str | None = None) -> Trace:
     """The one way from what a user typed (text, mask string) to a trace; bad input is a one-line gr.Error.
 
     The mask string becomes a KnockOut here, once (`parse_knockout`); the model checks it
     against its own layers, orders, heads, branches and rows, and says which item is wrong.
     """
     try:
-        return session.capture(text, parse_knockout(mask or "all"))
+        ko = parse_knockout(mask or "all")
+        return session.capture(text, replace(ko, mode=mode) if mode else ko)  # `mode` wins over a mode= item
+    except ValueError as e:  # InputError included
+        raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
+
+
+def attribution_records(session: Session, text: str, position: int, method: str, mode: str | None) -> list[dict]:
+    """Memory reads behind the prediction at a token position, strongest first (engram_inspect.attribution)."""
+    from engram_inspect.attribution import attribute
+
+    try:
+        text = clean_input(text)
+        if isinstance(position, float) and position.is_integer():
+            position = int(position)  # JSON numbers may arrive as floats
+        return session.run_model(lambda _m: attribute(session.ck, text, position, method or "exact", mode or "zero"))
     except ValueError as e:  # InputError included
         raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
@@ -74,13 +89,20 @@ def neighbour_rows(session: Session, query: str, layer: int, order: int, head: i
 def register(session: Session) -> None:
     """API-only endpoints; call inside the Blocks context."""
 
-    def trace(text: str, mask: str = "all") -> dict:
-        """Capture a text: tokens, rows read, gates, next-token log-probs on and under the mask, KL, logit lens."""
-        return trace_summary(user_trace(session, text, mask))
+    def trace(text: str, mask: str = "all", mode: str = "zero") -> dict:
+        """Capture a text: tokens, rows read, gates, next-token log-probs on and under the mask, KL, logit lens.
+        `mode` says what replaces removed rows: zero, mean or resample."""
+        return trace_summary(user_trace(session, text, mask, mode))
 
-    def knockout(text: str, mask: str = "all") -> dict:
-        """Knock-out diff of a text under a mask (all, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R)."""
-        return knockout_summary(user_trace(session, text, mask))
+    def knockout(text: str, mask: str = "all", mode: str = "zero") -> dict:
+        """Knock-out diff of a text under a mask (all, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R)
+        whose removed rows become zeros, their head's mean row or another corpus N-gram's row (`mode`)."""
+        return knockout_summary(user_trace(session, text, mask, mode))
+
+    def attribution(text: str, position: int, method: str = "exact", mode: str = "zero") -> list[dict]:
+        """Memory reads behind the prediction at token `position`: {layer, order, head, position_read, row,
+        ngram, delta_logprob}, strongest first; method exact (conv's reach) or approx (every read)."""
+        return attribution_records(session, text, position, method, mode)
 
     def neighbours(query: str, layer: int = 1, order: int = 2, head: int = 0, k: int = 10) -> list[dict]:
         """Nearest memory rows of an N-gram typed as text, or of a row "L:N:K:R"."""
@@ -88,4 +110,5 @@ def register(session: Session) -> None:
 
     gr.api(trace, api_name="trace")
     gr.api(knockout, api_name="knockout")
+    gr.api(attribution, api_name="attribution")
     gr.api(neighbours, api_name="neighbours")

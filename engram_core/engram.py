@@ -10,15 +10,27 @@ B batch, T time, M branches, H hash heads of this layer, Dh row width, D model w
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ablation import RowSource, resampled_rows
 from .config import MemoryConfig
 from .hashing import HashSpec
 from .knockout import KnockOut
 from .layers import HookPoint, rms_norm
+
+
+class BranchReads(NamedTuple):
+    """Reads of a layer whose knocked-out branches take substitutes (modes mean, resample)."""
+
+    kept: torch.Tensor  # (B, T, H*Dh) what the other branches read
+    replaced: torch.Tensor  # (B, T, H*Dh) what the knocked-out branches read instead
+
+
+Reads = torch.Tensor | BranchReads | None  # what `Engram.lookup` hands to `Engram.read`
 
 
 def causal_dilated_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -82,8 +94,9 @@ class EngramReadout(nn.Module):
         v = self.hook_value(self.w_v(e))  # (B, T, D) eq. 3
         # subtle: the gate is a dot product of two unit-RMS vectors of width D; in bf16
         # its rounding moves alpha by ~1e-3, so the query and key are normalised in fp32
-        q_n = rms_norm(H.float(), None) * self.norm_h.float()
-        k_n = rms_norm(k.float(), None) * self.norm_k.float()
+        wide = torch.promote_types(H.dtype, torch.float32)  # fp32, or fp64 when the model runs in fp64
+        q_n = rms_norm(H.to(wide), None) * self.norm_h.to(wide)
+        k_n = rms_norm(k.to(wide), None) * self.norm_k.to(wide)
         s = (q_n * k_n).sum(-1) / math.sqrt(D)  # (B, T, M) eq. 4
         if self.signed_sqrt:
             s = s.sign() * s.abs().clamp_min(1e-6).sqrt()  # reference demo, not in eq. 4
@@ -114,6 +127,7 @@ class Engram(nn.Module):
         self.readout = EngramReadout(cfg, d, n_branches)
         self.hook_hash_ids = HookPoint()
         self.hook_rows = HookPoint()
+        self.row_source: RowSource | None = None  # replacements for knock-out modes mean and resample
 
     def row_keep(self, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
         """(B, T, H) 1.0 where the looked-up row is kept, 0.0 where knocked out.
@@ -135,24 +149,66 @@ class Engram(nn.Module):
                 keep[..., h] = torch.where(hash_ids[..., h] == row, 0.0, keep[..., h])
         return keep
 
-    def lookup(self, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor | None:
-        """The rows read at every position, (B, T, H*Dh), or None when this layer is knocked out.
+    def install_row_source(self, source: RowSource | None) -> None:
+        """Give this layer the replacement rows of knock-out modes mean and resample (None removes them)."""
+        if source is not None and tuple(source.mean_rows.shape) != (self.cfg.heads_per_layer, self.cfg.d_head):
+            raise ValueError(
+                f"layer {self.layer}: mean rows of shape {tuple(source.mean_rows.shape)}, "
+                f"the model has {self.cfg.heads_per_layer} heads of {self.cfg.d_head}"
+            )
+        self.row_source = source
 
-        The sparse part of the module: it stays eager while `read` may be compiled.
+    def substitutes(self, hash_ids: torch.Tensor, ko: KnockOut) -> torch.Tensor:
+        """(B, T, H, Dh) what replaces a removed read under the knock-out's mode (see ablation.py)."""
+        src = self.row_source
+        if src is None:
+            raise ValueError(
+                f"knock-out mode={ko.mode} needs this checkpoint's corpus row statistics: "
+                "install them with engram_inspect.ablation.install(checkpoint)"
+            )
+        if ko.mode == "mean":
+            return src.mean_rows.to(self.table.weight).expand(*hash_ids.shape, -1)
+        rows = resampled_rows(hash_ids, src.pool, self.cfg.heads_per_ngram, ko.seed, self.layer)
+        return self.table(rows + self.offsets)
+
+    def lookup(self, hash_ids: torch.Tensor, ko: KnockOut) -> Reads:
+        """The rows read at every position, (B, T, H*Dh); None when this layer is knocked out to zero.
+
+        The sparse part of the module: it stays eager while `read` may be compiled. Under
+        modes mean and resample a knocked-out branch needs the substitutes too: then the
+        result is a `BranchReads` pair.
         """
         hash_ids = self.hook_hash_ids(hash_ids.to(self.offsets.device))  # (B, T, H) head-local rows
-        if ko.layer_off(self.layer):
+        off = ko.layer_off(self.layer)
+        if off and not ko.replaces:
             return None
         e = self.table(hash_ids + self.offsets)  # (B, T, H, Dh) eq. 2
-        if ko.touches_rows(self.layer):
-            e = e * self.row_keep(hash_ids, ko).unsqueeze(-1)
-        return self.hook_rows(e).flatten(-2)  # (B, T, H*Dh), order-major then head-minor (§4)
+        sub = self.substitutes(hash_ids, ko) if ko.replaces and (ko.branches or off) else None
+        if off:
+            e = sub  # every read of the layer replaced
+        elif ko.touches_rows(self.layer):
+            keep = self.row_keep(hash_ids, ko).unsqueeze(-1)
+            if ko.replaces:
+                sub = self.substitutes(hash_ids, ko) if sub is None else sub
+                e = torch.where(keep > 0, e, sub)
+            else:
+                e = e * keep
+        e = self.hook_rows(e).flatten(-2)  # (B, T, H*Dh), order-major then head-minor (§4)
+        if ko.branches and ko.replaces and not off:
+            return BranchReads(e, sub.flatten(-2))
+        return e
 
-    def read(self, H: torch.Tensor, e: torch.Tensor | None, ko: KnockOut) -> torch.Tensor:
-        """The module output Y (B, T, M, D) from looked-up rows; zeros for a knocked-out layer."""
+    def read(self, H: torch.Tensor, e: Reads, ko: KnockOut) -> torch.Tensor:
+        """The module output Y (B, T, M, D) from looked-up rows; zeros for a layer knocked out to zero."""
         if e is None:
             # a knocked-out module adds nothing, so nothing after the hash needs computing
             return H.new_zeros(H.shape)
+        if isinstance(e, BranchReads):
+            # a replaced branch reads every head's substitute; the others keep their reads
+            out, replaced = self.readout(H, e.kept, None), self.readout(H, e.replaced, None)
+            m = torch.zeros(self.n_branches, dtype=torch.bool, device=H.device)
+            m[sorted(ko.branches)] = True
+            return torch.where(m[:, None], replaced, out)  # (B, T, M, D)
         branch_keep = None
         if ko.branches:
             branch_keep = torch.ones(self.n_branches, device=H.device)

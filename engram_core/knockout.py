@@ -3,14 +3,18 @@
 A `KnockOut` names what to remove; the model turns it into masks. Any mix is
 allowed: removing a layer zeroes that module's output; removing an order, a head
 or a row makes those looked-up rows read as zeros (so k and v lose their part);
-removing a branch sets that branch's gate alpha to 0.
+removing a branch sets that branch's gate alpha to 0. That is mode `zero`; modes
+`mean` and `resample` put a replacement in place of each removed row instead (see
+`engram_core.ablation` for what they mean for each kind of knock-out).
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
 
+from .ablation import MODES
 from .addresses import HeadAddress, RowAddress
 
 if TYPE_CHECKING:
@@ -25,8 +29,21 @@ class KnockOut:
     heads: frozenset[tuple[int, int, int]] = frozenset()  # (layer, order, head) read as zeros
     branches: frozenset[int] = frozenset()  # branches m with alpha^(m) = 0, in every layer
     rows: frozenset[tuple[int, int, int, int]] = frozenset()  # (layer, order, head, row) read as zeros
+    mode: str = "zero"  # what replaces a removed row: zero, mean (its head's), resample (another N-gram's)
+    samples: int = 1  # resample: resampled runs averaged (the mean of their next-token distributions)
+    seed: int = 0  # resample: seed of the first run; run i uses seed + i
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown knock-out mode {self.mode!r}: choose zero, mean or resample")
+        for name, low in (("samples", 1), ("seed", 0)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, operator.index(value))  # ints, numpy ints; not floats or bools
+            except TypeError:
+                raise ValueError(f"{name} must be an integer, got {value!r}") from None
+            if isinstance(value, bool) or getattr(self, name) < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         for name in ("layers", "orders", "branches"):
             object.__setattr__(self, name, frozenset(int(x) for x in getattr(self, name)))
         object.__setattr__(self, "heads", frozenset(tuple(int(x) for x in h) for h in self.heads))
@@ -54,8 +71,16 @@ class KnockOut:
         """
         check_knockout(self, cfg)
 
+    @property
+    def replaces(self) -> bool:
+        """Whether removed rows are replaced by other rows (modes mean and resample), not zeros."""
+        return self.mode != "zero"
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "mode": self.mode,
+            "samples": self.samples,
+            "seed": self.seed,
             "all": self.all,
             "layers": sorted(self.layers),
             "orders": sorted(self.orders),
@@ -66,7 +91,7 @@ class KnockOut:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KnockOut:
-        unknown = set(d) - {"all", "layers", "orders", "heads", "branches", "rows"}
+        unknown = set(d) - {"all", "layers", "orders", "heads", "branches", "rows", "mode", "samples", "seed"}
         if unknown:
             raise ValueError(f"unknown knock-out fields: {sorted(unknown)}")
         return cls(
@@ -76,6 +101,9 @@ class KnockOut:
             heads=frozenset(tuple(h) for h in d.get("heads", ())),
             branches=frozenset(d.get("branches", ())),
             rows=frozenset(tuple(r) for r in d.get("rows", ())),
+            mode=d.get("mode", "zero"),
+            samples=d.get("samples", 1),
+            seed=d.get("seed", 0),
         )
 
 
@@ -122,10 +150,12 @@ def parse_knockout(spec: str) -> KnockOut:
     """A knock-out from a compact string, as typed on the command line or kept in a URL.
 
     Comma-separated items: `all`, `none`, `layer=L`, `order=N`, `head=L:N:K`,
-    `branch=M`, `row=L:N:K:R`. Example: `layer=1,order=3,row=2:2:0:1234`.
+    `branch=M`, `row=L:N:K:R`, and how removed rows are replaced: `mode=zero|mean|resample`,
+    `samples=K`, `seed=S`. Example: `layer=1,order=3,row=2:2:0:1234,mode=mean`.
     """
     fields: dict[str, set] = {"layers": set(), "orders": set(), "heads": set(), "branches": set(), "rows": set()}
     all_off = False
+    how: dict[str, Any] = {}
     keys = {
         "layer": ("layers", _one_int),
         "order": ("orders", _one_int),
@@ -138,16 +168,25 @@ def parse_knockout(spec: str) -> KnockOut:
             all_off = all_off or item == "all"
             continue
         key, _, value = item.partition("=")
+        if key in ("mode", "samples", "seed") and value:
+            if key in how:
+                raise ValueError(f"bad knock-out item {item!r}: {key} given twice")
+            try:
+                how[key] = value if key == "mode" else _one_int(value)
+            except ValueError as e:
+                raise ValueError(f"bad knock-out item {item!r}: {e}") from None
+            continue
         if key not in keys or not value:
             raise ValueError(
-                f"bad knock-out item {item!r}: use all, none, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R"
+                f"bad knock-out item {item!r}: use all, none, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R, "
+                "mode=zero|mean|resample, samples=K, seed=S"
             )
         name, parse = keys[key]
         try:
             fields[name].add(parse(value))
         except ValueError as e:
             raise ValueError(f"bad knock-out item {item!r}: {e}") from None
-    return KnockOut(all=all_off, **{k: frozenset(v) for k, v in fields.items()})
+    return KnockOut(all=all_off, **{k: frozenset(v) for k, v in fields.items()}, **how)
 
 
 def format_knockout(ko: KnockOut) -> str:
@@ -157,4 +196,7 @@ def format_knockout(ko: KnockOut) -> str:
     items += [f"head={HeadAddress(*h)}" for h in sorted(ko.heads)]
     items += [f"branch={x}" for x in sorted(ko.branches)]
     items += [f"row={RowAddress(*r)}" for r in sorted(ko.rows)]
+    items += [f"mode={ko.mode}"] if ko.mode != "zero" else []
+    items += [f"samples={ko.samples}"] if ko.samples != 1 else []
+    items += [f"seed={ko.seed}"] if ko.seed != 0 else []
     return ",".join(items) or "none"

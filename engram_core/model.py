@@ -9,13 +9,16 @@ B batch, T time, M branches, L Engram layers, H hash heads, D width, V vocabular
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ablation import RowSource, sample_seeds
 from .config import ModelConfig
 from .engram import Engram
 from .hashing import hash_all
@@ -132,6 +135,8 @@ class EngramLM(nn.Module):
         self.validate_knockout(knockout)
         if rows is None:
             rows = self.hash_rows(ids)
+        if knockout.mode == "resample" and knockout.samples > 1:
+            return self._average_samples(ids, knockout, rows)
         return self.dense(ids, self.lookups(rows, knockout), knockout)
 
     def lookups(self, rows: dict[int, torch.Tensor], knockout: KnockOut) -> dict[int, torch.Tensor | None]:
@@ -160,6 +165,23 @@ class EngramLM(nn.Module):
         self, ids: torch.Tensor, e: dict[int, torch.Tensor | None], targets: torch.Tensor, knockout: KnockOut
     ) -> torch.Tensor:
         return self.head_loss(self.stream(ids, e, knockout), targets)
+
+    def _average_samples(self, ids: torch.Tensor, ko: KnockOut, rows: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Logits of the mean next-token distribution over k resampled runs (run i seeded seed + i).
+
+        The mean of probabilities, not of logits, so that the loss under these logits is
+        the loss of the averaged prediction. Hooks see every run; a cache keeps the last.
+        """
+        runs = [
+            F.log_softmax(self(ids, replace(ko, samples=1, seed=s), rows).float(), -1)
+            for s in sample_seeds(ko.seed, ko.samples)
+        ]
+        return torch.logsumexp(torch.stack(runs), 0) - math.log(len(runs))
+
+    def install_row_source(self, sources: dict[int, RowSource] | None) -> None:
+        """Replacement rows per Engram layer for knock-out modes mean and resample (None removes them)."""
+        for layer in self.engram_layers:
+            self.blocks[layer].engram.install_row_source(None if sources is None else sources[layer])
 
     def forward_long(self, ids: torch.Tensor, knockout: KnockOut = NO_KNOCKOUT) -> torch.Tensor:
         """Logits for sequences longer than the context, by sliding windows (see `run_with_cache_long`)."""

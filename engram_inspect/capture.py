@@ -25,6 +25,7 @@ from engram_core.hashing import head_index, suffix_ngrams
 from engram_core.hooks import COMPRESSED_IDS, engram_hook
 from engram_core.tokenizer import encode
 
+from .ablation import install
 from .activations import GATE, GATE_SCORE, HASH_IDS, OUT, activations, lens_kl, memory_names, on_cpu, resid_names
 from .cache import checkpoint_key
 
@@ -124,6 +125,8 @@ def capture(ck: Checkpoint, text: str, mask: KnockOut | None = None, top_k: int 
     if model.cfg.memory is None:
         raise ValueError("this checkpoint has no Engram memory to capture")
     mask = KnockOut(all=True) if mask is None else mask
+    if mask.replaces:
+        install(ck)  # modes mean and resample need the checkpoint's corpus row statistics
     ids_list, offsets = encode(tok, text)
     if not ids_list:
         raise ValueError("the text is empty: nothing to capture")

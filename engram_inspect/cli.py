@@ -1,4 +1,4 @@
-"""The `engram` command's analysis subcommands: trace, stats, neighbours, project, row.
+"""The `engram` command's analysis subcommands: trace, stats, neighbours, project, row, attribute.
 
 Bad input (missing file, empty text, unknown format, a checkpoint that does not
 load) gets one clear line on stderr and exit status 2, never a traceback.
@@ -44,10 +44,9 @@ def cmd_trace(args: argparse.Namespace) -> None:
         raise UserError(f"--format {fmt} writes a binary or tabular file: give -o OUT")
     text = _read_text(args)
     try:
-        mask = parse_knockout(args.knockout) if args.knockout else None
+        mask = _with_ablation(parse_knockout(args.knockout or "all"), args)
         ck = _checkpoint(args)
-        if mask is not None:
-            mask.validate(ck.model.cfg)  # before any forward pass
+        mask.validate(ck.model.cfg)  # before any forward pass
         trace = capture(ck, text, mask=mask, top_k=args.top_k)
     except ValueError as e:
         raise UserError(str(e)) from e
@@ -56,6 +55,26 @@ def cmd_trace(args: argparse.Namespace) -> None:
         print(f"wrote {args.output} ({fmt}, {trace.n_tokens} tokens)", file=sys.stderr)
     else:
         sys.stdout.write(to_json(trace) + "\n")
+
+
+def _with_ablation(mask, args: argparse.Namespace):
+    """The mask with --ablation/--samples/--seed applied (flags win over mode= items in the mask)."""
+    from dataclasses import replace
+
+    given = {k: getattr(args, k) for k in ("samples", "seed") if getattr(args, k) is not None}
+    if args.ablation is not None:
+        given["mode"] = args.ablation
+    return replace(mask, **given) if given else mask
+
+
+def _add_ablation_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--ablation",
+        choices=["zero", "mean", "resample"],
+        help="what replaces removed rows: zeros (default), the head's mean row, another corpus N-gram's row",
+    )
+    s.add_argument("--samples", type=int, help="resample: runs averaged (default 1)")
+    s.add_argument("--seed", type=int, help="resample: seed of the first run (default 0)")
 
 
 def _progress(desc: str):
@@ -255,6 +274,33 @@ def cmd_row(args: argparse.Namespace) -> None:
         _print_page(ck, page)
 
 
+def cmd_attribute(args: argparse.Namespace) -> None:
+    import json
+
+    from engram_core import KnockOut
+
+    from .attribution import attribute
+
+    text = _read_text(args)
+    try:
+        how = _with_ablation(KnockOut(), args)
+        records = attribute(
+            _checkpoint(args), text, args.position, args.mode, how.mode, samples=how.samples, seed=how.seed
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    if args.json:
+        sys.stdout.write(json.dumps(records, ensure_ascii=False) + "\n")
+        return
+    shown = records if args.top is None else records[: args.top]
+    print(f"{'delta logp':>10} layer order head  pos    row  ngram")
+    for r in shown:
+        print(
+            f"{r['delta_logprob']:+10.4f} {r['layer']:>5} {r['order']:>5} {r['head']:>4} "
+            f"{r['position_read']:>4} {r['row']:>6}  {r['ngram']!r}"
+        )
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from .address_cli import add_address_command
     from .scan import add_scan_command
@@ -270,6 +316,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-o", "--output", help="file to write (json goes to stdout without -o)")
     s.add_argument("--knockout", help="mask to compare with, e.g. all, layer=1, order=3, head=1:2:0, row=1:2:0:99")
     s.add_argument("--top-k", type=int, default=5)
+    _add_ablation_flags(s)
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_trace)
     s = sub.add_parser("stats", help="memory health and collision rates of every table")
@@ -306,6 +353,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--exact", action="store_true", help="also measure the exact removal cost (seconds)")
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_row)
+    s = sub.add_parser("attribute", help="which memory reads carried the prediction at one position")
+    s.add_argument("text", nargs="?", help="the text (or use --file)")
+    s.add_argument("--file", help="read the text from this file")
+    s.add_argument("--position", type=int, required=True, help="token index P: attributes the prediction of P+1")
+    s.add_argument(
+        "--mode",
+        choices=["exact", "approx"],
+        default="exact",
+        help="removals in the conv's reach, or gradient x input for every read",
+    )
+    s.add_argument("--top", type=int, help="print only the strongest N reads (the JSON has all)")
+    s.add_argument("--json", action="store_true", help="print the records as JSON")
+    _add_ablation_flags(s)
+    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    s.set_defaults(fn=cmd_attribute)
 
 
 def main(argv: list[str] | None = None) -> int:

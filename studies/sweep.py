@@ -3,6 +3,7 @@
     python -m studies.sweep allocation [--tokens 500000] [--seed 0]
     python -m studies.sweep size
     python -m studies.sweep placement
+    python -m studies.sweep capacity
     python -m studies.sweep size --average-only   # rewrite the averaged records, train nothing
 
 Each run trains the default recipe on the offline corpus for the same number of
@@ -58,7 +59,13 @@ def placement_runs() -> list[dict]:
     return [{"name": f"layer{i}", "mlp_ratio": 4, "rows": 27000, "layers": [i]} for i in range(4)]
 
 
-STUDIES = {"allocation": allocation_runs, "size": size_runs, "placement": placement_runs}
+def capacity_runs() -> list[dict]:
+    """Is the memory memorising? The shipped layout, the smallest tables the prime rule allows
+    (table_sizes 1: heads of 2 to 53 rows, every row shared by thousands of N-grams), no memory."""
+    return [{"name": f"rows{r}", "mlp_ratio": 4, "rows": r} for r in (1, 0, 27000)]
+
+
+STUDIES = {"allocation": allocation_runs, "size": size_runs, "placement": placement_runs, "capacity": capacity_runs}
 
 
 def run_one(study: str, spec: dict, tokens: int, seed: int) -> dict:

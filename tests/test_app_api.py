@@ -114,7 +114,9 @@ def test_lone_surrogate_over_raw_http(served):
     _, _, port = served
     base = f"http://127.0.0.1:{port}/gradio_api/call/trace"
     r = httpx.post(
-        base, content='{"data": ["lone \\ud800 surrogate", "all"]}', headers={"content-type": "application/json"}
+        base,
+        content='{"data": ["lone \\ud800 surrogate", "all", "zero"]}',
+        headers={"content-type": "application/json"},
     )
     r.raise_for_status()
     stream = httpx.get(f"{base}/{r.json()['event_id']}", timeout=60).text

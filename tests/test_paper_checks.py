@@ -62,10 +62,15 @@ def test_report_renders_every_study(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "DATA", DATA)
     report.main()
     text = (tmp_path / "docs" / "paper-checks.md").read_text()
-    for i in range(1, 8):
+    for i in range(1, 10):
         assert f"## {i}." in text
     card = json.loads(report.CARD.read_text())
     assert f"{card['val_loss']['plays']['memory_on']:.3f}" in text
+    controls = json.loads((DATA / "controls.json").read_text())
+    shipped = controls["controls"]["inference"]["shipped model"]
+    assert "| shipped model | " + " | ".join(f"{shipped[d]:.3f}" for d in ("plays", "code", "prose")) + " |" in text
+    inc = controls["modes"]["increase"]["all / mean"]
+    assert "| all | mean | " + " | ".join(f"{inc[d]:+.3f}" for d in ("plays", "code", "prose")) + " |" in text
 
 
 def test_seeds_average_into_one_row():

@@ -71,7 +71,7 @@ def test_api_lists_only_the_documented_endpoints(tiny_demo):
     from pathlib import Path
 
     documented = set(re.findall(r"^## (/\w+)$", (Path(__file__).parent.parent / "docs" / "api.md").read_text(), re.M))
-    assert documented == {"/trace", "/knockout", "/neighbours", "/export", "/row"}
+    assert documented == {"/trace", "/knockout", "/attribution", "/neighbours", "/export", "/row"}
     info = tiny_demo.get_api_info()
     assert set(info["named_endpoints"]) == documented and not info["unnamed_endpoints"]
 
@@ -113,6 +113,7 @@ def test_knockout_switches_carry_values():
         layers={1}, orders={3}, heads={(1, 2, 0), (0, 3, 1)}, branches={0, 2}, rows={(1, 2, 0, 5), (0, 3, 1, 7)}
     )
     assert switches_knockout(True, [], [], [], [], "") == KnockOut(all=True)
+    assert switches_knockout(True, [], [], [], [], "", "mean") == KnockOut(all=True, mode="mean")
     for typed in ("layer=1", "1:2:0", "all"):  # the row list names rows only
         with pytest.raises(ValueError, match="bad row address"):
             switches_knockout(False, [], [], [], [], typed)

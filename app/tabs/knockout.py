@@ -22,7 +22,9 @@ from ..context import Ctx
 CONTINUATION_TOKENS = 24
 
 
-def switches_knockout(all_off: bool, layers: list, orders: list, heads: list, branches: list, rows: str) -> KnockOut:
+def switches_knockout(
+    all_off: bool, layers: list, orders: list, heads: list, branches: list, rows: str, mode: str = "zero"
+) -> KnockOut:
     """The KnockOut the switches describe; a bad row list raises ValueError (one line)."""
     typed = [r.strip() for r in (rows or "").split(",") if r.strip()]
     # every typed item becomes a row= item, so the list can only ever name rows
@@ -34,6 +36,7 @@ def switches_knockout(all_off: bool, layers: list, orders: list, heads: list, br
         heads=frozenset(astuple(HeadAddress.parse(x)) for x in heads or ()),
         branches=frozenset(int(x) for x in branches or ()),
         rows=from_rows.rows,
+        mode=mode or "zero",
     )
 
 
@@ -64,6 +67,12 @@ def build(ctx: Ctx) -> None:
             label="heads off",
         )
         rows = gr.Textbox(label="rows off (L:N:K:R, comma-separated)", placeholder="1:2:0:8615, 2:3:1:42")
+        mode = gr.Radio(
+            [("zeros", "zero"), ("head's mean row", "mean"), ("another N-gram's row", "resample")],
+            value="zero",
+            label="removed rows become",
+            elem_id="ko-mode",
+        )
         apply = gr.Button("Apply knock-out", variant="primary", elem_id="ko-apply")
         delta = gr.Plot(label="Δ log p per token", elem_id="ko-delta")
         summary = gr.Markdown(elem_id="ko-summary")
@@ -72,7 +81,7 @@ def build(ctx: Ctx) -> None:
             cont_on = gr.Textbox(label="greedy continuation, memory on", lines=3)
             cont_off = gr.Textbox(label="greedy continuation, masked", lines=3)
 
-    switches = [all_off, layers, orders, heads, branches, rows]
+    switches = [all_off, layers, orders, heads, branches, rows, mode]
     outputs = [delta, summary, topk, cont_on, cont_off]
 
     def compose(*values) -> str:

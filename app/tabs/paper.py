@@ -86,6 +86,14 @@ def figures() -> dict[str, go.Figure | None]:
     return out
 
 
+def controls_markdown() -> str:
+    """Studies 8 and 9 of docs/paper-checks.md (knock-out modes, memorisation controls): tables and conclusion."""
+    path = DATA.parent / "paper-checks.md"
+    text = path.read_text() if path.is_file() else ""
+    start = text.find("## 8.")
+    return text[start:] if start >= 0 else "Run `python -m studies.controls` and `python -m studies.report` first."
+
+
 def build(ctx: Ctx) -> None:
     with ctx.tab("paper", gr.Tab("Paper checks", id="paper")):
         gr.Markdown("The paper's findings, measured on this model (details and commands: `docs/paper-checks.md`).")
@@ -95,9 +103,10 @@ def build(ctx: Ctx) -> None:
             with gr.Row():
                 slots.append(gr.Plot(label=key))
                 gr.Markdown(note)
+        controls = gr.Markdown(elem_id="paper-controls")
 
     def draw():
         figs = figures()
-        return [figs[k] for k in PAPER]
+        return [*(figs[k] for k in PAPER), controls_markdown()]
 
-    show.click(draw, None, slots, api_visibility="private")
+    show.click(draw, None, [*slots, controls], api_visibility="private")

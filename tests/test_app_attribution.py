@@ -1,0 +1,59 @@
+"""The HTTP inputs added for attribution and knock-out modes: /attribution, and `mode` on /trace and /knockout."""
+
+import numpy as np
+import pytest
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+
+from engram_core import KnockOut  # noqa: E402
+from engram_inspect.attribution import attribute  # noqa: E402
+from engram_inspect.capture import capture  # noqa: E402
+from engram_inspect.diff import knockout_diff  # noqa: E402
+from tests.serving import serve  # noqa: E402
+
+TEXT = "I pray you, my lord, let me know your pleasure."
+
+
+@pytest.fixture(scope="module")
+def served():
+    session, demo, url = serve()
+    yield session, Client(url, verbose=False)
+    demo.close()
+
+
+def test_attribution_matches_engram_inspect(served):
+    session, client = served
+    got = client.predict(TEXT, 5, "exact", "zero", api_name="/attribution")
+    assert got == attribute(session.ck, TEXT, 5)
+    approx = client.predict(TEXT, 5, "approx", "mean", api_name="/attribution")
+    assert approx == attribute(session.ck, TEXT, 5, "approx", "mean")
+    assert {r["position_read"] for r in approx} == set(range(6))
+
+
+def test_knockout_and_trace_take_a_mode(served):
+    session, client = served
+    got = client.predict(TEXT, "layer=2", "mean", api_name="/knockout")
+    want = knockout_diff(capture(session.ck, TEXT, mask=KnockOut(layers={2}, mode="mean")))
+    assert got["mask"] == "layer=2,mode=mean"
+    assert got["mean_loss_change"] == pytest.approx(want.mean_loss_change, abs=1e-5)
+    zero = client.predict(TEXT, "layer=2", "zero", api_name="/knockout")
+    assert zero["mean_loss_change"] != pytest.approx(got["mean_loss_change"], abs=1e-4)
+    tr = client.predict(TEXT, "all", "resample", api_name="/trace")
+    want = capture(session.ck, TEXT, mask=KnockOut(all=True, mode="resample"))
+    np.testing.assert_allclose(tr["masked_logprob_next"][:-1], want.masked_logprob_next[:-1], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((TEXT, 500, "exact", "zero"), "no next token"),
+        ((TEXT, 3, "exact", "half"), "mode"),
+        (("", 0, "exact", "zero"), "empty"),
+    ],
+)
+def test_bad_attribution_input_is_one_line_and_server_survives(served, args, message):
+    _, client = served
+    with pytest.raises(Exception, match=message):
+        client.predict(*args, api_name="/attribution")
+    assert client.predict(TEXT, 2, "exact", "zero", api_name="/attribution")
