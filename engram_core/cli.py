@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     tcfg = TrainConfig(tokens=args.tokens, seed=args.seed, compile=not args.no_compile, batch_size=args.batch_size)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    path = train_model(args.out, tcfg, memory=not args.no_memory, dtype=dtype)
+    path = train_model(args.out, tcfg, memory=not args.no_memory, dtype=dtype, table_format=args.table_format)
     print(f"saved {path}")
 
 
@@ -94,6 +94,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-memory", action="store_true", help="the same backbone and recipe without Engram")
     s.add_argument("--no-compile", action="store_true", help="skip torch.compile (slower steps, no compile wait)")
     s.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of the saved weights")
+    s.add_argument(
+        "--table-format",
+        choices=["fp8", "bf16", "fp32"],
+        help="how the Engram tables are saved (fp8: E4M3 with one E8M0 scale per 32 values; default: as --dtype)",
+    )
     s.set_defaults(fn=cmd_train)
     s = sub.add_parser("card", help="evaluate a checkpoint on held-out text and write its model card")
     s.add_argument("checkpoint")
