@@ -3,6 +3,11 @@
 No pickle anywhere. Loading checks every file, the weights' checksum, the
 compression map against the tokenizer, and every tensor's name and shape, and
 says which one is wrong.
+
+Engram tables may be stored as FP8 (`table_format="fp8"`, recorded in config.json):
+each `...engram.table.weight` is E4M3 and `...engram.table.weight_scale` holds one
+uint8 E8M0 power-of-two scale per 32 values (ENGRAM.md §10, DeepSeek-V4.1's table
+format). Loading dequantises them into the model's float parameters.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from .compression import build_compression
 from .config import ModelConfig
 from .data import cache_dir
 from .model import EngramLM
+from .tables import FP8_BLOCK, dequantize_fp8, quantize_fp8
 
 FORMAT = "engram-checkpoint/1"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default-model"  # the shipped model
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+TABLE_SUFFIX, SCALE_SUFFIX = ".engram.table.weight", "_scale"  # `<table>_scale` beside an FP8 table
+TABLE_FORMATS = {"fp8": None, "bf16": torch.bfloat16, "fp32": torch.float32}  # None: E4M3 + E8M0 scales
 
 
 class CheckpointError(ValueError):
@@ -79,16 +87,47 @@ def checkpoint_cache_dir(ck: Checkpoint) -> Path:
     return cache_dir() / checkpoint_key(ck)
 
 
+def fp8_tables(model: EngramLM) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every Engram table of a model quantised: name -> (E4M3 bytes (rows, d), E8M0 bytes (rows, d / 32))."""
+    out = {}
+    for name, w in model.state_dict().items():
+        if not name.endswith(TABLE_SUFFIX):
+            continue
+        if w.shape[1] % FP8_BLOCK:
+            raise ValueError(f"{name} rows are {w.shape[1]} wide: FP8 tables need a multiple of {FP8_BLOCK}")
+        out[name] = quantize_fp8(w.detach().float().cpu().numpy())
+    return out
+
+
+def _table_state(model: EngramLM, table_format: str, state: dict[str, torch.Tensor]) -> str:
+    """Replace the tables in `state` by their stored form; the format's name for config.json."""
+    if table_format not in TABLE_FORMATS:
+        raise ValueError(f"table_format {table_format!r} is not one of {', '.join(TABLE_FORMATS)}")
+    dtype = TABLE_FORMATS[table_format]
+    if dtype is not None:
+        for name in [k for k in state if k.endswith(TABLE_SUFFIX)]:
+            state[name] = model.state_dict()[name].detach().to(dtype).contiguous()
+        return str(dtype).removeprefix("torch.")
+    for name, (q, s) in fp8_tables(model).items():
+        state[name] = torch.from_numpy(q).view(torch.float8_e4m3fn)
+        state[name + SCALE_SUFFIX] = torch.from_numpy(s)
+    return "fp8"
+
+
 def save_checkpoint(
     folder: str | Path,
     model: EngramLM,
     tokenizer: Tokenizer,
     meta: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
+    table_format: str | None = None,
 ) -> Path:
+    """Write a checkpoint; `table_format` ("fp8", "bf16", "fp32") stores the Engram tables
+    differently from the other weights (None: in `dtype` like everything else)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    tables = _table_state(model, table_format, state) if table_format else str(dtype).removeprefix("torch.")
+    folder.mkdir(parents=True, exist_ok=True)
     save_file(state, folder / WEIGHTS, metadata={"format": FORMAT})
     tokenizer.save(str(folder / TOKENIZER))
     table = model.compression.cpu().numpy()
@@ -98,6 +137,7 @@ def save_checkpoint(
         "hash_spec": None,
         "compression": {"raw_size": int(len(table)), "size": int(table.max()) + 1, "table": table.tolist()},
         "weights_dtype": str(dtype).removeprefix("torch."),
+        "table_format": tables,
         "weights_sha256": sha256_file(folder / WEIGHTS),
         "meta": meta or {},
     }
@@ -192,12 +232,36 @@ def _check_hash_spec(config: dict[str, Any], cfg: ModelConfig) -> None:
                 )
 
 
-def _load_weights(folder: Path, model: EngramLM) -> None:
+def _dequantise_tables(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Turn each FP8 table and its scale tensor in `state` into one float table, checking both first."""
+    for name in [k for k in expected if k.endswith(TABLE_SUFFIX)]:
+        scale_name = name + SCALE_SUFFIX
+        if name not in state or scale_name not in state:
+            raise CheckpointError(f"FP8 checkpoint: missing tensor {name if name not in state else scale_name}")
+        q, s = state[name], state.pop(scale_name)
+        rows, d = expected[name].shape
+        if q.dtype != torch.float8_e4m3fn or tuple(q.shape) != (rows, d):
+            raise CheckpointError(
+                f"{name}: {q.dtype} {tuple(q.shape)} but an FP8 table must be float8_e4m3fn {(rows, d)}"
+            )
+        if s.dtype != torch.uint8 or tuple(s.shape) != (rows, d // FP8_BLOCK):
+            raise CheckpointError(
+                f"{scale_name}: {s.dtype} {tuple(s.shape)} but the scales must be uint8 {(rows, d // FP8_BLOCK)} "
+                f"(one E8M0 exponent per {FP8_BLOCK} values)"
+            )
+        if bool((s == 255).any()):
+            raise CheckpointError(f"{scale_name} holds 0xFF, E8M0's NaN: the scales are corrupted")
+        state[name] = torch.from_numpy(dequantize_fp8(q.view(torch.uint8).numpy(), s.numpy()))
+
+
+def _load_weights(folder: Path, model: EngramLM, table_format: str | None) -> None:
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{folder / WEIGHTS} cannot be read: {e}") from e
     expected = model.state_dict()
+    if table_format == "fp8":
+        _dequantise_tables(state, expected)
     problems = [f"missing tensor {k}" for k in expected if k not in state]
     problems += [f"unexpected tensor {k}" for k in state if k not in expected]
     problems += [
@@ -227,7 +291,8 @@ def load_checkpoint(folder: str | Path, verify: bool = True) -> Checkpoint:
         model = EngramLM(cfg, table)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {folder}: {e}") from e
-    _load_weights(folder, model)  # first: a changed layer list is best named by its tensors
+    # older checkpoints have no entry: their tables are stored like every other weight
+    _load_weights(folder, model, config.get("table_format"))  # first: a changed layer list is best named by its tensors
     _check_hash_spec(config, cfg)
     model.eval()
     return Checkpoint(model=model, tokenizer=tokenizer, meta=config.get("meta", {}), path=folder)

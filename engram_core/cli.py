@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         precision=args.dtype,
     )
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
-    path = train_model(args.out, tcfg, memory=not args.no_memory, dtype=dtype)
+    path = train_model(args.out, tcfg, memory=not args.no_memory, dtype=dtype, table_format=args.table_format)
     print(f"saved {path}")
 
 
@@ -106,6 +106,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="training precision: bf16 autocast, fp32, or auto (bf16 only where the CPU has AMX or AVX512-BF16)",
     )
     s.add_argument("--weights-dtype", choices=["bf16", "fp32"], default="bf16", help="dtype of the saved weights")
+    s.add_argument(
+        "--table-format",
+        choices=["fp8", "bf16", "fp32"],
+        help="Engram tables as saved (fp8: E4M3, one E8M0 scale per 32 values; default: as --weights-dtype)",
+    )
     s.set_defaults(fn=cmd_train)
     s = sub.add_parser("card", help="evaluate a checkpoint on held-out text and write its model card")
     s.add_argument("checkpoint")

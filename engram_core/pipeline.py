@@ -68,6 +68,7 @@ def train_model(
     mem_cfg: MemoryConfig | None = None,
     dtype: torch.dtype = torch.bfloat16,
     log=print,
+    table_format: str | None = None,
 ) -> Path:
     from tqdm import tqdm
 
@@ -111,7 +112,7 @@ def train_model(
         "torch": torch.__version__,
         "versions": versions(),
     }
-    return save_checkpoint(out, model, tok, meta, dtype=dtype)
+    return save_checkpoint(out, model, tok, meta, dtype=dtype, table_format=table_format)
 
 
 def versions() -> dict[str, str]:

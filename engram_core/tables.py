@@ -84,9 +84,7 @@ class TableTensor:
             )
         raw = self.values[rows]
         if self.dtype == "F8_E4M3":
-            vals = E4M3[raw]  # (k, d)
-            scale = E8M0[self.scales[rows]]  # (k, d / 32)
-            return (vals.reshape(len(rows), -1, FP8_BLOCK) * scale[:, :, None]).reshape(len(rows), -1)
+            return dequantize_fp8(raw, self.scales[rows])
         if self.dtype == "BF16":
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return raw.astype(np.float32)
@@ -151,6 +149,16 @@ def quantize_fp8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     exp = torch.ceil(torch.log2(amax / 448.0)).clamp(-127, 127)  # 448: E4M3's largest finite value
     q = (blocks / torch.exp2(exp)[..., None]).to(torch.float8_e4m3fn).reshape(k, d)
     return q.view(torch.uint8).numpy(), (exp + 127).to(torch.uint8).numpy()
+
+
+def dequantize_fp8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """(E4M3 bytes (k, d), E8M0 bytes (k, d / 32)) -> float32 rows (k, d), the inverse of `quantize_fp8`.
+
+    Exact in float32: an E4M3 value times a power of two in 2^-127..2^127 stays representable.
+    """
+    k = q.shape[0]
+    vals = E4M3[q].reshape(k, -1, FP8_BLOCK)  # (k, d / 32, 32)
+    return (vals * E8M0[scales][:, :, None]).reshape(k, -1)
 
 
 def write_mini_shard(path: str | Path, tables: dict[int, np.ndarray]) -> Path:
