@@ -40,8 +40,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the app to the network")
     s.add_argument("--port", type=int, default=7860)
-    s.add_argument("--scan", metavar="OUT_DIR", help="a finished `engram scan` for DeepSeek-V4.1-Flash's Lookups and Health")
-    s.add_argument("--tables", metavar="DIR", help="DeepSeek-V4.1-Flash safetensors table shards: row norms, neighbours")
+    s.add_argument(
+        "--scan", metavar="OUT_DIR", help="a finished `engram scan` for DeepSeek-V4.1-Flash's Lookups and Health"
+    )
+    s.add_argument(
+        "--tables", metavar="DIR", help="DeepSeek-V4.1-Flash safetensors table shards: row norms, neighbours"
+    )
     s.set_defaults(fn=cmd_app)
 
 

@@ -84,7 +84,12 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
         # the documented endpoints first, so no internal event can take their names
         _wire_export_api(ctx)
         api.register(session)
-        gr.api(lambda text, model=SHIPPED: _address(ctx, text, model), api_name="address")
+
+        def address(text: str, model: str = SHIPPED) -> dict:
+            """The rows a text reads under a model: the JSON form of `engram address` (docs/addressing.md)."""
+            return _address(ctx, text, model)
+
+        gr.api(address, api_name="address")
         notice = gr.Markdown(elem_id="backbone-notice")
         with gr.Tabs():
             for tab in (lookups, gates, memory_map, knockout, health, export, paper, card):
