@@ -90,3 +90,53 @@ def test_link_round_trips_the_model(served_app):
     assert _from_url(Req()) == ("O, I am fortune's fool!", "all", V41)
     Req.query_params = {"text": "x", "model": "gpt-2"}
     assert _from_url(Req())[2] == SHIPPED  # a bad model in a link falls back to the shipped one
+
+
+def _sparse_v41_shard(path, v41, rows: np.ndarray, scales: np.ndarray):
+    """A full-size layer-1 FP8 table as a sparse file: only `rows` hold data (all 1.0, scale 2^scales)."""
+    import json
+    import struct
+
+    n, d = v41.num_embeddings(1), v41.d_head
+    header = {
+        "layers.1.engram.embed.weight": {"dtype": "F8_E4M3", "shape": [n, d], "data_offsets": [0, n * d]},
+        "layers.1.engram.embed.scale": {"dtype": "F8_E8M0", "shape": [n, d // 32], "data_offsets": [n * d, n * d + n * d // 32]},
+    }
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    start = 8 + len(head)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for r, s in zip(rows.tolist(), scales.tolist(), strict=True):
+            f.seek(start + r * d)
+            f.write(b"\x38" * d)  # E4M3 0x38 = 1.0
+            f.seek(start + n * d + r * (d // 32))
+            f.write(bytes([127 + s]) * (d // 32))  # E8M0: 2^(byte - 127)
+        f.truncate(start + n * d + n * d // 32)
+    return path
+
+
+def test_v41_panels_read_the_scan_and_tables(tiny_session, v41, tmp_path):
+    """The Lookups panel with --scan and --tables: rows, scan counts, and row norms read from disk."""
+    from app.layouts import Layouts
+    from app.main import build_app
+    from engram_inspect.scan import scan
+
+    for i in range(3):  # three documents, so every row this text reads is read three times
+        (tmp_path / f"c{i}.txt").write_text(TEXT)
+    scan(v41, [str(tmp_path / f"c{i}.txt") for i in range(3)], tmp_path / "out")
+    want = address_text(v41, TEXT)
+    scales = np.arange(24) % 3
+    _sparse_v41_shard(tmp_path / "t.safetensors", v41, want.rows[0, 2], scales)
+    demo = build_app(tiny_session, Layouts(scan_dir=tmp_path / "out", tables_dir=tmp_path / "t.safetensors"))
+    lookup = next(f for f in demo.fns.values() if f.name == "lookup" and "v41-lookups" in [getattr(b, "elem_id", None) for b in f.outputs])
+    note, table, rows = lookup.fn(V41, want, 2)
+    assert f"{3 * len(want.ids):,} tokens, 3 documents" in note
+    assert [r[4] for r in table] == want.rows[:, 2].reshape(-1).tolist()
+    assert all(r[8] == 3 and r[7] == 1 for r in table)  # read once per document, by this N-gram alone
+    assert all(r[6] == 3 for r in table)  # each N-gram occurs once per document
+    np.testing.assert_allclose([r[4] for r in rows], 16.0 * 2.0**scales)  # sqrt(256) x the block scale
+    assert [r[3] for r in rows] == want.rows[0, 2].tolist()
+    health = next(f for f in demo.fns.values() if f.name == "tables" and len(f.inputs) == 1)
+    _, layers, _, _ = health.fn(V41)
+    assert [r[2] for r in layers] == [24 * 3 * len(want.ids)] * 2
