@@ -15,14 +15,17 @@ from pathlib import Path
 SHIPPED = "shipped model"
 V41 = "deepseek-v4.1-flash"
 MODELS = (SHIPPED, V41)
-BACKBONE_VIEWS = {  # tab id -> what it needs the backbone for
+NO_BACKBONE = {"card"}  # tabs with nothing that needs the backbone
+BACKBONE_VIEWS = {  # tab id -> what it needs the backbone for (tabs not named: "this tab's views")
     "gates": "the gates",
-    "memory_map": "the memory map (it colours rows by the gates)",
+    "memory-map": "the memory map and its gate colours",
     "knockout": "knock-outs",
     "attribution": "attribution",
     "row": "the row page's gates and knock-outs",
+    "lookups": "the gate colours and the shipped model's tables",
+    "health": "the gate distribution and the logit lens",
     "paper": "the paper checks",
-    "export": "the trace export",
+    "export": "trace exports",
 }
 SAMPLE_PLAYS = 3  # plays of the default corpus sample (plus a few standard-library modules)
 SAMPLE_MODULES = ("argparse.py", "json/decoder.py", "json/encoder.py", "collections/__init__.py")

@@ -100,7 +100,11 @@ def _sparse_v41_shard(path, v41, rows: np.ndarray, scales: np.ndarray):
     n, d = v41.num_embeddings(1), v41.d_head
     header = {
         "layers.1.engram.embed.weight": {"dtype": "F8_E4M3", "shape": [n, d], "data_offsets": [0, n * d]},
-        "layers.1.engram.embed.scale": {"dtype": "F8_E8M0", "shape": [n, d // 32], "data_offsets": [n * d, n * d + n * d // 32]},
+        "layers.1.engram.embed.scale": {
+            "dtype": "F8_E8M0",
+            "shape": [n, d // 32],
+            "data_offsets": [n * d, n * d + n * d // 32],
+        },
     }
     head = json.dumps(header).encode()
     head += b" " * (-len(head) % 8)
@@ -129,7 +133,11 @@ def test_v41_panels_read_the_scan_and_tables(tiny_session, v41, tmp_path):
     scales = np.arange(24) % 3
     _sparse_v41_shard(tmp_path / "t.safetensors", v41, want.rows[0, 2], scales)
     demo = build_app(tiny_session, Layouts(scan_dir=tmp_path / "out", tables_dir=tmp_path / "t.safetensors"))
-    lookup = next(f for f in demo.fns.values() if f.name == "lookup" and "v41-lookups" in [getattr(b, "elem_id", None) for b in f.outputs])
+    lookup = next(
+        f
+        for f in demo.fns.values()
+        if f.name == "lookup" and "v41-lookups" in [getattr(b, "elem_id", None) for b in f.outputs]
+    )
     note, table, rows = lookup.fn(V41, want, 2)
     assert f"{3 * len(want.ids):,} tokens, 3 documents" in note
     assert [r[4] for r in table] == want.rows[:, 2].reshape(-1).tolist()
@@ -140,3 +148,22 @@ def test_v41_panels_read_the_scan_and_tables(tiny_session, v41, tmp_path):
     health = next(f for f in demo.fns.values() if f.name == "tables" and len(f.inputs) == 1)
     _, layers, _, _ = health.fn(V41)
     assert [r[2] for r in layers] == [24 * 3 * len(want.ids)] * 2
+
+
+def test_backbone_tabs_show_their_one_line_reason(served_app):
+    """Showing a tab with V4.1 picked: every tab but the card says in one line why its plots are empty."""
+    import gradio as gr
+
+    for f in served_app[1].fns.values():
+        if f.name != "on_select":
+            continue
+        vals = [
+            V41 if getattr(b, "elem_id", None) == "model" else None if isinstance(b, gr.State) else b.value
+            for b in f.inputs
+        ]
+        tab, *drawn = f.fn(*vals)
+        lines = [d for d in drawn if isinstance(d, str) and d.startswith("Not for ")]
+        if tab == "card":
+            assert lines == []
+            continue
+        assert len(lines) == 1 and "\n" not in lines[0] and "need the backbone" in lines[0], tab

@@ -14,7 +14,7 @@ from engram_inspect.layout_summary import LAYER_COLUMNS, LOOKUP_COLUMNS, lookup_
 
 from .. import views
 from ..context import Ctx
-from ..layouts import BACKBONE_VIEWS, SHIPPED, unavailable
+from ..layouts import BACKBONE_VIEWS, NO_BACKBONE, SHIPPED, unavailable
 
 TOKEN_COLUMNS = ["pos", "token", "id", "compressed", "dead", "N-grams (oldest token first)"]
 TABLE_COLUMNS = ["layer", "order", "head", "row", "norm", "nearest rows (cosine)"]
@@ -176,15 +176,9 @@ def notice(ctx: Ctx, box: gr.Markdown) -> None:
 
     def line(tab_id):
         def draw(model):
-            if not _addressing(model):
+            if not _addressing(model) or tab_id in NO_BACKBONE:
                 return ""
-            if tab_id in BACKBONE_VIEWS:
-                return unavailable(model, BACKBONE_VIEWS[tab_id])
-            if tab_id == "lookups":
-                return unavailable(model, "the gate colours and the shipped model's table")
-            if tab_id == "health":
-                return unavailable(model, "the gate distribution and the logit lens")
-            return ""
+            return unavailable(model, BACKBONE_VIEWS.get(tab_id, "this tab's views"))
 
         return draw
 
