@@ -82,7 +82,8 @@ class Layouts:
             if "stats" in self._cache:
                 return self._cache["stats"]
             folder = self.scan_dir or self.default_scan_dir()
-            if (folder / "summary.json").is_file():
+            scanning = self._job is not None and self._job.is_alive()  # summary.json is written last
+            if (folder / "summary.json").is_file() and not scanning:
                 self._cache["stats"] = ScanStats.open(folder)
                 return self._cache["stats"]
             if self.scan_dir is not None:
