@@ -14,19 +14,16 @@ from engram_core.knockout import parse_knockout
 from engram_inspect.capture import Trace
 from engram_inspect.summary import knockout_summary, trace_summary
 
-from .layouts import SHIPPED, check_model, unavailable
 from .session import Session
 
 
-def user_trace(session: Session, text: str, mask: str | None, model: str = SHIPPED) -> Trace:
+def user_trace(session: Session, text: str, mask: str | None) -> Trace:
     """The one way from what a user typed (text, mask string) to a trace; bad input is a one-line gr.Error.
 
     The mask string becomes a KnockOut here, once (`parse_knockout`); the model checks it
     against its own layers, orders, heads, branches and rows, and says which item is wrong.
     """
     try:
-        if check_model(model) != SHIPPED:  # the trace is the backbone's forward pass
-            raise ValueError(unavailable(model, "traces (gates, knock-outs, logit lens)"))
         return session.capture(text, parse_knockout(mask or "all"))
     except ValueError as e:  # InputError included
         raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
@@ -77,13 +74,13 @@ def neighbour_rows(session: Session, query: str, layer: int, order: int, head: i
 def register(session: Session) -> None:
     """API-only endpoints; call inside the Blocks context."""
 
-    def trace(text: str, mask: str = "all", model: str = SHIPPED) -> dict:
+    def trace(text: str, mask: str = "all") -> dict:
         """Capture a text: tokens, rows read, gates, next-token log-probs on and under the mask, KL, logit lens."""
-        return trace_summary(user_trace(session, text, mask, model))
+        return trace_summary(user_trace(session, text, mask))
 
-    def knockout(text: str, mask: str = "all", model: str = SHIPPED) -> dict:
+    def knockout(text: str, mask: str = "all") -> dict:
         """Knock-out diff of a text under a mask (all, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R)."""
-        return knockout_summary(user_trace(session, text, mask, model))
+        return knockout_summary(user_trace(session, text, mask))
 
     def neighbours(query: str, layer: int = 1, order: int = 2, head: int = 0, k: int = 10) -> list[dict]:
         """Nearest memory rows of an N-gram typed as text, or of a row "L:N:K:R"."""

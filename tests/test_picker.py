@@ -50,22 +50,15 @@ def test_shipped_model_rows_match_its_trace(client, served_app):
         assert local == trace["hash_rows"][i]
 
 
-def test_backbone_view_answers_one_line(client):
-    for endpoint in ("/trace", "/knockout"):
-        with pytest.raises(Exception) as err:
-            client.predict(TEXT, "all", V41, api_name=endpoint)
-        msg = str(err.value)
-        assert "backbone" in msg and V41 in msg and "\n" not in msg.strip()
-    assert unavailable(V41, "the gates").startswith("Not for deepseek-v4.1-flash: the gates need the backbone")
+def test_reason_line():
+    line = unavailable(V41, "the gates")
+    assert line == f"Not for {V41}: the gates need the backbone, and the app reads only this model's memory addressing."
 
 
 def test_bad_model_one_line_and_server_keeps_serving(client):
     with pytest.raises(Exception) as err:
         client.predict(TEXT, "gpt-2", api_name="/address")
     assert "unknown model 'gpt-2'" in str(err.value)
-    with pytest.raises(Exception) as err:
-        client.predict(TEXT, "all", "gpt-2", api_name="/trace")
-    assert "unknown model" in str(err.value)
     with pytest.raises(Exception) as err:
         client.predict("   ", V41, api_name="/address")
     assert "empty" in str(err.value)
