@@ -21,7 +21,7 @@ BACKBONE_VIEWS = {  # tab id -> what it needs the backbone for (tabs not named: 
     "memory-map": "the memory map and its gate colours",
     "knockout": "knock-outs",
     "attribution": "attribution",
-    "row": "the row page's gates and knock-outs",
+    "row-page": "the row page (the shipped model's rows, gates and knock-outs)",
     "lookups": "the gate colours and the shipped model's tables",
     "health": "the gate distribution and the logit lens",
     "paper": "the paper checks",

@@ -115,13 +115,15 @@ def _sparse_v41_shard(path, v41, rows: np.ndarray, scales: np.ndarray):
 
 def test_v41_panels_read_the_scan_and_tables(tiny_session, v41, tmp_path):
     """The Lookups panel with --scan and --tables: rows, scan counts, and row norms read from disk."""
+    import json
+
     from app.layouts import Layouts
     from app.main import build_app
     from engram_inspect.scan import scan
 
-    for i in range(3):  # three documents, so every row this text reads is read three times
-        (tmp_path / f"c{i}.txt").write_text(TEXT)
-    scan(v41, [str(tmp_path / f"c{i}.txt") for i in range(3)], tmp_path / "out")
+    # three documents in one shard (one cache replay), so every row this text reads is read three times
+    (tmp_path / "c.jsonl").write_text(f'{{"text": {json.dumps(TEXT)}}}\n' * 3)
+    scan(v41, [str(tmp_path / "c.jsonl")], tmp_path / "out", rate=1.0)
     want = address_text(v41, TEXT)
     scales = np.arange(24) % 3
     _sparse_v41_shard(tmp_path / "t.safetensors", v41, want.rows[0, 2], scales)
@@ -139,8 +141,15 @@ def test_v41_panels_read_the_scan_and_tables(tiny_session, v41, tmp_path):
     np.testing.assert_allclose([r[4] for r in rows], 16.0 * 2.0**scales)  # sqrt(256) x the block scale
     assert [r[3] for r in rows] == want.rows[0, 2].tolist()
     health = next(f for f in demo.fns.values() if f.name == "tables" and len(f.inputs) == 1)
-    _, layers, _, _ = health.fn(V41)
+    _, layers, sizes, _, _ = health.fn(V41)
     assert [r[2] for r in layers] == [24 * 3 * len(want.ids)] * 2
+    # 264 bytes a row: 1 MiB holds 3,971 rows, so the table's 1 MiB line is the curve's 2,896 rows
+    one = [r for r in sizes if r[0] == 1][0]
+    assert one[1] == 2896 and one[2] == round(2896 * 264 / 2**20, 3)
+    # every row is read once per document: a static cache holding all rows hit serves every read, and
+    # an LRU cache that large, filled from cold, misses only each row's first read (2 of 3 hit)
+    assert len(set(want.rows[0].reshape(-1).tolist())) <= 2896
+    assert one[4] == 1.0 and one[3] == round(2 / 3, 4)
 
 
 def test_backbone_tabs_show_their_one_line_reason(served_app):

@@ -117,6 +117,7 @@ def health_panel(ctx: Ctx) -> None:
         load = gr.Button("Load the traffic statistics (scans a small default sample on first use)")
         note = gr.Markdown()
         layers = gr.Dataframe(headers=LAYER_COLUMNS, label="traffic per layer", elem_id="v41-traffic")
+        sizes = gr.Dataframe(headers=CACHE_COLUMNS, label="hot-row cache hit rate at a few sizes", elem_id="v41-cache")
         with gr.Row():
             zipf = gr.Plot(label="reads per row by rank (Zipf)")
             cache = gr.Plot(label="hot-row cache hit rate")
@@ -138,10 +139,28 @@ def health_panel(ctx: Ctx) -> None:
             raise gr.Error(str(e)) from e
         if stats is None:
             raise gr.Error(f"the default scan {lay.progress['state']}")
-        return _scan_note(lay, stats), stats.layer_table(), zipf_figure(stats.summary), cache_figure(stats.cache)
+        curves = (stats.layer_table(), cache_table(stats.cache), zipf_figure(stats.summary), cache_figure(stats.cache))
+        return _scan_note(lay, stats), *curves
 
-    load.click(tables, [ctx.model], [note, layers, zipf, cache], api_visibility="private")
+    load.click(tables, [ctx.model], [note, layers, sizes, zipf, cache], api_visibility="private")
     ctx.view("health", redraw, [ctx.model], [panel])
+
+
+CACHE_COLUMNS = ["layer", "rows", "MiB", "LRU hit rate", "static hit rate"]
+CACHE_MIB = (1, 64, 1024, 16384)  # sizes in the table; the plot has the whole curve
+
+
+def cache_table(cache: list[dict]) -> list[list]:
+    """Per layer, the largest cache size of the curve at or below each of CACHE_MIB."""
+    out = []
+    for layer in sorted({c["layer"] for c in cache}):
+        pts = [c for c in cache if c["layer"] == layer]
+        for mib in CACHE_MIB:
+            below = [c for c in pts if c["mib"] <= mib]
+            if below:
+                c = below[-1]
+                out.append([layer, c["rows"], round(c["mib"], 3), round(c["lru"], 4), round(c["static"], 4)])
+    return out
 
 
 def zipf_figure(summary: dict) -> go.Figure:
