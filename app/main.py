@@ -96,7 +96,7 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
                 tab.build(ctx)
         layout_views.notice(ctx, notice)
         loaded = demo.load(_from_url, None, [text, mask, model], api_visibility="private")
-        _wire_run(ctx, [run.click, text.submit, model.input], loaded, status, link)
+        _wire_run(ctx, [run.click, text.submit, model.select], loaded, status, link)
         dark.click(None, js=DARK_JS)
     return demo
 

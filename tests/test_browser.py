@@ -156,3 +156,8 @@ def test_link_opens_the_v41_picker(app_url, page):
     assert "model=deepseek-v4.1-flash" in page.locator("#share-link textarea, #share-link input").first.input_value()
     tab(page, "Gates")
     sync_api.expect(page.locator("#backbone-notice")).to_contain_text("the gates need the backbone", timeout=60_000)
+    # picking the shipped model in the picker runs the text again under it
+    page.locator("#model input").click()
+    page.get_by_role("option", name="shipped model").click()
+    sync_api.expect(page.locator("#status")).to_contain_text("mask all", timeout=60_000)
+    sync_api.expect(page.locator("#backbone-notice")).to_have_text("", timeout=60_000)
