@@ -22,7 +22,20 @@ def _passive_omp_env() -> dict[str, str] | None:
     return None if "OMP_WAIT_POLICY" in os.environ else {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """--scan and --tables are checked before the model loads: one line, exit 2."""
+    from pathlib import Path
+
+    from engram_core.cli import UserError
+
+    if args.scan and not (Path(args.scan) / "summary.json").is_file():
+        raise UserError(f"--scan {args.scan}: no summary.json (give the OUT_DIR of a finished `engram scan`)")
+    if args.tables and not Path(args.tables).exists():
+        raise UserError(f"--tables {args.tables}: no such file or folder")
+
+
 def cmd_app(args: argparse.Namespace) -> None:
+    _check_paths(args)
     env = _passive_omp_env()
     if env is not None:  # reached through `engram app`: restart as `python -m app` with the same flags
         argv = ["--checkpoint", args.checkpoint, "--host", args.host, "--port", str(args.port)]

@@ -169,3 +169,17 @@ def test_backbone_tabs_show_their_one_line_reason(served_app):
             assert lines == []
             continue
         assert len(lines) == 1 and "\n" not in lines[0] and "need the backbone" in lines[0], tab
+
+
+def test_app_refuses_a_bad_scan_or_tables_folder(tmp_path):
+    import argparse
+
+    from app.cli import cmd_app
+    from engram_core.cli import UserError
+
+    args = argparse.Namespace(checkpoint="x", host="127.0.0.1", port=0, scan=str(tmp_path), tables=None)
+    with pytest.raises(UserError, match="no summary.json"):
+        cmd_app(args)
+    args.scan, args.tables = None, str(tmp_path / "nope")
+    with pytest.raises(UserError, match="no such file or folder"):
+        cmd_app(args)
