@@ -70,9 +70,14 @@ class Layouts:
             return self._cache["layout"]
 
     def default_scan_dir(self) -> Path:
+        """Keyed by the sample's files and sizes, so a changed sample is scanned afresh."""
+        import hashlib
+        import os
+
         from engram_core.data import cache_dir
 
-        return cache_dir() / V41 / "scan-sample"
+        key = hashlib.sha256("\n".join(f"{p} {os.path.getsize(p)}" for p in sample_paths()).encode()).hexdigest()[:12]
+        return cache_dir() / V41 / f"scan-sample-{key}"
 
     def stats(self, start: bool = False):
         """The scan's statistics, or None while the default sample is being scanned (started if `start`)."""
