@@ -94,6 +94,7 @@ class Layouts:
             if self.scan_dir is not None:
                 raise ValueError(f"--scan {self.scan_dir}: no summary.json (run `engram scan` to the end first)")
             if start and self._job is None:
+                self.progress = {"state": "starting"}
                 self._job = threading.Thread(target=self._scan_sample, args=(folder,), daemon=True)
                 self._job.start()
             return None

@@ -73,7 +73,7 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
             value=EXAMPLES[0],
         )
         with gr.Row():
-            model = gr.Dropdown(list(MODELS), value=SHIPPED, label="model", elem_id="model", scale=1)
+            model = gr.Dropdown(list(MODELS), value=SHIPPED, label="model", elem_id="model", scale=1, min_width=220)
             run = gr.Button("Run", variant="primary", elem_id="run")
             mask = gr.Textbox(label="knock-out mask (set in the Knock-out tab)", value="all", elem_id="mask", scale=2)
             link = gr.Textbox(label="link to this state", elem_id="share-link", scale=3)

@@ -78,6 +78,10 @@ def lookups_panel(ctx: Ctx) -> None:
         note = _scan_note(lay, stats)
         return note, lookup_rows(addresses, p, stats), _table_rows(lay, addresses, p)
 
+    def pick(evt: gr.SelectData):  # a click on a token's line selects it
+        return evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
+
+    tokens.select(pick, None, [pos], api_visibility="private")
     pos.change(lookup, [ctx.model, ctx.addresses, pos], [note, table, rows], api_visibility="private")
     ctx.view("lookups", redraw, [ctx.model, ctx.addresses], [panel, tokens, pos])
     ctx.view("lookups", lookup, [ctx.model, ctx.addresses, pos], [note, table, rows])
