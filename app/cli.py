@@ -22,14 +22,28 @@ def _passive_omp_env() -> dict[str, str] | None:
     return None if "OMP_WAIT_POLICY" in os.environ else {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """--scan and --tables are checked before the model loads: one line, exit 2."""
+    from pathlib import Path
+
+    from engram_core.cli import UserError
+
+    if args.scan and not (Path(args.scan) / "summary.json").is_file():
+        raise UserError(f"--scan {args.scan}: no summary.json (give the OUT_DIR of a finished `engram scan`)")
+    if args.tables and not Path(args.tables).exists():
+        raise UserError(f"--tables {args.tables}: no such file or folder")
+
+
 def cmd_app(args: argparse.Namespace) -> None:
+    _check_paths(args)
     env = _passive_omp_env()
     if env is not None:  # reached through `engram app`: restart as `python -m app` with the same flags
         argv = ["--checkpoint", args.checkpoint, "--host", args.host, "--port", str(args.port)]
+        argv += [x for k in ("scan", "tables") if getattr(args, k) for x in (f"--{k}", getattr(args, k))]
         os.execve(sys.executable, [sys.executable, "-m", "app", *argv], env)
     from .main import launch
 
-    launch(args.checkpoint, host=args.host, port=args.port)
+    launch(args.checkpoint, host=args.host, port=args.port, scan=args.scan, tables=args.tables)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +53,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the app to the network")
     s.add_argument("--port", type=int, default=7860)
+    s.add_argument(
+        "--scan", metavar="OUT_DIR", help="a finished `engram scan` for DeepSeek-V4.1-Flash's Lookups and Health"
+    )
+    s.add_argument(
+        "--tables", metavar="DIR", help="DeepSeek-V4.1-Flash safetensors table shards: row norms, neighbours"
+    )
     s.set_defaults(fn=cmd_app)
 
 

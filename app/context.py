@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from .layouts import Layouts
 from .session import Session
 
 
@@ -31,6 +32,9 @@ class Ctx:
     shown: gr.State  # id of the tab on this user's screen
     views: dict[str, list[View]] = field(default_factory=dict)  # tab id -> what it draws from a trace
     tabs: dict[str, gr.Tab] = field(default_factory=dict)  # tab id -> the tab
+    model: gr.Dropdown | None = None  # the picked model (app.layouts.MODELS)
+    addresses: gr.State | None = None  # this user's Addresses when an addressing-only model is picked
+    layouts: Layouts | None = None  # the addressing-only models, shared like the session
 
     def view(self, tab_id: str, fn: Callable, inputs: list, outputs: list) -> None:
         self.views.setdefault(tab_id, []).append(View(fn, list(inputs), list(outputs)))

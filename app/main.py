@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from pathlib import Path
 
 for _k, _v in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
     os.environ.setdefault(_k, _v)
@@ -18,8 +19,9 @@ from engram_core.knockout import format_knockout  # noqa: E402
 
 from . import api  # noqa: E402
 from .context import Ctx  # noqa: E402
+from .layouts import MODELS, SHIPPED, Layouts, address_json  # noqa: E402
 from .session import MAX_CHARS, Session  # noqa: E402
-from .tabs import card, export, gates, health, knockout, lookups, memory_map, paper, rows  # noqa: E402
+from .tabs import card, export, gates, health, knockout, layout_views, lookups, memory_map, paper, rows  # noqa: E402
 
 EXAMPLES = [
     "I pray you, my lord, let me know your pleasure.",
@@ -79,7 +81,8 @@ CLICK_JS = """
 DARK_JS = "() => { document.body.classList.toggle('dark'); }"
 
 
-def build_app(session: Session) -> gr.Blocks:
+def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
+    layouts = layouts or Layouts()
     with gr.Blocks(title="Engram Inspector") as demo:
         with gr.Row():
             gr.Markdown(
@@ -95,36 +98,50 @@ def build_app(session: Session) -> gr.Blocks:
             value=EXAMPLES[0],
         )
         with gr.Row():
+            model = gr.Dropdown(list(MODELS), value=SHIPPED, label="model", elem_id="model", scale=1, min_width=220)
             run = gr.Button("Run", variant="primary", elem_id="run")
             mask = gr.Textbox(label="knock-out mask (set in the Knock-out tab)", value="all", elem_id="mask", scale=2)
             link = gr.Textbox(label="link to this state", elem_id="share-link", scale=3)
         status = gr.Markdown(elem_id="status")
         gr.Examples(EXAMPLES, inputs=[text], label="examples (held-out plays, code)")
         ctx = Ctx(session=session, trace=gr.State(None), text=text, mask=mask, shown=gr.State("lookups"))
+        ctx.model, ctx.addresses, ctx.layouts = model, gr.State(None), layouts
         # the documented endpoints first, so no internal event can take their names
         _wire_export_api(ctx)
         api.register(session)
         rows.register(session)
+
+        def address(text: str, model: str = SHIPPED) -> dict:
+            """The rows a text reads under a model: the JSON form of `engram address` (docs/addressing.md)."""
+            return _address(ctx, text, model)
+
+        gr.api(address, api_name="address")
+        notice = gr.Markdown(elem_id="backbone-notice")
         with gr.Tabs() as tabs:
             for tab in (lookups, gates, memory_map, knockout, health, export, paper, card):
                 tab.build(ctx)
             row_deep_link = rows.build(ctx)
-        loaded = demo.load(_from_url, None, [text, mask], api_visibility="private")
-        _wire_run(ctx, [run.click, text.submit], loaded, status, link)
+        layout_views.notice(ctx, notice)
+        loaded = demo.load(_from_url, None, [text, mask, model], api_visibility="private")
+        _wire_run(ctx, [run.click, text.submit, model.select], loaded, status, link)
         row_deep_link(demo, tabs)
         dark.click(None, js=DARK_JS)
     return demo
 
 
 def _run_event(ctx: Ctx, status, link):
-    def run(text, mask, request: gr.Request):
+    def run(text, mask, model, request: gr.Request):
+        base = str(request.request.base_url) if request is not None and request.request is not None else "/"
+        if model != SHIPPED:  # an addressing-only model: rows, no trace
+            addresses = layout_views.user_addresses(ctx, text, model)
+            q = urllib.parse.urlencode({"text": text, "model": model})
+            return None, addresses, f"{len(addresses.ids)} tokens · {model} (addressing only)", f"{base}?{q}"
         trace = api.user_trace(ctx.session, text, mask)
         shown = format_knockout(trace.mask)
-        q = urllib.parse.urlencode({"text": text, "mask": shown})
-        base = str(request.request.base_url) if request is not None and request.request is not None else "/"
-        return trace, f"{trace.n_tokens} tokens · mask `{shown}`", f"{base}?{q}"
+        q = urllib.parse.urlencode({"text": text, "mask": shown, "model": model})
+        return trace, None, f"{trace.n_tokens} tokens · mask `{shown}`", f"{base}?{q}"
 
-    return run, [ctx.text, ctx.mask], [ctx.trace, status, link]
+    return run, [ctx.text, ctx.mask, ctx.model], [ctx.trace, ctx.addresses, status, link]
 
 
 def _wire_run(ctx: Ctx, triggers, loaded, status, link) -> None:
@@ -177,7 +194,16 @@ def _draw(ctx: Ctx, tab_id: str, values: dict[int, object]) -> dict[int, object]
 
 def _from_url(request: gr.Request):
     params = dict(request.query_params) if request is not None else {}
-    return params.get("text", EXAMPLES[0])[:MAX_CHARS], params.get("mask", "all")
+    model = params.get("model", SHIPPED)
+    return params.get("text", EXAMPLES[0])[:MAX_CHARS], params.get("mask", "all"), model if model in MODELS else SHIPPED
+
+
+def _address(ctx: Ctx, text: str, model: str = SHIPPED) -> dict:
+    """The JSON form of `engram address` (docs/addressing.md) for a text under a model."""
+    try:
+        return address_json(ctx.layouts, ctx.session, text, model)
+    except ValueError as e:
+        raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
 
 def _wire_export_api(ctx: Ctx) -> None:
@@ -192,9 +218,11 @@ def _wire_export_api(ctx: Ctx) -> None:
     e_go.click(export_text, [e_text, e_fmt, e_mask], [e_file], api_name="export")
 
 
-def launch(checkpoint: str, host: str = "127.0.0.1", port: int | None = None, **kw) -> gr.Blocks:
+def launch(
+    checkpoint: str, host: str = "127.0.0.1", port: int | None = None, scan=None, tables=None, **kw
+) -> gr.Blocks:
     session = Session.load(checkpoint)
-    demo = build_app(session)
+    demo = build_app(session, Layouts(scan_dir=scan and Path(scan), tables_dir=tables and Path(tables)))
     demo.queue(default_concurrency_limit=4)
     demo.launch(
         server_name=host,

@@ -143,3 +143,21 @@ def test_link_reopens_text_and_mask(app_url, page):
     sync_api.expect(page.locator("#status")).to_contain_text("layer=2", timeout=60_000)
     sync_api.expect(page.locator("#token-strip")).to_contain_text("fort", timeout=60_000)
     assert "mask=layer%3D2" in page.locator("#share-link textarea, #share-link input").first.input_value()
+
+
+def test_link_opens_the_v41_picker(app_url, page):
+    """A link with model=deepseek-v4.1-flash picks it: its rows in Lookups, a backbone tab's one line."""
+    _, url = app_url
+    from urllib.parse import urlencode
+
+    page.goto(url + "?" + urlencode({"text": "O, I am fortune's fool!", "model": "deepseek-v4.1-flash"}))
+    sync_api.expect(page.locator("#status")).to_contain_text("deepseek-v4.1-flash", timeout=60_000)
+    sync_api.expect(page.locator("#v41-tokens")).to_contain_text("fort", timeout=60_000)
+    assert "model=deepseek-v4.1-flash" in page.locator("#share-link textarea, #share-link input").first.input_value()
+    tab(page, "Gates")
+    sync_api.expect(page.locator("#backbone-notice")).to_contain_text("the gates need the backbone", timeout=60_000)
+    # picking the shipped model in the picker runs the text again under it
+    page.locator("#model input").click()
+    page.get_by_role("option", name="shipped model").click()
+    sync_api.expect(page.locator("#status")).to_contain_text("mask all", timeout=60_000)
+    sync_api.expect(page.locator("#backbone-notice")).to_have_text("", timeout=60_000)

@@ -71,7 +71,7 @@ def test_api_lists_only_the_documented_endpoints(tiny_demo):
     from pathlib import Path
 
     documented = set(re.findall(r"^## (/\w+)$", (Path(__file__).parent.parent / "docs" / "api.md").read_text(), re.M))
-    assert documented == {"/trace", "/knockout", "/attribution", "/neighbours", "/export", "/row"}
+    assert documented == {"/trace", "/knockout", "/attribution", "/neighbours", "/export", "/row", "/address"}
     info = tiny_demo.get_api_info()
     assert set(info["named_endpoints"]) == documented and not info["unnamed_endpoints"]
 
@@ -96,7 +96,7 @@ def test_a_run_draws_only_the_tab_on_screen(tiny_session, tiny_demo, monkeypatch
     assert len(calls) == 2 and "mean loss change" in out["ko-summary"] and out["gate-heatmap"] == gr.skip()
     # showing the tab draws it
     select = next(f for f in tiny_demo.fns.values() if f.name == "on_select" and "ko-summary" in _ids(f.outputs))
-    shown, *drawn = select.fn(tr)
+    shown, *drawn = select.fn(*[tr if isinstance(b, gr.State) else b.value for b in select.inputs])
     assert shown == "knockout" and len(calls) == 4
 
 

@@ -6,6 +6,7 @@ import gradio as gr
 
 from .. import views
 from ..context import Ctx
+from . import layout_views
 
 HEALTH_COLUMNS = [
     "layer",
@@ -25,6 +26,7 @@ HEALTH_COLUMNS = [
 def build(ctx: Ctx) -> None:
     s = ctx.session
     with ctx.tab("health", gr.Tab("Health", id="health")):
+        layout_views.health_panel(ctx)  # shown instead of what follows when an addressing-only model is picked
         load = gr.Button("Load memory health and collisions (indexes the training corpus on first use)")
         health = gr.Dataframe(
             headers=HEALTH_COLUMNS, label="memory health per table (training corpus)", elem_id="health-table"

@@ -6,11 +6,13 @@ import gradio as gr
 
 from .. import views
 from ..context import Ctx
+from . import layout_views
 
 
 def build(ctx: Ctx) -> None:
     s = ctx.session
     with ctx.tab("lookups", gr.Tab("Lookups", id="lookups")):
+        layout_views.lookups_panel(ctx)  # shown instead of what follows when an addressing-only model is picked
         which = gr.Dropdown(
             views.gate_choices(s.layers, s.n_branches), value="mean", label="colour tokens by the gate of"
         )
