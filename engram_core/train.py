@@ -111,21 +111,31 @@ def make_optimizers(model: EngramLM, cfg: TrainConfig) -> list[torch.optim.Optim
     return opts
 
 
-def compile_dense(model: EngramLM, mode: str = "blocks") -> None:
-    """Compile everything after the table lookups, in place; hashing and the sparse lookups stay eager.
+def compile_dense(model: EngramLM, mode: str = "sublayers") -> None:
+    """Compile the dense parts in place; hashing and the sparse lookups stay eager.
 
-    "blocks": one graph per block (Engram read-out, both mHC sublayers and the
-    residual sums between them) and one for the head and loss. "model": the whole
-    dense part as one graph. bench/README.md has what each costs.
+    "sublayers" (the default): attention, MLP (each inside its mHC residual) and the
+    Engram read-out, one graph each. "blocks": one graph per block (read-out, both mHC
+    sublayers and the residual sums between them) and one for the head and loss.
+    "model": the whole dense part as one graph. subtle: at the default batch
+    (16 x 256, bf16, AVX512-BF16) "blocks" measured 0.90x the steps per second of
+    "sublayers" and compiled for 136 s against 13 s (bench/README.md), so the larger
+    graphs are options, not the default.
     """
-    if mode == "model":
+    if mode == "sublayers":
+        for block in model.blocks:
+            block.attn.compile(dynamic=False)
+            block.mlp.compile(dynamic=False)
+            if block.engram is not None:
+                block.engram.readout.compile(dynamic=False)
+    elif mode == "model":
         model.dense_loss = torch.compile(model.dense_loss, dynamic=False)
     elif mode == "blocks":
         for block in model.blocks:
             block.compile(dynamic=False)
         model.head_loss = torch.compile(model.head_loss, dynamic=False)
     else:
-        raise ValueError(f"compile mode must be 'blocks' or 'model', got {mode!r}")
+        raise ValueError(f"compile mode must be 'sublayers', 'blocks' or 'model', got {mode!r}")
 
 
 def sample_batch(stream: np.ndarray, batch: int, T: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

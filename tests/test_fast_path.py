@@ -55,7 +55,8 @@ def test_precomputed_rows_give_the_same_loss(tiny_parts):
 
 
 @pytest.mark.slow
-def test_compiled_step_matches_eager(tiny_parts):
+@pytest.mark.parametrize("mode", ["sublayers", "blocks"])
+def test_compiled_step_matches_eager(tiny_parts, mode):
     """`compile_dense` changes where the graph boundaries are, not what is computed."""
     new, _ = twins(tiny_parts)
     x, y = batch(new, seed=2)
@@ -63,7 +64,7 @@ def test_compiled_step_matches_eager(tiny_parts):
     eager.backward()
     want = {n: p.grad.to_dense().clone() for n, p in new.named_parameters()}
     new.zero_grad(set_to_none=True)
-    compile_dense(new)
+    compile_dense(new, mode)
     got = new.loss(x, y)
     got.backward()
     torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
