@@ -280,3 +280,30 @@ def mean_gate_per_row(
 
 def _head_keys(spec: HashSpec) -> list[HeadKey]:
     return [(ly, n, h) for ly in spec.layer_ids for n in spec.orders for h in range(spec.heads_per_ngram)]
+
+
+@dataclass(frozen=True)
+class MhcCheck:
+    """How far H_res is from doubly stochastic on one text (§2.4: it should be exactly)."""
+
+    error: float  # largest |row or column sum - 1| of H_res over every mHC map and position
+    tolerance: float  # the checkpoint's Sinkhorn tolerance; 0 when it runs a fixed number of steps
+    steps: int  # the fixed step count (tolerance 0) or the step cap
+
+    def describe(self) -> str:
+        how = (
+            f"Sinkhorn to a tolerance of {self.tolerance:g} (at most {self.steps} steps)"
+            if self.tolerance > 0
+            else f"{self.steps} fixed Sinkhorn steps, as this checkpoint was trained"
+        )
+        verdict = "within 1e-3" if self.error <= 1e-3 else "not doubly stochastic to 1e-3"
+        return f"mHC: largest row or column error of H_res on this text {self.error:.2g} ({verdict}; {how})."
+
+
+def mhc_check(ck: Checkpoint, token_ids: np.ndarray) -> MhcCheck:
+    """The H_res error of one text under the checkpoint's own Sinkhorn settings."""
+    b = ck.model.cfg.backbone
+    ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64)[: b.block_size]).unsqueeze(0)
+    error = ck.model.sinkhorn_error(ids) if ids.shape[1] else 0.0
+    steps = b.sinkhorn_max_iters if b.sinkhorn_tol > 0 else b.sinkhorn_iters
+    return MhcCheck(error=float(error), tolerance=b.sinkhorn_tol, steps=steps)

@@ -187,3 +187,25 @@ def test_mean_gate_per_row_against_a_direct_loop(tiny_parts, tiny_model):
             assert means[r] == pytest.approx(alpha[rows == r].mean(), abs=1e-6)
         unread = np.setdiff1d(np.arange(len(means)), rows)
         assert np.isnan(means[unread]).all()
+
+
+def test_mhc_check_reports_the_checkpoints_own_sinkhorn(tiny_parts, tiny_model):
+    from engram_inspect.health import mhc_check
+
+    tok = tiny_parts[0]
+    ids = np.array(tok.encode("To be, or not to be, that is the question.").ids)
+    # a sharp residual mix that 2 fixed Sinkhorn steps leave far from doubly stochastic
+    with torch.no_grad():
+        for block in tiny_model.blocks:
+            for sub in (block.attn, block.mlp):
+                sub.b_res.copy_(torch.tensor([[6.0, -3.0], [2.0, 0.0]]))
+    converged = mhc_check(Checkpoint(tiny_model, tok, {}), ids)
+    assert converged.tolerance == 1e-3 and converged.error <= 1e-3 and "within 1e-3" in converged.describe()
+    old = dataclasses.replace(tiny_model.cfg.backbone, sinkhorn_tol=0.0, sinkhorn_iters=2)
+    for block in tiny_model.blocks:
+        for sub in (block.attn, block.mlp):
+            sub.iters, sub.tol = 2, 0.0
+    tiny_model.cfg = dataclasses.replace(tiny_model.cfg, backbone=old)
+    fixed = mhc_check(Checkpoint(tiny_model, tok, {}), ids)
+    assert fixed.error > 1e-2 and fixed.steps == 2 and "not doubly stochastic" in fixed.describe()
+    assert mhc_check(Checkpoint(tiny_model, tok, {}), np.array([], dtype=np.int64)).error == 0.0

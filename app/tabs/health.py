@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from engram_inspect.health import mhc_check
+
 from .. import views
 from ..context import Ctx
 from . import layout_views
@@ -35,6 +37,7 @@ def build(ctx: Ctx) -> None:
         collisions = gr.Dataframe(
             headers=views.COLLISION_COLUMNS, label="collisions per table", elem_id="collision-table"
         )
+        mhc = gr.Markdown(elem_id="mhc-check")
         with gr.Row():
             hist = gr.Plot(label="gate distribution")
             lens = gr.Plot(label="logit lens")
@@ -47,8 +50,9 @@ def build(ctx: Ctx) -> None:
 
     def redraw(trace):
         if trace is None:
-            return None, None
-        return views.gate_histogram(trace), views.lens_figure(trace)
+            return None, None, ""
+        check = s.run_model(lambda _model: mhc_check(s.ck, trace.token_ids))
+        return views.gate_histogram(trace), views.lens_figure(trace), check.describe()
 
     load.click(tables, None, [health, collisions], api_visibility="private")
-    ctx.view("health", redraw, [ctx.trace], [hist, lens])
+    ctx.view("health", redraw, [ctx.trace], [hist, lens, mhc])
