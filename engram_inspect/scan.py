@@ -214,47 +214,6 @@ def run_local(layout, shards, parts, rate, progress: Callable[[dict], None]) -> 
         progress(run_map(layout, shard, parts, rate))
 
 
-def run_ray(layout_name: str, shards, parts, rate, progress, address: str | None, workers: int) -> None:
-    """The same map steps as a Ray Data pipeline: one shard per batch, `workers` concurrent tasks."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-
-    def map_batch(batch: dict) -> dict:
-        from engram_core.layout import load_layout
-
-        lay = _worker_layout(layout_name, load_layout)
-        lines = [
-            run_map(lay, Shard(k, tuple(json.loads(p)), tuple(json.loads(sp)) if sp else None), Path(parts), rate)
-            for k, p, sp in zip(batch["kind"], batch["paths"], batch["span"], strict=True)
-        ]
-        return {"line": [json.dumps(x) for x in lines]}
-
-    items = [
-        {"kind": s.kind, "paths": json.dumps(list(s.paths)), "span": json.dumps(s.span) if s.span else ""}
-        for s in shards
-    ]
-    ray.data.DataContext.get_current().enable_progress_bars = False  # our progress lines say it once
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    pool = ray.data.TaskPoolStrategy(size=workers)
-    for row in ds.map_batches(map_batch, batch_size=1, compute=pool).iter_rows():
-        progress(json.loads(row["line"]))
-
-
-_LAYOUTS: dict = {}
-
-
-def _worker_layout(name: str, load):
-    if name not in _LAYOUTS:  # once per worker process: the V4.1 compression takes about a second
-        _LAYOUTS[name] = load(name)
-    return _LAYOUTS[name]
-
-
 def fold_parts(paths: list[Path], batch: int = 8) -> tuple[ShardCounts, list[str]]:
     """Merge the parts a few at a time into a running total: memory holds the distinct
     N-grams so far plus `batch` parts, not every part of the corpus at once."""
@@ -427,11 +386,16 @@ def scan(
             progress({**line, **done, "total_shards": len(shards), "seconds": time.perf_counter() - t0})
 
     if executor == "ray":
+        from .scan_ray import reduce_ray, run_ray, write_reduced
+
         run_ray(layout.name, shards, parts, rate, tick, address, workers)
+        map_seconds = time.perf_counter() - t0
+        reduced = reduce_ray(layout, shards, parts, out_dir, address, workers)
+        summary = finish(layout, shards, parts, rate, write_reduced(layout, reduced, out_dir))
     else:
         run_local(layout, shards, parts, rate, tick)
-    map_seconds = time.perf_counter() - t0
-    summary = reduce_parts(layout, shards, parts, out_dir, rate)
+        map_seconds = time.perf_counter() - t0
+        summary = reduce_parts(layout, shards, parts, out_dir, rate)
     seconds = time.perf_counter() - t0
     summary.update(
         executor=executor,
