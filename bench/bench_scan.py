@@ -1,7 +1,9 @@
 """`engram scan` throughput: the in-process executor against Ray Data with 1 and 2 workers,
-on the same corpus (part of the Python standard library's source) and the V4.1 layout.
+on the same corpus (part of the Python standard library's source) and the V4.1 layout,
+or a checkpoint with a backbone (its model runs in the map: gate sums and top contexts).
+The reduce is in-process for the local executor, a Ray Data group by for Ray.
 
-    python -m bench.bench_scan [FOLDER...]
+    python -m bench.bench_scan [--model deepseek-v4.1-flash|CHECKPOINT_DIR] [FOLDER...]
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ DEFAULT = ("asyncio", "email", "json", "http", "logging", "unittest")
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    paths = sys.argv[1:] or [str(stdlib / d) for d in DEFAULT]
-    layout = load_layout("deepseek-v4.1-flash")
-    print(f"machine: {machine()}, {cpu_name()}")
+    args = sys.argv[1:]
+    model = "deepseek-v4.1-flash"
+    if args[:1] == ["--model"]:
+        model, args = args[1], args[2:]
+    paths = args or [str(stdlib / d) for d in DEFAULT]
+    layout = load_layout(model)
+    print(f"machine: {machine()}, {cpu_name()}; model {model}")
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -43,7 +49,8 @@ def main() -> None:
             print(
                 f"{name:>15}: {s['tokens']:,} tokens in {s['shards']} shards, {s['seconds']:.1f} s "
                 f"({s['tokens_per_s']:,} tokens/s overall; "
-                f"map {map_rate:,.0f} tokens/s = {map_rate / base:.2f}x local), "
+                f"map {map_rate:,.0f} tokens/s = {map_rate / base:.2f}x local; "
+                f"reduce {s['seconds'] - s['map_seconds']:.1f} s), "
                 f"driver peak RSS {s['peak_rss_mib']:,} MiB"
             )
     ray.shutdown()

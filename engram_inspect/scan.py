@@ -5,10 +5,14 @@ replay the shard's reads through LRU caches (`traffic.map_shard`); the partial
 counts go to `OUT_DIR/parts/<shard>.npz`, written atomically, so a rerun after a
 crash skips finished shards. Reduce: merge the partial counts (a group-by on the
 N-gram) and expand them head by head into `rows.parquet`, `ngrams.parquet`,
-`cache.parquet` and `summary.json` (docs/scale.md).
+`cache.parquet` and `summary.json` (docs/scale.md). For a checkpoint with a backbone
+the map also runs the model (`scan_gates`): rows.parquet gains `gate_sum` and
+`gate_hits`, and `contexts.parquet` holds each row's top contexts.
 
-The in-process executor runs the map steps one after another; `--ray` / `--ray-address`
-runs the same map function as a Ray Data pipeline (`map_batches`), then the same reduce.
+The in-process executor runs the map steps one after another and reduces in-process;
+`--ray` / `--ray-address` runs the same map function as a Ray Data pipeline
+(`map_batches`) and the reduce as a Ray Data group by (layer, order, head, row)
+(`scan_ray`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 
 from engram_core.layout import MemoryLayout
 
+from .scan_tables import TableWriter, ngrams_table, rows_table
 from .traffic import ShardCounts, Summary, cache_curves, head_rows, map_shard, merge, zipf_curve
 
 TEXT_SUFFIXES = (".txt", ".md", ".py")
@@ -226,62 +231,6 @@ def fold_parts(paths: list[Path], batch: int = 8) -> tuple[ShardCounts, list[str
             total = merge(([total] if total is not None else []) + pending)
             pending = []
     return total, problems
-
-
-def rows_table(layer, order, head, rows, ngrams, hits, gate=None):
-    """rows.parquet lines of one head; `gate` (alpha sums in 2^-24, reads) for a checkpoint with a backbone."""
-    import pyarrow as pa
-
-    n = len(rows)
-    cols = {
-        "layer": np.full(n, layer, np.int32),
-        "order": np.full(n, order, np.int8),
-        "head": np.full(n, head, np.int8),
-        "row": np.asarray(rows, np.int64),
-        "ngrams": np.asarray(ngrams, np.int64),
-        "hits": np.asarray(hits, np.int64),
-    }
-    if gate is not None:
-        from .scan_gates import GATE_SCALE
-
-        cols["gate_sum"] = np.asarray(gate[0], np.int64) / GATE_SCALE
-        cols["gate_hits"] = np.asarray(gate[1], np.int64)
-    return pa.table(cols)
-
-
-def ngrams_table(layer, order, head, rows, grams, counts):
-    """ngrams.parquet lines: `grams` (K, order), oldest token first."""
-    import pyarrow as pa
-
-    k = len(rows)
-    flat = pa.array(np.asarray(grams, np.int64).reshape(-1))
-    return pa.table(
-        {
-            "layer": np.full(k, layer, np.int32),
-            "order": np.full(k, order, np.int8),
-            "head": np.full(k, head, np.int8),
-            "row": np.asarray(rows, np.int64),
-            "ngram": pa.FixedSizeListArray.from_arrays(flat, order).cast(pa.list_(pa.int64())),
-            "count": np.asarray(counts, np.int64),
-        }
-    )
-
-
-class TableWriter:
-    """One Parquet file written table by table (opened on the first)."""
-
-    def __init__(self, path: Path):
-        self.path, self.writer = path, None
-
-    def write(self, table) -> None:
-        import pyarrow.parquet as pq
-
-        self.writer = self.writer or pq.ParquetWriter(self.path, table.schema)
-        self.writer.write_table(table)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def fold_part_gates(paths: list[Path]) -> tuple[dict, dict]:

@@ -3,11 +3,11 @@
 read -> tokenise, compress, hash (and the model's gates) in `map_batches`, one shard a
 batch, each writing its part -> every part expanded into partial counts per block (one
 line per N-gram a head files under a row, per row's gate total, per top context) ->
-`groupby(layer, order, head, row).map_groups(reduce_row)` -> Parquet under
+a hash shuffle on (layer, order, head, row) and `reduce_block` on each partition (a group by) -> Parquet under
 `OUT_DIR/reduced/`. The driver then streams those files once into rows.parquet,
 ngrams.parquet and contexts.parquet and the per-head summary (histograms, never a
 group-by), so its memory is one Parquet batch. The steps are those of the in-process
-executor (`scan.run_map`, `traffic.count_keys`, `scan_gates.top_k`), so the files agree.
+executor (`scan.run_map`, `traffic.count_keys`, `scan_gates.top_k`, `scan_gates.sum_by_key`), so the files agree.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import numpy as np
 from engram_core.addressing import mix_rows
 from engram_core.layout import MemoryLayout
 
-from .traffic import Summary, _bits, count_keys, ngram_mix, unpack
+from .traffic import Summary, _bits, ngram_mix, unpack
 
 KEYS = ["layer", "order", "head", "row"]
 ROW, NGRAM, CONTEXT, GATE = 0, 1, 2, 3  # kinds of line: a row's totals, a collided N-gram, a top context, a gate total
+EXPANSION = 64  # bytes of shuffled lines per byte of part (measured: see docs/scale.md), for sizing partitions
+PARTITION_BYTES = 32 << 20
 COLUMNS = {"kind": np.int8, "hi": np.int64, "lo": np.int64, "count": np.int64, "q": np.int64, "n": np.int64}
 
 
@@ -116,21 +118,43 @@ def expand_part(layout: MemoryLayout, path: Path) -> dict:
     return {c: np.concatenate([b[c] for b in blocks]) for c in blocks[0]}
 
 
-def reduce_row(g: dict) -> dict:
-    """One (layer, order, head, row): its distinct N-grams and reads, gate total, top contexts."""
-    from .scan_gates import top_k
+def _group_key(g: dict) -> np.ndarray:
+    """(layer, order, head, row) as one sortable int64: row below 2^40, the rest above."""
+    head = (g["layer"].astype(np.int64) * 16 + g["order"]) * 256 + g["head"]
+    return head * (1 << 40) + g["row"]
 
-    kind = g["kind"]
+
+def reduce_block(g: dict) -> dict:
+    """Group by (layer, order, head, row) over one hash partition (every line of a key is in it):
+    each row's distinct N-grams and reads, gate totals, top contexts and, when it holds two or
+    more N-grams, those N-grams. Vectorised: one sort per partition, not a call per row."""
+    from .scan_gates import sum_by_key, top_k
+
+    key, kind = _group_key(g), g["kind"]
     ng, ga, cx = kind == NGRAM, kind == GATE, kind == CONTEXT
-    hi, lo, cnt = count_keys(g["hi"][ng], g["lo"][ng], g["count"][ng])
-    key = [g[k][:1] for k in KEYS]
-    out = [_lines(ROW, *key, hi=[len(hi)], lo=[0], count=[cnt.sum()], q=[g["q"][ga].sum()], n=[g["n"][ga].sum()])]
-    if len(hi) >= 2:  # a collision: every N-gram of the row goes to ngrams.parquet
-        out.append(_lines(NGRAM, *(np.repeat(k, len(hi)) for k in key), hi=hi, lo=lo, count=cnt))
+    k, hi, lo, cnt = key[ng], g["hi"][ng], g["lo"][ng], g["count"][ng]
+    order = np.lexsort((lo, hi, k))
+    k, hi, lo, cnt = k[order], hi[order], lo[order], cnt[order]
+    new = np.ones(len(k), bool)
+    new[1:] = (k[1:] != k[:-1]) | (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    first = np.flatnonzero(new)
+    k, hi, lo, cnt = k[first], hi[first], lo[first], np.add.reduceat(cnt, first) if len(first) else cnt[:0]
+    rows, ngrams, hits = sum_by_key(k, np.ones(len(k), np.int64), cnt)  # per row: distinct N-grams, reads
+    gk, gq, gn = sum_by_key(key[ga], g["q"][ga], g["n"][ga])
+    at = np.minimum(np.searchsorted(gk, rows), max(len(gk) - 1, 0))
+    has = (gk[at] == rows) if len(gk) else np.zeros(len(rows), bool)
+    q = np.where(has, gq[at] if len(gk) else 0, 0)
+    n = np.where(has, gn[at] if len(gk) else 0, 0)
+    pick = {c: g[c][ng][order][first] for c in KEYS}
+    row_at = np.searchsorted(k, rows)  # the first N-gram line of each row carries its key columns
+    out = [_lines(ROW, *(pick[c][row_at] for c in KEYS), hi=ngrams, lo=np.zeros(len(rows)), count=hits, q=q, n=n)]
+    shared = np.repeat(ngrams >= 2, ngrams)  # N-gram lines are grouped by row, rows in key order
+    out.append(_lines(NGRAM, *(pick[c][shared] for c in KEYS), hi=hi[shared], lo=lo[shared], count=cnt[shared]))
     if cx.any():
-        q, off, doc = g["q"][cx], g["n"][cx], np.asarray(g["doc"][cx]).astype(str)
-        keep = top_k(np.zeros(len(q), np.int64), q, doc, off)
-        out.append(_lines(CONTEXT, *(np.repeat(k, len(keep)) for k in key), doc[keep], q=q[keep], n=off[keep]))
+        doc = np.asarray(g["doc"][cx]).astype(str)
+        keep = top_k(key[cx], g["q"][cx], doc, g["n"][cx])
+        c = {col: g[col][cx][keep] for col in (*KEYS, "q", "n")}
+        out.append(_lines(CONTEXT, *(c[col] for col in KEYS), doc[keep], q=c["q"], n=c["n"]))
     return {c: np.concatenate([o[c] for o in out]) for c in out[0]}
 
 
@@ -148,7 +172,12 @@ def reduce_ray(layout: MemoryLayout, shards, parts: Path, out_dir: Path, address
     shutil.rmtree(reduced, ignore_errors=True)  # a reduce cut short before: its files are redone
     items = [{"part": str(parts / f"{s.key}.npz")} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(expand, batch_size=1)
-    ds = ds.groupby(KEYS).map_groups(reduce_row, batch_format="numpy")
+    # the group by: a hash shuffle on the key puts every line of a row in one partition, whose
+    # lines one vectorised call reduces (map_groups would call Python once per row: 100k+ rows
+    # a head). Partitions are sized so that none is split into two blocks (128 MiB at most).
+    part_bytes = sum((parts / f"{s.key}.npz").stat().st_size for s in shards)
+    partitions = max(2 * workers, -(-part_bytes * EXPANSION // PARTITION_BYTES))
+    ds = ds.repartition(partitions, keys=KEYS).map_batches(reduce_block, batch_size=None, batch_format="numpy")
     ds.write_parquet(str(reduced))
     return reduced
 
@@ -157,8 +186,8 @@ def write_reduced(layout: MemoryLayout, reduced: Path, out_dir: Path) -> Summary
     """Stream the reduced lines into rows/ngrams/contexts Parquet; the per-head summary."""
     import pyarrow.parquet as pq
 
-    from .scan import TableWriter, ngrams_table, rows_table
     from .scan_gates import contexts_table
+    from .scan_tables import TableWriter, ngrams_table, rows_table
 
     spec, bits = layout.spec, _bits(layout)
     heads = {
