@@ -18,6 +18,7 @@ from bench.bench_addressing import cpu_name
 from bench.common import machine
 from engram_core.layout import load_layout
 from engram_inspect.scan import scan
+from engram_inspect.scan_ray import expand_part
 
 DEFAULT = ("asyncio", "email", "json", "http", "logging", "unittest")
 
@@ -44,6 +45,18 @@ def main() -> None:
             ("ray, 2 workers", "ray", 2),
         ):
             s = scan(layout, paths, Path(d) / name, executor, workers=workers, shard_bytes=1 << 20)
+            if executor == "local":  # what the Ray group by shuffles: the parts expanded into keyed lines
+                parts = sorted((Path(d) / name / "parts").glob("*.npz"))
+                lines = [expand_part(layout, p) for p in parts]
+                shuffled = sum(
+                    v.nbytes if v.dtype != object else sum(map(len, v)) + 8 * len(v) for x in lines for v in x.values()
+                )
+                part_bytes = sum(p.stat().st_size for p in parts)
+                print(
+                    f"shuffle: {shuffled / s['tokens']:.0f} bytes a token "
+                    f"({sum(len(x['row']) for x in lines):,} lines), "
+                    f"{shuffled / part_bytes:.1f}x the parts ({part_bytes / s['tokens']:.1f} bytes a token)"
+                )
             map_rate = s["tokens"] / s["map_seconds"]
             base = base or map_rate
             print(
