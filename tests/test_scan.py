@@ -16,7 +16,7 @@ from engram_inspect.traffic import unpack
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "assets" / "default-model"
-FILES = ("rows.parquet", "ngrams.parquet", "cache.parquet")
+FILES = ("rows.parquet", "ngrams.parquet", "cache.parquet", "contexts.parquet")  # the model has a backbone
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_local_and_ray_give_the_same_files(tmp_path, layout, ray_cluster):
     local = scan(layout, [str(folder)], tmp_path / "local", shard_bytes=1500)
     ray_run = scan(layout, [str(folder)], tmp_path / "ray", executor="ray", workers=2, shard_bytes=1500)
     assert local["tokens"] == ray_run["tokens"] and local["shards"] == ray_run["shards"] > 1
-    for f in (*FILES, "contexts.parquet"):  # the default model has a backbone: gate columns and contexts too
+    for f in FILES:  # gate columns and contexts included
         assert sorted_table(tmp_path / "local" / f).equals(sorted_table(tmp_path / "ray" / f))
     assert "gate_sum" in pq.read_table(tmp_path / "ray" / "rows.parquet").column_names
     assert local["heads"] == ray_run["heads"]
