@@ -5,10 +5,14 @@ replay the shard's reads through LRU caches (`traffic.map_shard`); the partial
 counts go to `OUT_DIR/parts/<shard>.npz`, written atomically, so a rerun after a
 crash skips finished shards. Reduce: merge the partial counts (a group-by on the
 N-gram) and expand them head by head into `rows.parquet`, `ngrams.parquet`,
-`cache.parquet` and `summary.json` (docs/scale.md).
+`cache.parquet` and `summary.json` (docs/scale.md). For a checkpoint with a backbone
+the map also runs the model (`scan_gates`): rows.parquet gains `gate_sum` and
+`gate_hits`, and `contexts.parquet` holds each row's top contexts.
 
-The in-process executor runs the map steps one after another; `--ray` / `--ray-address`
-runs the same map function as a Ray Data pipeline (`map_batches`), then the same reduce.
+The in-process executor runs the map steps one after another and reduces in-process;
+`--ray` / `--ray-address` runs the same map function as a Ray Data pipeline
+(`map_batches`) and the reduce as a Ray Data group by (layer, order, head, row)
+(`scan_ray`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 
 from engram_core.layout import MemoryLayout
 
+from .scan_tables import TableWriter, ngrams_table, rows_table
 from .traffic import ShardCounts, Summary, cache_curves, head_rows, map_shard, merge, zipf_curve
 
 TEXT_SUFFIXES = (".txt", ".md", ".py")
@@ -100,31 +105,43 @@ def plan_shards(paths: list[str], shard_bytes: int = SHARD_BYTES) -> list[Shard]
     return shards
 
 
-def read_shard(shard: Shard) -> tuple[list[str], list[str]]:
-    """(documents, problems): a corrupt or unreadable file is reported, never fatal."""
-    docs, problems = [], []
+def read_shard(shard: Shard) -> tuple[list[str], list[str], list[str]]:
+    """(documents, their names, problems): a corrupt or unreadable file is reported, never fatal.
+
+    A document's name is its file, `FILE@BYTE` for a JSONL line, `FILE#INDEX` for a Parquet row.
+    """
+    docs, names, problems = [], [], []
     for p in shard.paths:
         try:
             if shard.kind == "files":
-                texts = [Path(p).read_bytes().decode("utf-8")]
+                texts, ids = [Path(p).read_bytes().decode("utf-8")], [p]
             elif shard.kind == "jsonl":
                 with open(p, "rb") as f:
                     f.seek(shard.span[0])
-                    lines = f.read(shard.span[1] - shard.span[0]).decode("utf-8").splitlines()
-                texts = [json.loads(line)["text"] for line in lines if line.strip()]
+                    raw = f.read(shard.span[1] - shard.span[0])
+                texts, ids, at = [], [], shard.span[0]
+                for line in raw.split(b"\n"):
+                    if line.strip():
+                        texts.append(json.loads(line.decode("utf-8"))["text"])
+                        ids.append(f"{p}@{at}")
+                    at += len(line) + 1
             else:
                 import pyarrow.parquet as pq
 
                 texts = pq.read_table(p, columns=["text"]).column("text").to_pylist()
+                ids = [f"{p}#{i}" for i in range(len(texts))]
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
             where = f"{p} bytes {shard.span[0]}-{shard.span[1]}" if shard.span else p
             problems.append(f"{where}: {type(e).__name__}: {str(e)[:120]}")
             continue  # the whole file is skipped: half a file would skew its counts silently
-        docs.extend(texts)
-    return [d for d in docs if isinstance(d, str)], problems
+        keep = [i for i, t in enumerate(texts) if isinstance(t, str)]
+        docs.extend(texts[i] for i in keep)
+        names.extend(ids[i] for i in keep)
+    return docs, names, problems
 
 
-def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float) -> None:
+def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float, gates=None) -> None:
+    gates, ctx, names = gates or ({}, {}, [])
     arrays = {
         "meta": np.frombuffer(
             json.dumps(
@@ -134,6 +151,7 @@ def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float) 
                     "problems": problems,
                     "seconds": seconds,
                     "sampled": {str(k): v for k, v in counts.sampled.items()},
+                    "doc_names": names,
                 }
             ).encode(),
             dtype=np.uint8,
@@ -143,6 +161,8 @@ def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float) 
         arrays[f"ngrams{n}"] = np.stack([hi, lo, cnt])
     for layer, hits in counts.lru_hits.items():
         arrays[f"lru{layer}"] = hits
+    for layer in gates:
+        arrays[f"gate{layer}"], arrays[f"ctx{layer}"] = gates[layer], ctx[layer]
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)  # atomic: a killed run never leaves a half-written part
@@ -157,18 +177,38 @@ def _load(path: Path) -> tuple[ShardCounts, dict]:
     return ShardCounts(ngrams, lru, sampled, meta["tokens"], meta["documents"]), meta
 
 
+def load_gates(path: Path) -> tuple[dict, dict, list[str]]:
+    """A part's per-row gate sums and top contexts (empty for a layout without a backbone)."""
+    with np.load(path) as z:
+        gates = {int(k[4:]): z[k] for k in z.files if k.startswith("gate")}
+        ctx = {int(k[3:]): z[k] for k in z.files if k.startswith("ctx")}
+        names = json.loads(z["meta"].tobytes())["doc_names"]
+    return gates, ctx, names
+
+
 def run_map(layout: MemoryLayout, shard: Shard, parts: Path, rate: float) -> dict:
     """The map step of one shard (skipped when its part exists); returns its progress line."""
     out = parts / f"{shard.key}.npz"
     if out.exists():
         return {"shard": shard.key, "skipped": True, **{k: _load(out)[1][k] for k in ("tokens", "documents")}}
     t0 = time.perf_counter()
-    texts, problems = read_shard(shard)
+    texts, names, problems = read_shard(shard)
     from .traffic_cli import tokenize
 
-    counts = map_shard(layout, tokenize(layout, texts), rate)
+    docs = tokenize(layout, texts)
+    counts = map_shard(layout, docs, rate)
+    gates = None
+    if layout.has_backbone:  # the model reads the shard: gate sums and top contexts per row
+        from engram_core.addressing import look_back
+
+        from .scan_gates import map_gates
+
+        lens = np.array([len(d) for d in docs], np.int64)
+        cids = layout.compress(np.concatenate(docs) if docs else np.zeros(0, np.int64))
+        run = look_back(len(cids), None, np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(docs) else lens)
+        gates = (*map_gates(layout, docs, cids, run), names)
     seconds = time.perf_counter() - t0
-    _save(out, counts, problems, seconds)
+    _save(out, counts, problems, seconds, gates)
     if os.environ.get("ENGRAM_SCAN_CRASH_AFTER") == shard.key:  # tests: a crash right after this shard
         os._exit(137)
     return {"shard": shard.key, "skipped": False, "tokens": counts.tokens, "documents": counts.documents}
@@ -177,47 +217,6 @@ def run_map(layout: MemoryLayout, shard: Shard, parts: Path, rate: float) -> dic
 def run_local(layout, shards, parts, rate, progress: Callable[[dict], None]) -> None:
     for shard in shards:
         progress(run_map(layout, shard, parts, rate))
-
-
-def run_ray(layout_name: str, shards, parts, rate, progress, address: str | None, workers: int) -> None:
-    """The same map steps as a Ray Data pipeline: one shard per batch, `workers` concurrent tasks."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-
-    def map_batch(batch: dict) -> dict:
-        from engram_core.layout import load_layout
-
-        lay = _worker_layout(layout_name, load_layout)
-        lines = [
-            run_map(lay, Shard(k, tuple(json.loads(p)), tuple(json.loads(sp)) if sp else None), Path(parts), rate)
-            for k, p, sp in zip(batch["kind"], batch["paths"], batch["span"], strict=True)
-        ]
-        return {"line": [json.dumps(x) for x in lines]}
-
-    items = [
-        {"kind": s.kind, "paths": json.dumps(list(s.paths)), "span": json.dumps(s.span) if s.span else ""}
-        for s in shards
-    ]
-    ray.data.DataContext.get_current().enable_progress_bars = False  # our progress lines say it once
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    pool = ray.data.TaskPoolStrategy(size=workers)
-    for row in ds.map_batches(map_batch, batch_size=1, compute=pool).iter_rows():
-        progress(json.loads(row["line"]))
-
-
-_LAYOUTS: dict = {}
-
-
-def _worker_layout(name: str, load):
-    if name not in _LAYOUTS:  # once per worker process: the V4.1 compression takes about a second
-        _LAYOUTS[name] = load(name)
-    return _LAYOUTS[name]
 
 
 def fold_parts(paths: list[Path], batch: int = 8) -> tuple[ShardCounts, list[str]]:
@@ -234,62 +233,78 @@ def fold_parts(paths: list[Path], batch: int = 8) -> tuple[ShardCounts, list[str
     return total, problems
 
 
-def reduce_parts(layout: MemoryLayout, shards: list[Shard], parts: Path, out_dir: Path, rate: float) -> dict:
-    """Merge every shard's part into rows.parquet, ngrams.parquet, cache.parquet; return the summary."""
+def fold_part_gates(paths: list[Path]) -> tuple[dict, dict]:
+    """Per-row gate totals and top contexts over every part, folded one part at a time."""
+    from .scan_gates import fold_contexts, fold_gates
+
+    gates, ctx = {}, {}
+    for path in paths:
+        g, c, names = load_gates(path)
+        gates, ctx = fold_gates(gates, g), fold_contexts(ctx, c, names)
+    return gates, ctx
+
+
+def finish(layout, shards, parts: Path, rate: float, summary: Summary) -> dict:
+    """cache.parquet and the summary, from the head statistics and the parts' cache counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    counts, problems = fold_parts([parts / f"{s.key}.npz" for s in shards])
-    summary = Summary()
-    rows_w = ngrams_w = None
-    for hr in head_rows(layout, counts):
-        summary.add(hr)
-        n = len(hr.rows)
-        rows_tab = pa.table(
-            {
-                "layer": np.full(n, hr.layer, np.int32),
-                "order": np.full(n, hr.order, np.int8),
-                "head": np.full(n, hr.head, np.int8),
-                "row": hr.rows,
-                "ngrams": hr.ngrams,
-                "hits": hr.hits,
-            }
+    lru, sampled, tokens, documents, problems_all = {}, {}, 0, 0, []
+    for s in shards:
+        with np.load(parts / f"{s.key}.npz") as z:
+            meta = json.loads(z["meta"].tobytes())
+            for k in z.files:
+                if k.startswith("lru"):
+                    lru[int(k[3:])] = lru.get(int(k[3:]), 0) + z[k]
+        for k, v in meta["sampled"].items():
+            sampled[int(k)] = sampled.get(int(k), 0) + v
+        tokens, documents, problems_all = (
+            tokens + meta["tokens"],
+            documents + meta["documents"],
+            problems_all + meta["problems"],
         )
-        rows_w = rows_w or pq.ParquetWriter(out_dir / "rows.parquet", rows_tab.schema)
-        rows_w.write_table(rows_tab)
-        rows, grams, cnt = hr.collided()
-        k = len(rows)
-        flat = pa.array(grams.reshape(-1))
-        ngram_col = pa.FixedSizeListArray.from_arrays(flat, hr.order).cast(pa.list_(pa.int64()))
-        ng_tab = pa.table(
-            {
-                "layer": np.full(k, hr.layer, np.int32),
-                "order": np.full(k, hr.order, np.int8),
-                "head": np.full(k, hr.head, np.int8),
-                "row": rows,
-                "ngram": ngram_col,
-                "count": cnt,
-            }
-        )
-        ngrams_w = ngrams_w or pq.ParquetWriter(out_dir / "ngrams.parquet", ng_tab.schema)
-        ngrams_w.write_table(ng_tab)
-    for w in (rows_w, ngrams_w):
-        if w is not None:
-            w.close()
-    cache = cache_curves(layout, summary, counts)
-    pq.write_table(pa.Table.from_pylist(cache), out_dir / "cache.parquet")
+    counts = ShardCounts({}, lru, sampled, tokens, documents)
+    pq.write_table(pa.Table.from_pylist(cache_curves(layout, summary, counts)), parts.parent / "cache.parquet")
     return {
         "model": layout.name,
         "layers": list(layout.layers),
-        "tokens": counts.tokens,
-        "documents": counts.documents,
+        "tokens": tokens,
+        "documents": documents,
         "shards": len(shards),
-        "skipped_files": len(problems),
-        "problems": problems,
+        "skipped_files": len(problems_all),
+        "problems": problems_all,
         "lru_sample_rate": rate,
         "heads": summary.heads,
         "zipf": {str(k): zipf_curve(h) for k, h in summary.hit_hist.items()},
     }
+
+
+def reduce_parts(layout: MemoryLayout, shards: list[Shard], parts: Path, out_dir: Path, rate: float) -> dict:
+    """The in-process reduce: merge every shard's part into rows/ngrams/contexts/cache Parquet; the summary."""
+    paths = [parts / f"{s.key}.npz" for s in shards]
+    counts, _ = fold_parts(paths)
+    gates, ctx = fold_part_gates(paths) if layout.has_backbone else ({}, {})
+    summary = Summary()
+    rows_w, ngrams_w = TableWriter(out_dir / "rows.parquet"), TableWriter(out_dir / "ngrams.parquet")
+    for hr in head_rows(layout, counts):
+        summary.add(hr)
+        gate = None
+        if layout.has_backbone:  # every row a head reads has a gate total: the same positions
+            g = gates[hr.layer]
+            i = np.searchsorted(g[0], hr.rows)
+            gate = (g[1][i], g[2][i])
+        rows_w.write(rows_table(hr.layer, hr.order, hr.head, hr.rows, hr.ngrams, hr.hits, gate))
+        ngrams_w.write(ngrams_table(hr.layer, hr.order, hr.head, *hr.collided()))
+    rows_w.close()
+    ngrams_w.close()
+    if layout.has_backbone:
+        import pyarrow.parquet as pq
+
+        from .scan_gates import contexts_table
+
+        pq.write_table(contexts_table(layout, ctx), out_dir / "contexts.parquet")
+    del counts
+    return finish(layout, shards, parts, rate, summary)
 
 
 def scan(
@@ -320,11 +335,16 @@ def scan(
             progress({**line, **done, "total_shards": len(shards), "seconds": time.perf_counter() - t0})
 
     if executor == "ray":
+        from .scan_ray import reduce_ray, run_ray, write_reduced
+
         run_ray(layout.name, shards, parts, rate, tick, address, workers)
+        map_seconds = time.perf_counter() - t0
+        reduced = reduce_ray(layout, shards, parts, out_dir, address, workers)
+        summary = finish(layout, shards, parts, rate, write_reduced(layout, reduced, out_dir))
     else:
         run_local(layout, shards, parts, rate, tick)
-    map_seconds = time.perf_counter() - t0
-    summary = reduce_parts(layout, shards, parts, out_dir, rate)
+        map_seconds = time.perf_counter() - t0
+        summary = reduce_parts(layout, shards, parts, out_dir, rate)
     seconds = time.perf_counter() - t0
     summary.update(
         executor=executor,

@@ -16,7 +16,7 @@ from engram_inspect.traffic import unpack
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "assets" / "default-model"
-FILES = ("rows.parquet", "ngrams.parquet", "cache.parquet")
+FILES = ("rows.parquet", "ngrams.parquet", "cache.parquet", "contexts.parquet")  # the model has a backbone
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +169,9 @@ def test_local_and_ray_give_the_same_files(tmp_path, layout, ray_cluster):
     local = scan(layout, [str(folder)], tmp_path / "local", shard_bytes=1500)
     ray_run = scan(layout, [str(folder)], tmp_path / "ray", executor="ray", workers=2, shard_bytes=1500)
     assert local["tokens"] == ray_run["tokens"] and local["shards"] == ray_run["shards"] > 1
-    for f in FILES:
+    for f in FILES:  # gate columns and contexts included
         assert sorted_table(tmp_path / "local" / f).equals(sorted_table(tmp_path / "ray" / f))
+    assert "gate_sum" in pq.read_table(tmp_path / "ray" / "rows.parquet").column_names
     assert local["heads"] == ray_run["heads"]
 
 
@@ -189,3 +190,62 @@ def test_jsonl_is_cut_at_line_ends(tmp_path, layout):
     assert small["documents"] == whole["documents"] == 60 and small["skipped_files"] == 0
     for f in ("rows.parquet", "ngrams.parquet"):  # the LRU curve differs: each shard starts cold
         assert sorted_table(tmp_path / "small" / f).equals(sorted_table(tmp_path / "whole" / f))
+
+
+def direct_gates(ckdir, texts):
+    """Oracle: per (layer, global row), every read's (alpha, document, offset), from a direct
+    capture of each document in block_size windows, rows addressed on the whole document."""
+    import torch
+
+    from engram_core import load_checkpoint
+    from engram_inspect.activations import GATE, activations, memory_names
+
+    model, lay = load_checkpoint(ckdir).model.eval(), load_layout(ckdir)
+    T = model.cfg.backbone.block_size
+    reads = {}
+    for name, text in texts.items():
+        ids = lay.encode(text)
+        rows = address(lay, ids).rows  # (L, T, H) global rows
+        for s in range(0, len(ids), T):
+            names = memory_names(lay.layers, (GATE,))
+            _, cache = activations(model, torch.from_numpy(ids[None, s : s + T]), names, logits=False)
+            for i, (layer, hook) in enumerate(zip(lay.layers, names, strict=True)):
+                alpha = cache[hook][0].float().mean(-1).numpy()
+                for t in range(len(alpha)):
+                    for r in rows[i, s + t]:
+                        reads.setdefault((layer, int(r)), []).append((float(alpha[t]), name, s + t))
+    return reads
+
+
+def test_gate_sums_match_a_direct_capture(tmp_path, tiny_ckdir):
+    (tmp_path / "c").mkdir()
+    texts = {
+        "a.txt": "To be, or not to be, that is the question.",
+        "b.txt": "def __init__(self, value):\n    self.value = value\n",
+        "long.txt": "I pray you, my lord, let me know not. Apple apple APPLE. " * 6,  # past block_size: windows
+    }
+    for name, text in texts.items():
+        (tmp_path / "c" / name).write_text(text)
+    lay = load_layout(tiny_ckdir)
+    assert len(lay.encode(texts["long.txt"])) > 64
+    scan(lay, [str(tmp_path / "c")], tmp_path / "out", shard_bytes=60)
+    reads = direct_gates(tiny_ckdir, {str(tmp_path / "c" / k): v for k, v in texts.items()})
+    rows = pq.read_table(tmp_path / "out" / "rows.parquet").to_pydict()
+    assert len(rows["row"]) == len(reads)
+    for layer, row, hits, gate_sum, gate_hits in zip(
+        rows["layer"], rows["row"], rows["hits"], rows["gate_sum"], rows["gate_hits"], strict=True
+    ):
+        want = reads[(layer, row)]
+        assert gate_hits == hits == len(want)
+        assert gate_sum == pytest.approx(sum(a for a, _, _ in want), abs=1e-6 * len(want))
+    top = {}
+    for c in pq.read_table(tmp_path / "out" / "contexts.parquet").to_pylist():
+        top.setdefault((c["layer"], c["row"]), []).append(c)
+    assert set(top) == set(reads) and max(len(v) for v in top.values()) == 8
+    for key, lines in top.items():
+        alphas = sorted((a for a, _, _ in reads[key]), reverse=True)
+        assert len(lines) == min(8, len(alphas))
+        assert sorted((c["alpha"] for c in lines), reverse=True) == pytest.approx(alphas[: len(lines)], abs=1e-7)
+        at = {(d, o): a for a, d, o in reads[key]}
+        for c in lines:  # each context is a read of this row, with its alpha
+            assert at[(c["doc"], c["offset"])] == pytest.approx(c["alpha"], abs=1e-7)
