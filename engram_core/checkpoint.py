@@ -68,10 +68,17 @@ def checkpoint_key(ck: Checkpoint) -> str:
     names, so changing how it is computed orphans them.
     """
     h = hashlib.sha256()
-    h.update(json.dumps(ck.model.cfg.to_dict(), sort_keys=True).encode())
-    h.update(ck.model.compression.cpu().numpy().tobytes())
+    stored = None
     if ck.path is not None and (ck.path / CONFIG).is_file():
-        h.update(str(json.loads((ck.path / CONFIG).read_text()).get("weights_sha256")).encode())
+        stored = json.loads((ck.path / CONFIG).read_text())
+    # subtle: a saved checkpoint is keyed by the config as saved, not as this version of the
+    # code re-serialises it: a field added later (with a default that keeps old checkpoints
+    # computing as they were trained) must not orphan the files shipped beside the weights
+    cfg = stored["model"] if stored is not None and isinstance(stored.get("model"), dict) else ck.model.cfg.to_dict()
+    h.update(json.dumps(cfg, sort_keys=True).encode())
+    h.update(ck.model.compression.cpu().numpy().tobytes())
+    if stored is not None:
+        h.update(str(stored.get("weights_sha256")).encode())
     else:
         for name, t in sorted(ck.model.state_dict().items()):
             h.update(name.encode())
