@@ -51,7 +51,9 @@ def _memory_only_stop(model, names: list[str]):
 
 
 @torch.no_grad()
-def _hooks_only(model, ids: torch.Tensor, names: list[str], knockout: KnockOut, stop_at) -> dict[str, torch.Tensor]:
+def _hooks_only(
+    model, ids: torch.Tensor, names: list[str], knockout: KnockOut, stop_at, rows=None
+) -> dict[str, torch.Tensor]:
     cache: dict[str, torch.Tensor] = {}
     handles = [
         model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: cache.__setitem__(n, out.detach()))
@@ -63,7 +65,7 @@ def _hooks_only(model, ids: torch.Tensor, names: list[str], knockout: KnockOut, 
 
     handles.append(stop_at.register_forward_pre_hook(stop))
     try:
-        model(ids, knockout=knockout)
+        model(ids, knockout=knockout, rows=rows)
     except _Stop:
         pass
     finally:
@@ -80,14 +82,19 @@ def activations(
     knockout: KnockOut = NO_KNOCKOUT,
     logits: bool = True,
     batch: int | None = None,
+    rows: dict[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """(logits or None, {hook name: activation}) for token ids (B, T), detached.
 
     Sequences longer than the context run by sliding windows (`run_with_cache_long`).
     `logits=False` may end the pass early when only Engram hooks are wanted (about half
     of the default model's work). `batch` splits B into chunks of that many rows.
+    `rows` may carry hashes computed ahead (per Engram layer, (B, T, H)), e.g. from a
+    longer stream, so N-grams that straddle a window's start read their true rows.
     """
     names = list(names)
+    if rows is not None and (batch is not None or ids.shape[1] > model.cfg.backbone.block_size):
+        raise ValueError("precomputed rows need one batch of at most a context of tokens")
     if batch is not None and len(ids) > batch:
         parts = [activations(model, ids[i : i + batch], names, knockout, logits) for i in range(0, len(ids), batch)]
         out = torch.cat([p[0] for p in parts]) if logits else None
@@ -95,8 +102,11 @@ def activations(
     model.eval()
     stop_at = None if logits else _memory_only_stop(model, names)
     if stop_at is not None and ids.shape[1] <= model.cfg.backbone.block_size:
-        return None, _hooks_only(model, model.check_ids(ids), names, knockout, stop_at)
-    out, cache = model.run_with_cache_long(ids, knockout, names=names)
+        return None, _hooks_only(model, model.check_ids(ids), names, knockout, stop_at, rows)
+    if rows is not None:
+        out, cache = model.run_with_cache(ids, knockout, names=names, rows=rows)
+    else:
+        out, cache = model.run_with_cache_long(ids, knockout, names=names)
     return (out if logits else None), cache
 
 

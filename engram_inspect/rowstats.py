@@ -31,6 +31,7 @@ from engram_core import Checkpoint
 from engram_core.hashing import hash_all
 from engram_core.hooks import engram_hook
 
+from .activations import activations
 from .cache import cache_file, checkpoint_key, find_file
 
 FORMAT = "engram-rowstats/1"
@@ -145,30 +146,8 @@ class RowStats:
 def _gates(model, ids: torch.Tensor, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Mean-over-branches alpha per Engram layer, (B, T); the forward stops after the last gate."""
     names = {engram_hook(ly, "gate"): ly for ly in model.engram_layers}
-    out: dict[int, torch.Tensor] = {}
-
-    class Stop(Exception):
-        pass
-
-    def grab(name):
-        def hook(_m, _i, a):
-            out[names[name]] = a.float().mean(-1)
-            if len(out) == len(names):
-                raise Stop  # later layers cannot change the gates: skip them
-
-        return hook
-
-    mods = dict(model.named_modules())
-    handles = [mods[n].register_forward_hook(grab(n)) for n in names]
-    try:
-        with torch.inference_mode():
-            model(ids, rows=rows)
-    except Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+    _, cache = activations(model, ids, list(names), logits=False, rows=rows)
+    return {ly: cache[name].float().mean(-1) for name, ly in names.items()}
 
 
 def grad_times_input(model, ids: torch.Tensor, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:

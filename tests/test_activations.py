@@ -64,3 +64,19 @@ def test_lens_against_a_direct_loop(model, ids):
             q = final[i, t]
             want = float(sum(np.exp(p[v].item()) * (p[v].item() - q[v].item()) for v in range(len(p))))
             assert abs(got[b, i, t].item() - want) < 1e-5 and want > 0
+
+
+def test_precomputed_rows_are_what_the_model_reads(model, ids):
+    """Rows hashed ahead (e.g. from a longer stream) replace the window's own hashes, early stop or not."""
+    names = memory_names(model.engram_layers)
+    own = activations(model, ids, names, logits=False)[1]
+    same = activations(model, ids, names, logits=False, rows=model.hash_rows(ids))[1]
+    for n in names:
+        torch.testing.assert_close(same[n], own[n], rtol=0, atol=0)
+    shifted = {L: (r + 1) % 31 for L, r in model.hash_rows(ids).items()}  # other rows: other gates
+    for logits in (False, True):
+        moved = activations(model, ids, names, logits=logits, rows=shifted)[1]
+        gate = [n for n in names if n.endswith("hook_gate")][0]
+        assert not torch.equal(moved[gate], own[gate])
+    with pytest.raises(ValueError, match="precomputed rows"):
+        activations(model, ids, names, rows=shifted, batch=1)
