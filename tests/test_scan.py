@@ -311,3 +311,15 @@ def test_bad_sample_tokens_exit_2(n):
     assert out.returncode == 2
     assert f"--sample-tokens takes a positive whole number of tokens, got '{n}'" in out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
+
+
+@pytest.mark.slow
+def test_local_and_ray_take_the_same_sample(tmp_path, layout, ray_cluster):
+    folder = corpus(tmp_path / "c", 6)
+    local = scan(layout, [str(folder)], tmp_path / "local", shard_bytes=1500, sample_tokens=700)
+    ray_run = scan(
+        layout, [str(folder)], tmp_path / "ray", executor="ray", workers=2, shard_bytes=1500, sample_tokens=700
+    )
+    assert local["tokens"] == ray_run["tokens"] <= 700 and local["shards"] > 1
+    for f in FILES:
+        assert sorted_table(tmp_path / "local" / f).equals(sorted_table(tmp_path / "ray" / f))
