@@ -30,6 +30,7 @@ import numpy as np
 
 from engram_core.layout import MemoryLayout
 
+from .scan_sample import parse_sample_tokens, shard_caps, tokenize_capped
 from .scan_tables import TableWriter, ngrams_table, rows_table
 from .traffic import ShardCounts, Summary, cache_curves, head_rows, map_shard, merge, zipf_curve
 
@@ -142,35 +143,6 @@ def read_shard(shard: Shard) -> tuple[list[str], list[str], list[str]]:
         docs.extend(texts[i] for i in keep)
         names.extend(ids[i] for i in keep)
     return docs, names, problems
-
-
-def shard_caps(sample_tokens: int | None, n_shards: int) -> list[int | None]:
-    """Tokens each shard's map keeps so that the sample is about `sample_tokens`, spread evenly:
-    N split as evenly as whole tokens allow (the first N mod shards shards keep one more), so the
-    caps add up to N exactly and a shard shorter than its cap gives all it has."""
-    if sample_tokens is None:
-        return [None] * n_shards
-    if isinstance(sample_tokens, bool) or not isinstance(sample_tokens, int) or sample_tokens <= 0:
-        raise ScanError(f"--sample-tokens takes a positive whole number of tokens, got {sample_tokens!r}")
-    base, extra = divmod(sample_tokens, n_shards)
-    return [base + (i < extra) for i in range(n_shards)]
-
-
-def tokenize_capped(layout, texts: list[str], cap: int | None, batch: int = 64) -> list[np.ndarray]:
-    """The shard's documents as token ids, at most `cap` tokens in all: whole documents first,
-    the last one cut at a token boundary. Tokenises a batch at a time, so a small cap stops early."""
-    from .traffic_cli import tokenize
-
-    if cap is None:
-        return tokenize(layout, texts)
-    docs, left = [], cap
-    for i in range(0, len(texts), batch):
-        for ids in tokenize(layout, texts[i : i + batch]):
-            if left <= 0:  # a cap of 0 (more shards than N) keeps no document
-                return docs
-            docs.append(ids[:left])  # N-grams of a cut document still end at its (new) end
-            left -= len(docs[-1])
-    return docs
 
 
 def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float, gates=None) -> None:
@@ -434,7 +406,7 @@ def cmd_scan(args) -> None:
             raise ScanError(f"--workers must be at least 1, got {args.workers}")
         if args.shard_bytes < 1:
             raise ScanError(f"--shard-bytes must be positive, got {args.shard_bytes}")
-        sample = None if args.sample_tokens is None else _whole_number(args.sample_tokens)
+        sample = None if args.sample_tokens is None else parse_sample_tokens(args.sample_tokens)
         shards = plan_shards(args.paths, args.shard_bytes)  # no such path: before the model loads
         layout = load_layout(args.model)
     except ValueError as e:
@@ -469,17 +441,6 @@ def cmd_scan(args) -> None:
     )
 
 
-def _whole_number(text: str) -> int:
-    """--sample-tokens as an int: '1000000', '1_000_000' or '1e6' (a whole number), else one line."""
-    try:
-        value = float(text) if any(c in text.lower() for c in ".e") else int(text)
-    except ValueError:
-        raise ScanError(f"--sample-tokens takes a positive whole number of tokens, got {text!r}") from None
-    if value != int(value) or value <= 0:
-        raise ScanError(f"--sample-tokens takes a positive whole number of tokens, got {text!r}")
-    return int(value)
-
-
 def _sampled(s: dict) -> str:
     return f" (a sample: {s['sample_tokens']:,} tokens asked for)" if s.get("sample_tokens") else ""
 
@@ -497,7 +458,7 @@ def print_scan(out_dir: str) -> None:
         raise UserError(f"{out_dir} is not a finished scan (summary.json, cache.parquet): {e}") from e
     print(
         f"{s['model']}: {s['tokens']:,} tokens, {s['documents']:,} documents, {s['shards']} shards, "
-        f"{s['skipped_files']} files skipped ({s['executor']}, {s['seconds']} s)"
+        f"{s['skipped_files']} files skipped ({s['executor']}, {s['seconds']} s){_sampled(s)}"
     )
     for layer in s["layers"]:
         heads = [h for h in s["heads"] if h["layer"] == layer]

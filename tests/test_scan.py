@@ -11,7 +11,8 @@ import pytest
 
 from engram_core.addressing import address
 from engram_core.layout import load_layout
-from engram_inspect.scan import _load, plan_shards, scan, shard_caps
+from engram_inspect.scan import _load, plan_shards, scan
+from engram_inspect.scan_sample import shard_caps
 from engram_inspect.traffic import unpack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,7 +306,7 @@ def test_resume_with_another_sample_never_mixes_parts(tmp_path, layout):
         assert sorted_table(tmp_path / "out" / f).equals(sorted_table(tmp_path / "clean" / f))
 
 
-@pytest.mark.parametrize("n", ["0", "-5", "1.5", "lots"])
+@pytest.mark.parametrize("n", ["0", "-5", "1.5", "lots", "1e400"])
 def test_bad_sample_tokens_exit_2(n):
     out = cli("scan", "tests", "--sample-tokens", n, "-o", "x")
     assert out.returncode == 2
