@@ -23,13 +23,14 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from engram_core.layout import MemoryLayout
 
+from .scan_sample import parse_sample_tokens, shard_caps, tokenize_capped
 from .scan_tables import TableWriter, ngrams_table, rows_table
 from .traffic import ShardCounts, Summary, cache_curves, head_rows, map_shard, merge, zipf_curve
 
@@ -49,10 +50,14 @@ class Shard:
     kind: str  # "files", "jsonl" or "parquet"
     paths: tuple[str, ...]
     span: tuple[int, int] | None = None  # byte range of a JSONL file, cut at line ends
+    cap: int | None = None  # --sample-tokens: the most tokens this shard's map keeps (None: all)
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps([self.kind, self.paths, self.span]).encode()).hexdigest()[:16]
+        # the cap joins the identity only when set: a full scan keeps its old part names, and a
+        # resumed scan under another --sample-tokens never reuses a part made under a different cap
+        ident = [self.kind, self.paths, self.span] + ([self.cap] if self.cap is not None else [])
+        return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 
 def jsonl_shards(path: Path, shard_bytes: int) -> list[Shard]:
@@ -193,9 +198,8 @@ def run_map(layout: MemoryLayout, shard: Shard, parts: Path, rate: float) -> dic
         return {"shard": shard.key, "skipped": True, **{k: _load(out)[1][k] for k in ("tokens", "documents")}}
     t0 = time.perf_counter()
     texts, names, problems = read_shard(shard)
-    from .traffic_cli import tokenize
-
-    docs = tokenize(layout, texts)
+    docs = tokenize_capped(layout, texts, shard.cap)
+    names = names[: len(docs)]  # a capped shard keeps its first documents
     counts = map_shard(layout, docs, rate)
     gates = None
     if layout.has_backbone:  # the model reads the shard: gate sums and top contexts per row
@@ -317,9 +321,15 @@ def scan(
     rate: float = DEFAULT_SAMPLE_RATE,
     progress: Callable[[dict], None] | None = None,
     shard_bytes: int = SHARD_BYTES,
+    sample_tokens: int | None = None,
 ) -> dict:
-    """Scan the corpus under PATHs into OUT_DIR; returns the summary (also in summary.json)."""
+    """Scan the corpus under PATHs into OUT_DIR; returns the summary (also in summary.json).
+
+    `sample_tokens` N scans about N tokens spread evenly over the corpus: every shard keeps
+    at most N / shards tokens (`shard_caps`), so the sample is at most N tokens.
+    """
     shards = plan_shards(paths, shard_bytes)
+    shards = [replace(s, cap=c) for s, c in zip(shards, shard_caps(sample_tokens, len(shards)), strict=True)]
     out_dir = Path(out_dir)
     parts = out_dir / "parts"
     parts.mkdir(parents=True, exist_ok=True)
@@ -353,6 +363,8 @@ def scan(
         map_seconds=round(map_seconds, 2),
         tokens_per_s=round(summary["tokens"] / max(seconds, 1e-9)),
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        sample_tokens=sample_tokens,  # asked for (None: the whole corpus); "tokens" is what was scanned
+        sample_tokens_per_shard=max((s.cap or 0) for s in shards) or None,
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -394,6 +406,7 @@ def cmd_scan(args) -> None:
             raise ScanError(f"--workers must be at least 1, got {args.workers}")
         if args.shard_bytes < 1:
             raise ScanError(f"--shard-bytes must be positive, got {args.shard_bytes}")
+        sample = None if args.sample_tokens is None else parse_sample_tokens(args.sample_tokens)
         shards = plan_shards(args.paths, args.shard_bytes)  # no such path: before the model loads
         layout = load_layout(args.model)
     except ValueError as e:
@@ -420,11 +433,16 @@ def cmd_scan(args) -> None:
         args.sample_rate,
         progress,
         args.shard_bytes,
+        sample,
     )
     print(
         f"{s['tokens']:,} tokens, {s['documents']:,} documents in {s['seconds']} s ({s['tokens_per_s']:,} tokens/s), "
-        f"{s['skipped_files']} files skipped, peak RSS {s['peak_rss_mib']:,} MiB: {args.output}"
+        f"{s['skipped_files']} files skipped{_sampled(s)}, peak RSS {s['peak_rss_mib']:,} MiB: {args.output}"
     )
+
+
+def _sampled(s: dict) -> str:
+    return f" (a sample: {s['sample_tokens']:,} tokens asked for)" if s.get("sample_tokens") else ""
 
 
 def print_scan(out_dir: str) -> None:
@@ -440,7 +458,7 @@ def print_scan(out_dir: str) -> None:
         raise UserError(f"{out_dir} is not a finished scan (summary.json, cache.parquet): {e}") from e
     print(
         f"{s['model']}: {s['tokens']:,} tokens, {s['documents']:,} documents, {s['shards']} shards, "
-        f"{s['skipped_files']} files skipped ({s['executor']}, {s['seconds']} s)"
+        f"{s['skipped_files']} files skipped ({s['executor']}, {s['seconds']} s){_sampled(s)}"
     )
     for layer in s["layers"]:
         heads = [h for h in s["heads"] if h["layer"] == layer]
@@ -464,4 +482,9 @@ def add_scan_command(sub) -> None:
     s.add_argument("--workers", type=int, default=2, help="concurrent Ray map tasks")
     s.add_argument("--sample-rate", type=float, default=DEFAULT_SAMPLE_RATE, help="LRU replay sample rate")
     s.add_argument("--shard-bytes", type=int, default=SHARD_BYTES, help="text bytes per shard of a folder")
+    s.add_argument(
+        "--sample-tokens",
+        metavar="N",
+        help="scan about N tokens spread evenly over the corpus (each shard keeps its first N/shards tokens)",
+    )
     s.set_defaults(fn=cmd_scan)

@@ -55,13 +55,19 @@ def run_ray(layout_name: str, shards, parts, rate, progress, address: str | None
 
         lay = _worker_layout(layout_name, load_layout)
         lines = [
-            run_map(lay, Shard(k, tuple(json.loads(p)), tuple(json.loads(sp)) if sp else None), Path(parts), rate)
-            for k, p, sp in zip(batch["kind"], batch["paths"], batch["span"], strict=True)
+            run_map(
+                lay,
+                Shard(k, tuple(json.loads(p)), tuple(json.loads(sp)) if sp else None, json.loads(c)),
+                Path(parts),
+                rate,
+            )
+            for k, p, sp, c in zip(batch["kind"], batch["paths"], batch["span"], batch["cap"], strict=True)
         ]
         return {"line": [json.dumps(x) for x in lines]}
 
     items = [
         {"kind": s.kind, "paths": json.dumps(list(s.paths)), "span": json.dumps(s.span) if s.span else ""}
+        | {"cap": json.dumps(s.cap)}  # --sample-tokens: each shard's own cap, a plain int (or null) as in its key
         for s in shards
     ]
     ds = ray.data.from_items(items, override_num_blocks=len(items))

@@ -12,6 +12,7 @@ import pytest
 from engram_core.addressing import address
 from engram_core.layout import load_layout
 from engram_inspect.scan import _load, plan_shards, scan
+from engram_inspect.scan_sample import shard_caps
 from engram_inspect.traffic import unpack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,3 +250,77 @@ def test_gate_sums_match_a_direct_capture(tmp_path, tiny_ckdir):
         at = {(d, o): a for a, d, o in reads[key]}
         for c in lines:  # each context is a read of this row, with its alpha
             assert at[(c["doc"], c["offset"])] == pytest.approx(c["alpha"], abs=1e-7)
+
+
+def row_keys(path: Path) -> set:
+    t = pq.read_table(path, columns=["layer", "order", "head", "row"]).to_pydict()
+    return set(zip(t["layer"], t["order"], t["head"], t["row"], strict=True))
+
+
+def test_sample_tokens_is_spread_over_every_shard(tmp_path, layout):
+    folder = corpus(tmp_path / "c", 8)
+    full = scan(layout, [str(folder)], tmp_path / "full", shard_bytes=1500)
+    assert full["shards"] >= 3 and full["sample_tokens"] is None
+    n = full["tokens"] // 3
+    s = scan(layout, [str(folder)], tmp_path / "sample", shard_bytes=1500, sample_tokens=n)
+    assert s["sample_tokens"] == n and s["shards"] == full["shards"]
+    per_shard = [
+        _load(tmp_path / "full" / "parts" / f"{sh.key}.npz")[1]["tokens"] for sh in plan_shards([str(folder)], 1500)
+    ]
+    caps = shard_caps(n, len(per_shard))
+    assert sum(caps) == n and max(caps) - min(caps) == 1
+    assert s["tokens"] == sum(min(c, t) for c, t in zip(caps, per_shard, strict=True))  # a short shard gives all it has
+    assert 0.8 * n < s["tokens"] <= n
+    assert json.loads((tmp_path / "sample" / "summary.json").read_text())["tokens"] == s["tokens"]
+    assert row_keys(tmp_path / "sample" / "rows.parquet") < row_keys(tmp_path / "full" / "rows.parquet")
+    rows = pq.read_table(tmp_path / "sample" / "rows.parquet").to_pydict()
+    assert sum(h for h, o in zip(rows["hits"], rows["order"], strict=True) if o == 2) == s["tokens"] * (
+        len(layout.layers) * layout.spec.heads_per_ngram
+    )  # each sampled token reads one row of every order-2 head
+    docs = {d for p in (tmp_path / "sample" / "parts").glob("*.npz") for d in _load(p)[1]["doc_names"]}
+    assert all(set(sh.paths) & docs for sh in plan_shards([str(folder)], 1500))  # every shard, not the first ones
+
+
+def test_sample_cuts_the_last_document_at_a_token(tmp_path, layout):
+    (tmp_path / "c").mkdir()
+    text = "To be, or not to be, that is the question."
+    (tmp_path / "c" / "a.txt").write_text(text)
+    (tmp_path / "c" / "b.txt").write_text("Whether 'tis nobler in the mind to suffer")
+    ids = layout.encode(text)
+    s = scan(layout, [str(tmp_path / "c")], tmp_path / "out", sample_tokens=len(ids) + 3)
+    assert s["tokens"] == len(ids) + 3 and s["documents"] == 2
+    t = scan(layout, [str(tmp_path / "c")], tmp_path / "cut", sample_tokens=5)
+    assert t["tokens"] == 5 and t["documents"] == 1
+    counts, _ = _load(next((tmp_path / "cut" / "parts").glob("*.npz")))
+    assert int(counts.ngrams[2][2].sum()) == 5  # bigram reads of the first five tokens only
+
+
+def test_resume_with_another_sample_never_mixes_parts(tmp_path, layout):
+    folder = corpus(tmp_path / "c", 8)
+    big = scan(layout, [str(folder)], tmp_path / "out", shard_bytes=1500, sample_tokens=900)
+    again = scan(layout, [str(folder)], tmp_path / "out", shard_bytes=1500, sample_tokens=300)
+    clean = scan(layout, [str(folder)], tmp_path / "clean", shard_bytes=1500, sample_tokens=300)
+    assert len(list((tmp_path / "out" / "parts").glob("*.npz"))) == 2 * big["shards"]
+    assert again["tokens"] == clean["tokens"] < big["tokens"]
+    for f in FILES:
+        assert sorted_table(tmp_path / "out" / f).equals(sorted_table(tmp_path / "clean" / f))
+
+
+@pytest.mark.parametrize("n", ["0", "-5", "1.5", "lots", "1e400"])
+def test_bad_sample_tokens_exit_2(n):
+    out = cli("scan", "tests", "--sample-tokens", n, "-o", "x")
+    assert out.returncode == 2
+    assert f"--sample-tokens takes a positive whole number of tokens, got '{n}'" in out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+
+
+@pytest.mark.slow
+def test_local_and_ray_take_the_same_sample(tmp_path, layout, ray_cluster):
+    folder = corpus(tmp_path / "c", 6)
+    local = scan(layout, [str(folder)], tmp_path / "local", shard_bytes=1500, sample_tokens=700)
+    ray_run = scan(
+        layout, [str(folder)], tmp_path / "ray", executor="ray", workers=2, shard_bytes=1500, sample_tokens=700
+    )
+    assert local["tokens"] == ray_run["tokens"] <= 700 and local["shards"] > 1
+    for f in FILES:
+        assert sorted_table(tmp_path / "local" / f).equals(sorted_table(tmp_path / "ray" / f))
