@@ -57,3 +57,18 @@ def test_bad_attribution_input_is_one_line_and_server_survives(served, args, mes
     with pytest.raises(Exception, match=message):
         client.predict(*args, api_name="/attribution")
     assert client.predict(TEXT, 2, "exact", "zero", api_name="/attribution")
+
+
+def test_attribution_bars_are_the_records_sorted_by_size():
+    """The Lookups bars hold attribute()'s deltas, largest |delta| first, one label per read."""
+    from app import views
+
+    recs = [
+        {"layer": 1, "order": 2, "head": 0, "position_read": 3, "row": 7, "ngram": "ab", "delta_logprob": -0.2},
+        {"layer": 2, "order": 3, "head": 1, "position_read": 2, "row": 9, "ngram": "xyz", "delta_logprob": 0.5},
+        {"layer": 1, "order": 3, "head": 1, "position_read": 3, "row": 4, "ngram": "q", "delta_logprob": -0.01},
+    ]
+    bar = views.attribution_figure(recs).data[0]
+    assert list(bar.x) == [0.5, -0.2, -0.01]
+    assert bar.y[0].startswith("2:3:1 @ 2") and "row 9" in bar.y[0]
+    assert len(set(bar.y)) == 3
