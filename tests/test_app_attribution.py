@@ -86,3 +86,11 @@ def test_lookups_bars_equal_attribute_for_the_same_text_position_and_mode(served
         want = sorted((r["delta_logprob"] for r in recs), key=abs, reverse=True)
         assert list(bar.x) == pytest.approx(want)
         assert len(bar.x) == len(recs) > 0
+
+
+def test_v41_lookups_notice_names_the_attribution_bars():
+    """Under the addressing-only model the Lookups tab's one line says the bars need the backbone."""
+    from app.layouts import BACKBONE_VIEWS, V41, unavailable
+
+    line = unavailable(V41, BACKBONE_VIEWS["lookups"])
+    assert line.startswith(f"Not for {V41}:") and "attribution bars" in line and "\n" not in line
