@@ -252,9 +252,10 @@ def attribution_label(r: dict) -> str:
     return f"{r['layer']}:{r['order']}:{r['head']} @ {r['position_read']}  {show(str(r['ngram']))}  row {r['row']}"
 
 
-def attribution_figure(records: list[dict]) -> go.Figure:
-    """Horizontal bars of delta log p per memory read, largest |delta| at the top."""
-    recs = sorted(records, key=lambda r: abs(r["delta_logprob"]), reverse=True)
+def attribution_figure(records: list[dict], top: int = 40) -> go.Figure:
+    """Horizontal bars of delta log p per memory read, largest |delta| at the top; the `top` largest only
+    (approx attributes thousands of reads, too many bars to read)."""
+    recs = sorted(records, key=lambda r: abs(r["delta_logprob"]), reverse=True)[:top]
     fig = go.Figure(
         go.Bar(
             x=[r["delta_logprob"] for r in recs],

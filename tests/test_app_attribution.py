@@ -72,6 +72,7 @@ def test_attribution_bars_are_the_records_sorted_by_size():
     assert list(bar.x) == [0.5, -0.2, -0.01]
     assert bar.y[0].startswith("2:3:1 @ 2") and "row 9" in bar.y[0]
     assert len(set(bar.y)) == 3
+    assert list(views.attribution_figure(recs, top=2).data[0].x) == [0.5, -0.2]
 
 
 def test_lookups_bars_equal_attribute_for_the_same_text_position_and_mode(served):
@@ -84,8 +85,8 @@ def test_lookups_bars_equal_attribute_for_the_same_text_position_and_mode(served
         recs = attribute(session.ck, TEXT, 5, method, mode)
         bar = views.attribution_figure(attribution_records(session, TEXT, 5, method, mode)).data[0]
         want = sorted((r["delta_logprob"] for r in recs), key=abs, reverse=True)
-        assert list(bar.x) == pytest.approx(want)
-        assert len(bar.x) == len(recs) > 0
+        assert list(bar.x) == pytest.approx(want[:40])
+        assert len(bar.x) == min(len(recs), 40) > 0
 
 
 def test_v41_lookups_notice_names_the_attribution_bars():
