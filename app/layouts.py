@@ -22,7 +22,7 @@ BACKBONE_VIEWS = {  # tab id -> what it needs the backbone for (tabs not named: 
     "knockout": "knock-outs",
     "attribution": "attribution",
     "row-page": "the row page (the shipped model's rows, gates and knock-outs)",
-    "lookups": "the gate colours and the shipped model's tables",
+    "lookups": "the gate colours, the shipped model's tables and the attribution bars",
     "health": "the gate distribution and the logit lens",
     "paper": "the paper checks",
     "export": "trace exports",

@@ -245,3 +245,29 @@ def read_rows(trace: Trace, layout) -> list[int]:
                 for r in np.unique(trace.hash_rows[li, :, trace.head_index(n, h)]):
                     out.append(layout.flat(RowAddress(L, n, h, int(r))))
     return out
+
+
+def attribution_label(r: dict) -> str:
+    """layer:order:head @ position_read, then the N-gram and the row it read."""
+    return f"{r['layer']}:{r['order']}:{r['head']} @ {r['position_read']}  {show(str(r['ngram']))}  row {r['row']}"
+
+
+def attribution_figure(records: list[dict], top: int = 40) -> go.Figure:
+    """Horizontal bars of delta log p per memory read, largest |delta| at the top; the `top` largest only
+    (approx attributes thousands of reads, too many bars to read)."""
+    recs = sorted(records, key=lambda r: abs(r["delta_logprob"]), reverse=True)[:top]
+    fig = go.Figure(
+        go.Bar(
+            x=[r["delta_logprob"] for r in recs],
+            y=[attribution_label(r) for r in recs],
+            orientation="h",
+            marker_color=["#2a6fdb" if r["delta_logprob"] < 0 else "#d9534f" for r in recs],
+        )
+    )
+    fig.update_layout(
+        title="delta log p(next token) when one read is removed (negative: the read helped)",
+        yaxis={"autorange": "reversed"},
+        height=max(240, 22 * len(recs) + 80),
+        margin={"l": 10, "r": 10, "t": 40, "b": 30},
+    )
+    return fig

@@ -265,7 +265,11 @@ def cmd_row(args: argparse.Namespace) -> None:
         ck = _checkpoint(args)
         RowLayout.of(ck).check(address)  # a bad address fails before the slow parts load
         pages = RowPages.load(ck, progress=_progress("row statistics"))
-        page = row_page(ck, address, pages, exact=args.exact)
+        if args.ablation != "zero":
+            from .ablation import install
+
+            install(ck, progress=_progress("row sources"))
+        page = row_page(ck, address, pages, exact=args.exact, mode=args.ablation)
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.json:
@@ -351,6 +355,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("row", help="L:N:K:R (layer, order, head, row)")
     s.add_argument("--json", action="store_true", help="print the page as JSON")
     s.add_argument("--exact", action="store_true", help="also measure the exact removal cost (seconds)")
+    s.add_argument("--ablation", choices=["zero", "mean"], default="zero", help="what replaces a removed read")
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_row)
     s = sub.add_parser("attribute", help="which memory reads carried the prediction at one position")

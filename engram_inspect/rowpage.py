@@ -225,7 +225,7 @@ def _tokens(ck: Checkpoint, ids: list[int], logits: list[float]) -> list[Token]:
 
 
 def row_page(ck: Checkpoint, address: RowAddress, pages: RowPages | None = None, exact: bool = False,
-             max_exact: int = MAX_EXACT) -> RowPage:  # fmt: skip
+             max_exact: int = MAX_EXACT, mode: str = "zero") -> RowPage:  # fmt: skip
     """The page of one row. Without `pages` the slow parts are loaded (or computed) first: pass them when
     asking for many pages. `exact` adds the exact removal cost of up to `max_exact` reads (seconds)."""
     pages = pages or RowPages.load(ck)
@@ -266,7 +266,7 @@ def row_page(ck: Checkpoint, address: RowAddress, pages: RowPages | None = None,
     )
     if exact and len(w):
         pick = np.unique(np.linspace(0, len(w) - 1, min(max_exact, len(w))).round().astype(np.int64))
-        total, own = exact_removal(pages, address, w[pick], t[pick])
+        total, own = exact_removal(pages, address, w[pick], t[pick], mode=mode)
         page = _with_exact(page, float(total.mean()), float(own.mean()), len(pick))
     return page
 
@@ -289,8 +289,12 @@ def _logp(model, ids: torch.Tensor, rows: dict[int, torch.Tensor], hook=None) ->
             h.remove()
 
 
-def exact_removal(pages: RowPages, address: RowAddress, w: np.ndarray, t: np.ndarray, batch: int = 16):
-    """Exact delta log p of zeroing the row's read at one position (w, t), each in its own copy of the window.
+def exact_removal(pages: RowPages, address: RowAddress, w: np.ndarray, t: np.ndarray, batch: int = 16,
+                  mode: str = "zero"):  # fmt: skip
+    """Exact delta log p of removing the row's read at one position (w, t), each in its own copy of the window.
+
+    `mode` says what replaces the read: zeros, or the head's corpus-weighted mean row
+    (`engram_inspect.ablation.install` gives the model its row sources).
 
     Returns (window total, own prediction), each (n,): the change in sum_t' log p(x_{t'+1})
     over the whole window, and at the reading position only (0 at a window's last position,
@@ -298,6 +302,7 @@ def exact_removal(pages: RowPages, address: RowAddress, w: np.ndarray, t: np.nda
     """
     model, spec = pages.ck.model, pages.layout.spec
     h = spec.head_index(address.order, address.head)
+    substitute = _substitute(model, address.layer, h, mode)
     T = pages.stats.sample.length
     total, own = np.zeros(len(w)), np.zeros(len(w))
     for lo in range(0, len(w), batch):
@@ -312,7 +317,7 @@ def exact_removal(pages: RowPages, address: RowAddress, w: np.ndarray, t: np.nda
 
         def zero(_m, _i, e, pos=pos):
             e = e.clone()  # (B, T, H, Dh)
-            e[torch.arange(len(pos)), pos, h] = 0.0
+            e[torch.arange(len(pos)), pos, h] = substitute.to(e.dtype)
             return e
 
         cut = _logp(model, ids, rows, {address.layer: zero})
@@ -323,3 +328,15 @@ def exact_removal(pages: RowPages, address: RowAddress, w: np.ndarray, t: np.nda
         own_part[inside] = diff[torch.arange(len(ww))[inside], pos[inside]]
         own[lo : lo + len(ww)] = own_part.numpy()
     return total, own
+
+
+def _substitute(model, layer: int, head: int, mode: str) -> torch.Tensor:
+    """The row that stands in for a removed read on `head` of `layer` under `mode`."""
+    if mode == "zero":
+        return torch.tensor(0.0)
+    if mode == "mean":
+        source = model.blocks[layer].engram.row_source
+        if source is None:
+            raise ValueError("mode 'mean' needs the row sources: call engram_inspect.ablation.install(ck) first")
+        return source.mean_rows[head]
+    raise ValueError(f"a row page's exact removal cost takes mode zero or mean, got {mode!r}")

@@ -57,3 +57,41 @@ def test_bad_attribution_input_is_one_line_and_server_survives(served, args, mes
     with pytest.raises(Exception, match=message):
         client.predict(*args, api_name="/attribution")
     assert client.predict(TEXT, 2, "exact", "zero", api_name="/attribution")
+
+
+def test_attribution_bars_are_the_records_sorted_by_size():
+    """The Lookups bars hold attribute()'s deltas, largest |delta| first, one label per read."""
+    from app import views
+
+    recs = [
+        {"layer": 1, "order": 2, "head": 0, "position_read": 3, "row": 7, "ngram": "ab", "delta_logprob": -0.2},
+        {"layer": 2, "order": 3, "head": 1, "position_read": 2, "row": 9, "ngram": "xyz", "delta_logprob": 0.5},
+        {"layer": 1, "order": 3, "head": 1, "position_read": 3, "row": 4, "ngram": "q", "delta_logprob": -0.01},
+    ]
+    bar = views.attribution_figure(recs).data[0]
+    assert list(bar.x) == [0.5, -0.2, -0.01]
+    assert bar.y[0].startswith("2:3:1 @ 2") and "row 9" in bar.y[0]
+    assert len(set(bar.y)) == 3
+    assert list(views.attribution_figure(recs, top=2).data[0].x) == [0.5, -0.2]
+
+
+def test_lookups_bars_equal_attribute_for_the_same_text_position_and_mode(served):
+    """The figure the Lookups tab draws holds attribute()'s deltas under the chosen method and mode."""
+    from app import views
+    from app.api import attribution_records
+
+    session, _ = served
+    for method, mode in (("exact", "zero"), ("approx", "mean")):
+        recs = attribute(session.ck, TEXT, 5, method, mode)
+        bar = views.attribution_figure(attribution_records(session, TEXT, 5, method, mode)).data[0]
+        want = sorted((r["delta_logprob"] for r in recs), key=abs, reverse=True)
+        assert list(bar.x) == pytest.approx(want[:40])
+        assert len(bar.x) == min(len(recs), 40) > 0
+
+
+def test_v41_lookups_notice_names_the_attribution_bars():
+    """Under the addressing-only model the Lookups tab's one line says the bars need the backbone."""
+    from app.layouts import BACKBONE_VIEWS, V41, unavailable
+
+    line = unavailable(V41, BACKBONE_VIEWS["lookups"])
+    assert line.startswith(f"Not for {V41}:") and "attribution bars" in line and "\n" not in line

@@ -356,3 +356,44 @@ def test_page_neighbours_value_space_and_same_head_raw(tiny_ck, tiny_pages):
     head = [RowAddress.parse(n.address) for n in page.head_neighbours]
     assert len(head) == 10 and all((h.layer, h.order, h.head) == (a.layer, a.order, a.head) for h in head)
     assert a not in head
+
+
+def test_mean_mode_removal_of_a_read_equal_to_its_heads_mean_costs_nothing(tiny_ck, tiny_pages):
+    """A read replaced by a row equal to itself changes no log p: mode=mean with that row as the head's mean."""
+    from engram_core.ablation import RowSource
+    from engram_inspect.rowpage import _substitute
+
+    layout, T = tiny_pages.layout, tiny_pages.stats.sample.length
+    model = tiny_ck.model
+    a = next(layout.address(f) for f in range(layout.total) if len(tiny_pages.reads(layout.address(f))[0]))
+    w, t = tiny_pages.reads(a)
+    h = layout.spec.head_index(a.order, a.head)
+    engram = model.blocks[a.layer].engram
+    old = engram.row_source
+    seen = {}
+
+    def grab(_m, _i, e):
+        seen["row"] = e[0, int(t[0]), h].detach().clone()
+
+    mods = dict(model.named_modules())
+    from engram_core.hooks import engram_hook
+
+    handle = mods[engram_hook(a.layer, "rows")].register_forward_hook(grab)
+    ids = torch.from_numpy(tiny_pages.tokens[w[0]])[None]
+    rows = {ly: torch.from_numpy(r[:, w[0] * T : (w[0] + 1) * T].T[None]).long() for ly, r in tiny_pages.rows.items()}
+    with torch.no_grad():
+        model(ids, rows=rows)
+    handle.remove()
+    mean_rows = torch.zeros(h + 1, seen["row"].shape[-1], dtype=seen["row"].dtype)
+    mean_rows[h] = seen["row"]
+    engram.row_source = RowSource(mean_rows=mean_rows, pool=torch.zeros(2, h + 1, dtype=torch.long))
+    try:
+        assert torch.equal(_substitute(model, a.layer, h, "mean"), seen["row"])
+        total, own = exact_removal(tiny_pages, a, w[:1], t[:1], mode="mean")
+        zero_total, _ = exact_removal(tiny_pages, a, w[:1], t[:1], mode="zero")
+    finally:
+        engram.row_source = old
+    assert abs(total[0]) < 1e-5 and abs(own[0]) < 1e-5
+    assert abs(zero_total[0]) > 1e-5  # the zero mode does move it, so the check can fail
+    with pytest.raises(ValueError, match="zero or mean"):
+        exact_removal(tiny_pages, a, w[:1], t[:1], mode="shuffle")
