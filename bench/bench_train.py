@@ -38,7 +38,8 @@ def config(branches: int = 4) -> ModelConfig:
 
 
 def build(kind: str, compiled: bool, seed: int = 0):
-    """(model, optimizers, step function) for 'baseline', 'ours', 'ours-graph' (the dense part as
+    """(model, optimizers, step function) for 'baseline', 'ours' (as `engram train` compiles it),
+    'ours-blocks' (one graph per block), 'ours-graph' (the dense part as
     one compiled graph instead of one per block) or 'plain' (ours with M = 1)."""
     torch.manual_seed(seed)
     ours = EngramLM(config(1 if kind == "plain" else 4), COMPRESSION)
@@ -51,7 +52,7 @@ def build(kind: str, compiled: bool, seed: int = 0):
         return model, opts, base.train_step
     opts = make_optimizers(ours, TrainConfig())
     if compiled:
-        compile_dense(ours, "model" if kind == "ours-graph" else "blocks")
+        compile_dense(ours, {"ours-graph": "model", "ours-blocks": "blocks"}.get(kind, "sublayers"))
     return ours, opts, train_step
 
 
@@ -91,6 +92,7 @@ def report(res: dict, precision: str, size: int) -> None:
         )
     for k, other, what in [
         ("ours", "baseline", "target >= 2x"),
+        ("ours-blocks", "baseline", "ours compiled per block"),
         ("ours-graph", "baseline", "ours compiled as one graph"),
         ("ours", "plain", "M = 4 against the plain residual M = 1"),
     ]:
@@ -122,7 +124,9 @@ def main() -> None:
         return
     auto = choose_precision("auto")
     precisions = [auto] if a.dtype == "auto" else ["bf16", "fp32"] if a.dtype == "both" else [a.dtype]
-    kinds = ("baseline", "ours") + (("ours-graph",) if a.graph else ()) + (() if a.no_plain else ("plain",))
+    kinds = (
+        ("baseline", "ours") + (("ours-blocks", "ours-graph") if a.graph else ()) + (() if a.no_plain else ("plain",))
+    )
     print(f"machine: {machine()}; `engram train` picks {describe(auto)}")
     print(f"batch {a.batch} x 256 tokens, {'eager' if a.eager else 'compiled'}, median of {a.rounds} interleaved steps")
     for precision in precisions:
