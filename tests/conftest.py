@@ -106,3 +106,26 @@ def served_app():
     session, demo, url = serve(js=CLICK_JS)
     yield session, demo, url
     demo.close()
+
+
+class CliResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture()
+def engram_cli(capsys):
+    """Run `engram ARGS...` in this process (exit status, stdout, stderr): for the bad-input tests,
+    which end before any model loads; a subprocess would spend ~1.5 s importing for each."""
+    from engram_inspect.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+        out = capsys.readouterr()
+        return CliResult(int(code or 0), out.out, out.err)
+
+    return run

@@ -148,8 +148,8 @@ def test_resume_after_a_crash_gives_the_same_files(tmp_path):
         (["tests", "--sample-rate", "0", "-o", "x"], "--sample-rate must lie in (0, 1]"),
     ],
 )
-def test_bad_arguments_exit_2(args, message):
-    out = cli("scan", *args)
+def test_bad_arguments_exit_2(args, message, engram_cli):
+    out = engram_cli("scan", *args)
     assert out.returncode == 2
     assert message in out.stderr and out.stderr.count("\n") == 1, out.stderr
 
@@ -307,8 +307,8 @@ def test_resume_with_another_sample_never_mixes_parts(tmp_path, layout):
 
 
 @pytest.mark.parametrize("n", ["0", "-5", "1.5", "lots", "1e400"])
-def test_bad_sample_tokens_exit_2(n):
-    out = cli("scan", "tests", "--sample-tokens", n, "-o", "x")
+def test_bad_sample_tokens_exit_2(n, engram_cli):
+    out = engram_cli("scan", "tests", "--sample-tokens", n, "-o", "x")
     assert out.returncode == 2
     assert f"--sample-tokens takes a positive whole number of tokens, got '{n}'" in out.stderr
     assert out.stderr.count("\n") == 1, out.stderr

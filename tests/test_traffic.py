@@ -135,8 +135,8 @@ def cli(*args):
         (["--model", "nope"], "unknown model 'nope'"),
     ],
 )
-def test_traffic_bad_input_one_line(args, message):
-    out = cli(*args)
+def test_traffic_bad_input_one_line(args, message, engram_cli):
+    out = engram_cli("traffic", *args)
     assert out.returncode == 2
     assert message in out.stderr and out.stderr.count("\n") == 1, out.stderr
 
