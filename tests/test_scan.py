@@ -122,7 +122,7 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path, layout):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["skipped_files"] == 3
 
 
-def test_resume_after_a_crash_gives_the_same_files(tmp_path):
+def test_resume_after_a_crash_gives_the_same_files(tmp_path, engram_cli):
     folder = corpus(tmp_path / "c", 8)
     shards = plan_shards([str(folder)], 1500)
     assert len(shards) >= 3
@@ -130,10 +130,12 @@ def test_resume_after_a_crash_gives_the_same_files(tmp_path):
     crashed = cli(*args, env={"ENGRAM_SCAN_CRASH_AFTER": shards[1].key})
     assert crashed.returncode == 137
     assert len(list((tmp_path / "out" / "parts").glob("*.npz"))) == 2
-    resumed = cli(*args)
+    resumed = engram_cli(*args)  # the crash needs its own process; the rest runs here
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.count("skipped") == 2
-    clean = cli("scan", str(folder), "--model", str(MODEL), "--shard-bytes", "1500", "-o", str(tmp_path / "clean"))
+    clean = engram_cli(
+        "scan", str(folder), "--model", str(MODEL), "--shard-bytes", "1500", "-o", str(tmp_path / "clean")
+    )
     assert clean.returncode == 0
     for f in FILES:
         assert sorted_table(tmp_path / "out" / f).equals(sorted_table(tmp_path / "clean" / f))
@@ -154,12 +156,12 @@ def test_bad_arguments_exit_2(args, message, engram_cli):
     assert message in out.stderr and out.stderr.count("\n") == 1, out.stderr
 
 
-def test_stats_reads_a_scan(tmp_path, layout):
+def test_stats_reads_a_scan(tmp_path, layout, engram_cli):
     scan(layout, [str(corpus(tmp_path / "c", 2))], tmp_path / "out")
-    out = cli("stats", str(tmp_path / "out"))
+    out = engram_cli("stats", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr
     assert "rows hit" in out.stdout and "1 GiB cache" in out.stdout
-    assert cli("stats", str(tmp_path)).returncode == 2
+    assert engram_cli("stats", str(tmp_path)).returncode == 2
 
 
 @pytest.mark.slow

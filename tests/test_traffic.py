@@ -141,11 +141,12 @@ def test_traffic_bad_input_one_line(args, message, engram_cli):
     assert message in out.stderr and out.stderr.count("\n") == 1, out.stderr
 
 
-def test_traffic_command_writes_its_files(tmp_path):
+def test_traffic_command_writes_its_files(tmp_path, engram_cli):
     import pyarrow.parquet as pq
 
     (tmp_path / "mine.txt").write_text("To be, or not to be, that is the question. " * 20)
-    out = cli(
+    out = engram_cli(
+        "traffic",
         "--domains",
         "",
         "--corpus",
