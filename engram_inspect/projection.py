@@ -211,18 +211,42 @@ def compute_projection(
     progress: called as progress(done, total, message) at each stage.
     cache_path: the .npz to use instead of the cached (or shipped) one (tests).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if max_points < 2:
-        raise ValueError(f"max_points must be at least 2, got {max_points}")
+    check_request(method, max_points)
     layout = RowLayout.of(ck)
     layout.flat_range(*parse_scope(scope))  # a clear error for a scope this model does not have
-    progress = progress or (lambda done, total, message: None)
     meta = _meta(method, scope, seed, max_points)
     # a row set gets its own file, so the corpus's rows and all rows can both stay cached
     meta["rows"] = _rows_digest(rows)
     name = f"projection-{method}-{scope}{meta['rows']}"
-    # read a shipped copy beside the weights when there is one; write only to the cache
+    return cached_projection(
+        ck, layout, name, meta, lambda report: project(ck, method, scope, rows, seed, max_points, report),
+        progress, recompute, cache_path,
+    )  # fmt: skip
+
+
+def check_request(method: str, max_points: int) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2, got {max_points}")
+
+
+def cached_projection(
+    ck: Checkpoint,
+    layout: RowLayout,
+    name: str,
+    meta: dict,
+    compute: Callable[[Progress], Projection],
+    progress: Progress | None = None,
+    recompute: bool = False,
+    cache_path: str | Path | None = None,
+) -> Projection:
+    """The projection `name` from disk when its meta matches, else `compute(progress)`, saved to the cache.
+
+    A shipped copy beside the weights is read first; writes go only to the cache.
+    cache_path: the .npz to use instead of the cached (or shipped) one (tests).
+    """
+    progress = progress or (lambda done, total, message: None)
     source = Path(cache_path) if cache_path is not None else find_file(ck, name, ".npz")
     path = Path(cache_path) if cache_path is not None else cache_file(ck, name, ".npz")
     if not recompute and source.is_file():
@@ -230,7 +254,7 @@ def compute_projection(
         if cached is not None:
             progress(4, 4, f"loaded from {source.name}")
             return cached
-    p = project(ck, method, scope, rows, seed, max_points, progress)
+    p = compute(progress)
     progress(3, 4, f"saving {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(path, p, meta)

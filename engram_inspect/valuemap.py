@@ -22,9 +22,8 @@ import numpy as np
 
 from engram_core import Checkpoint
 
-from .cache import cache_file, find_file
 from .collisions import CollisionIndex, position_keys
-from .projection import MAX_POINTS, METHODS, Progress, Projection, _load, _meta, _save, sample_rows, umap_fit
+from .projection import MAX_POINTS, Progress, Projection, _meta, cached_projection, check_request, sample_rows, umap_fit
 from .rows import RowAddress, RowLayout, layer_table
 from .valuespace import head_slice, value_vectors
 
@@ -92,38 +91,25 @@ def value_projection(
     cache_path: str | Path | None = None,
 ) -> Projection:
     """PCA or UMAP of a seeded sample of every row's value vector, one map for all layers; cached on disk."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if max_points < 2:
-        raise ValueError(f"max_points must be at least 2, got {max_points}")
+    check_request(method, max_points)
     layout = RowLayout.of(ck)
-    report = progress or (lambda _d, _t, _m: None)
     meta = {**_meta(method, SCOPE, seed, max_points), "rows": "", "space": "value"}
-    name = f"projection-{method}-{SCOPE}"
-    source = Path(cache_path) if cache_path is not None else find_file(ck, name, ".npz")  # shipped copy first
-    path = Path(cache_path) if cache_path is not None else cache_file(ck, name, ".npz")
-    if not recompute and source.is_file():
-        cached = _load(source, layout, meta)
-        if cached is not None:
-            report(4, 4, f"loaded from {source.name}")
-            return cached
-    picked = sample_rows(np.arange(layout.total, dtype=np.int64), max_points, seed)
-    report(1, 4, f"value vectors of {len(picked):,} rows")
-    explained = None
-    if method == "pca":
-        mean, axes, ratio = value_pca_axes(ck)
-        coords = ((value_vectors(ck, picked) - mean) @ axes.T).astype(np.float32)
-        explained = (float(ratio[0]), float(ratio[1]))
-    else:
-        report(2, 4, f"fitting UMAP on {len(picked):,} value vectors (a minute or more)")
-        coords = umap_fit(value_vectors(ck, picked), seed=seed)
-    layer, order, head, _ = layout.decode(picked)
-    p = Projection(method, SCOPE, picked, coords, layer, order, head, explained)
-    report(3, 4, f"saving {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save(path, p, meta)
-    report(4, 4, "done")
-    return p
+
+    def compute(report: Progress) -> Projection:
+        picked = sample_rows(np.arange(layout.total, dtype=np.int64), max_points, seed)
+        report(1, 4, f"value vectors of {len(picked):,} rows")
+        explained = None
+        if method == "pca":
+            mean, axes, ratio = value_pca_axes(ck)
+            coords = ((value_vectors(ck, picked) - mean) @ axes.T).astype(np.float32)
+            explained = (float(ratio[0]), float(ratio[1]))
+        else:
+            report(2, 4, f"fitting UMAP on {len(picked):,} value vectors (a minute or more)")
+            coords = umap_fit(value_vectors(ck, picked), seed=seed)
+        layer, order, head, _ = layout.decode(picked)
+        return Projection(method, SCOPE, picked, coords, layer, order, head, explained)
+
+    return cached_projection(ck, layout, f"projection-{method}-{SCOPE}", meta, compute, progress, recompute, cache_path)
 
 
 # --- per-row colours ------------------------------------------------------------------------------
