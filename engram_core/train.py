@@ -115,7 +115,8 @@ def compile_dense(model: EngramLM, mode: str = "sublayers") -> None:
     """Compile the dense parts in place; hashing and the sparse lookups stay eager.
 
     "sublayers" (the default): attention, MLP (each inside its mHC residual) and the
-    Engram read-out, one graph each. "blocks": one graph per block (read-out, both mHC
+    Engram read-out, one graph each, and one for the head and the loss (the fp32
+    log-softmax over the vocabulary fuses there). "blocks": one graph per block (read-out, both mHC
     sublayers and the residual sums between them) and one for the head and loss.
     "model": the whole dense part as one graph. subtle: at the default batch
     (16 x 256, bf16, AVX512-BF16) "blocks" measured 0.90x the steps per second of
@@ -128,6 +129,7 @@ def compile_dense(model: EngramLM, mode: str = "sublayers") -> None:
             block.mlp.compile(dynamic=False)
             if block.engram is not None:
                 block.engram.readout.compile(dynamic=False)
+        model.head_loss = torch.compile(model.head_loss, dynamic=False)
     elif mode == "model":
         model.dense_loss = torch.compile(model.dense_loss, dynamic=False)
     elif mode == "blocks":
