@@ -250,12 +250,22 @@ def _print_page(ck, page) -> None:
         print(f"removal cost (gradient x input estimate, {page.delta_estimate_reads} reads): "
               f"mean delta log p {page.delta_estimate:+.4f} nats over each read's window")  # fmt: skip
     if page.delta_exact is not None:
-        print(f"removal cost (exact, {page.delta_exact_reads} reads): mean delta log p {page.delta_exact:+.4f} "
-              f"over the window, {page.delta_exact_own:+.4f} at the read's own prediction")  # fmt: skip
+        print(f"removal cost (exact, {page.delta_exact_reads} reads, {_exact_mode(page)}): mean delta log p "
+              f"{page.delta_exact:+.4f} over the window, {page.delta_exact_own:+.4f} at the read's own "
+              "prediction")  # fmt: skip
+
+
+def _exact_mode(page) -> str:
+    """How the exact cost replaced each read, in words."""
+    if page.delta_exact_mode == "resample":
+        return f"each read resampled, mean of {page.delta_exact_samples} runs from seed {page.delta_exact_seed}"
+    return "each read replaced by its head's mean row" if page.delta_exact_mode == "mean" else "each read zeroed"
 
 
 def cmd_row(args: argparse.Namespace) -> None:
     import json
+
+    from engram_core import KnockOut
 
     from .rowpage import RowPages, parse_row, row_page
     from .rows import RowLayout
@@ -264,12 +274,13 @@ def cmd_row(args: argparse.Namespace) -> None:
         address = parse_row(args.row)
         ck = _checkpoint(args)
         RowLayout.of(ck).check(address)  # a bad address fails before the slow parts load
+        how = _with_ablation(KnockOut(), args)  # a bad --samples or --seed fails before the slow parts load
         pages = RowPages.load(ck, progress=_progress("row statistics"))
-        if args.ablation != "zero":
+        if args.exact and how.mode != "zero":
             from .ablation import install
 
             install(ck, progress=_progress("row sources"))
-        page = row_page(ck, address, pages, exact=args.exact, mode=args.ablation)
+        page = row_page(ck, address, pages, exact=args.exact, mode=how.mode, samples=how.samples, seed=how.seed)
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.json:
@@ -355,7 +366,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("row", help="L:N:K:R (layer, order, head, row)")
     s.add_argument("--json", action="store_true", help="print the page as JSON")
     s.add_argument("--exact", action="store_true", help="also measure the exact removal cost (seconds)")
-    s.add_argument("--ablation", choices=["zero", "mean"], default="zero", help="what replaces a removed read")
+    _add_ablation_flags(s)  # with --exact: what replaces each removed read
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_row)
     s = sub.add_parser("attribute", help="which memory reads carried the prediction at one position")
