@@ -33,6 +33,15 @@ def test_bad_addresses_are_one_line_and_exit_2(ckdir, capsys, address, message):
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"), [(["--samples", "0"], "samples must be an integer >= 1"), (["--seed", "-1"], "seed")]
+)
+def test_bad_resample_flags_are_one_line_and_exit_2(ckdir, capsys, flags, message):
+    assert main(["row", "0:2:0:1", "--exact", "--ablation", "resample", *flags, "--checkpoint", ckdir]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_row_page_of_the_shipped_model(capsys):
     from engram_core import load_checkpoint
