@@ -26,6 +26,7 @@ def pages(session):
 
 
 MODES = [("zeros", "zero"), ("head's mean row", "mean"), ("another N-gram's row", "resample")]
+BECAME = {"zero": "zeros", "mean": "its head's mean row", "resample": "another corpus N-gram's row"}  # in a sentence
 
 
 def page_of(session, query: str, exact: bool = False, mode: str | None = "zero"):
@@ -73,7 +74,7 @@ def summary(page) -> str:
             f"(gradient × input estimate, {page.delta_estimate_reads} reads)."
         )
     if page.delta_exact is not None:
-        became = {v: k for k, v in MODES}[page.delta_exact_mode]
+        became = BECAME[page.delta_exact_mode]
         if page.delta_exact_mode == "resample":
             became += f", mean of {page.delta_exact_samples} runs from seed {page.delta_exact_seed}"
         lines.append(
