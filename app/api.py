@@ -47,26 +47,32 @@ def attribution_records(session: Session, text: str, position: int, method: str,
 ROW_QUERY = re.compile(r"-?\d+(\s*:\s*-?\d+){3}")  # a row address L:N:K:R, not an N-gram's text
 
 
-def neighbour_rows(session: Session, query: str, layer: int, order: int, head: int | None, k: int) -> list[dict]:
-    """Nearest rows of a row ("L:N:K:R") or of the rows an N-gram's text reads."""
+def neighbour_rows(
+    session: Session, query: str, layer: int, order: int, head: int | None, k: int, space: str = "value"
+) -> list[dict]:
+    """Nearest rows of a row ("L:N:K:R") or of the rows an N-gram's text reads, in value space (any head,
+    any layer) or in raw-row space (the query's own head only)."""
     from engram_core.addresses import RowAddress
     from engram_inspect.collisions import ngram_text
-    from engram_inspect.neighbours import nearest_ngram
+    from engram_inspect.neighbours import ngram_neighbours, row_neighbours
 
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("type an N-gram or a row L:N:K:R")
-    index, labels = session.neighbour_index(), session.collisions()
+    if space not in ("value", "raw"):
+        raise gr.Error(f"unknown neighbour space {space!r}: choose value or raw")
+    labels = session.collisions()
+    index = session.value_index() if space == "value" else None
     try:
         if ROW_QUERY.fullmatch(query.strip()):
             address = RowAddress.parse(query)
-            found = [(address, index.nearest_rows(address, k, labels))]
+            found = [(address, row_neighbours(session.ck, address, k, space, labels, index))]
         else:
             found = [
                 (r.address, r.neighbours)
-                for r in nearest_ngram(session.ck, index, query, layer, order, head, k, labels)
+                for r in ngram_neighbours(session.ck, query, layer, order, head, k, space, labels, index)
             ]
     except ValueError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
     out = []
     for query_address, neighbours in found:
         for nb in neighbours:
@@ -104,9 +110,12 @@ def register(session: Session) -> None:
         ngram, delta_logprob}, strongest first; method exact (conv's reach) or approx (every read)."""
         return attribution_records(session, text, position, method, mode)
 
-    def neighbours(query: str, layer: int = 1, order: int = 2, head: int = 0, k: int = 10) -> list[dict]:
-        """Nearest memory rows of an N-gram typed as text, or of a row "L:N:K:R"."""
-        return neighbour_rows(session, query, int(layer), int(order), int(head), int(k))
+    def neighbours(
+        query: str, layer: int = 1, order: int = 2, head: int = 0, k: int = 10, space: str = "value"
+    ) -> list[dict]:
+        """Nearest memory rows of an N-gram typed as text, or of a row "L:N:K:R": by value-space cosine over
+        every head and layer (`space` value), or by raw-row cosine within the query's own head (raw)."""
+        return neighbour_rows(session, query, int(layer), int(order), int(head), int(k), space)
 
     gr.api(trace, api_name="trace")
     gr.api(knockout, api_name="knockout")

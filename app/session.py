@@ -76,10 +76,11 @@ class Session:
 
         return self._lazy("collisions", lambda: load_or_build(self.ck))
 
-    def neighbour_index(self):
-        from engram_inspect.neighbours import NeighbourIndex
+    def value_index(self):
+        """Exact value-space kNN over every row (engram_inspect.valuespace.ValueIndex), built once (~1 s)."""
+        from engram_inspect.valuespace import ValueIndex
 
-        return self._lazy("neighbours", lambda: NeighbourIndex.build(self.ck))
+        return self._lazy("value-index", lambda: ValueIndex(self.ck))
 
     def projection(self, method: str):
         """A cached map of memory rows; UMAP only when precomputed (no JIT wait in the app)."""

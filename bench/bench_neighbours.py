@@ -2,7 +2,9 @@
 
 Builds the faiss index over every Engram row (all layers pooled), times 200 single
 queries (k=10, target p50 <= 20 ms), checks a few answers against brute-force
-numpy, then times a pooled PCA and a pooled UMAP of MAX_POINTS (50,000) rows.
+numpy, times the answers of /neighbours and `engram neighbours` (value space over
+every row, raw rows of the query's own head), then times a pooled PCA and a pooled
+UMAP of MAX_POINTS (50,000) rows.
 
     python bench/bench_neighbours.py            # projections go to a temporary folder
     python bench/bench_neighbours.py --save     # ...or to the cache beside the checkpoint
@@ -19,7 +21,7 @@ import numpy as np
 
 from bench.common import machine
 from engram_core import load_checkpoint
-from engram_inspect.neighbours import NeighbourIndex, nearest_ngram
+from engram_inspect.neighbours import NeighbourIndex, nearest_ngram, row_neighbours
 from engram_inspect.projection import MAX_POINTS, compute_projection
 from engram_inspect.rows import RowLayout, all_rows, row_vectors
 
@@ -58,6 +60,27 @@ def bench_queries(ck, n: int = 200, k: int = 10) -> None:
     print(f"nearest_ngram (all 4 heads) x 3 texts: {(time.perf_counter() - t0) / 3 * 1e3:.1f} ms per text")
 
 
+def bench_spaces(ck, n: int = 100, k: int = 10) -> None:
+    """Single queries of `row_neighbours` in each space, as the endpoint and the command answer them."""
+    from engram_inspect.valuespace import ValueIndex
+
+    t0 = time.perf_counter()
+    index = ValueIndex(ck)
+    print(f"value index over {RowLayout.of(ck).total:,} rows built in {time.perf_counter() - t0:.2f} s")
+    layout = RowLayout.of(ck)
+    picks = np.random.default_rng(1).choice(layout.total, n, replace=False)
+    for space in ("value", "raw"):
+        for f in picks[:5]:  # warm-up
+            row_neighbours(ck, layout.address(int(f)), k, space, value_index=index)
+        times = []
+        for f in picks:
+            t0 = time.perf_counter()
+            row_neighbours(ck, layout.address(int(f)), k, space, value_index=index)
+            times.append(time.perf_counter() - t0)
+        p50, p95 = np.percentile(np.asarray(times) * 1e3, [50, 95])
+        print(f"row_neighbours space={space} k={k}, {n} single queries: p50 {p50:.2f} ms, p95 {p95:.2f} ms")
+
+
 def bench_projection(ck, method: str, cache: Path | None) -> None:
     marks: list[tuple[float, str]] = []
     t0 = time.perf_counter()
@@ -87,6 +110,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     ck = load_checkpoint(args.model)
     bench_queries(ck)
+    bench_spaces(ck)
     with tempfile.TemporaryDirectory() as tmp:
         for method in ["pca", "umap"]:
             bench_projection(ck, method, None if args.save else Path(tmp) / f"{method}.npz")

@@ -168,34 +168,35 @@ def _labels(ck):
 
 def cmd_neighbours(args: argparse.Namespace) -> None:
     from .collisions import ngram_text
-    from .neighbours import NeighbourIndex, nearest_ngram
-    from .rows import RowAddress
+    from .neighbours import ngram_neighbours, row_neighbours
+    from .rows import RowAddress, RowLayout
 
     ck = _checkpoint(args)
     if ck.model.cfg.memory is None:
         raise UserError("this checkpoint has no Engram memory")
     layer = ck.model.engram_layers[0] if args.layer is None else args.layer
+    layout = RowLayout.of(ck)
     try:
-        index = NeighbourIndex.build(ck)
         if args.row:
             address = RowAddress.parse(args.row)  # one line naming L:N:K:R when malformed
-            index.layout.check(address)
+            layout.check(address)
         elif not args.ngram:
             raise UserError("give an NGRAM text or --row L:N:K:R")
         else:
-            index.layout.check(RowAddress(layer, args.order, args.head or 0, 0))
+            layout.check(RowAddress(layer, args.order, args.head or 0, 0))
         labels = _labels(ck)
         if args.row:
-            results = [(address, index.nearest_rows(address, args.k, labels), None)]
+            results = [(address, row_neighbours(ck, address, args.k, args.space, labels), None)]
         else:
-            found = nearest_ngram(ck, index, args.ngram, layer, args.order, args.head, args.k, labels)
+            found = ngram_neighbours(ck, args.ngram, layer, args.order, args.head, args.k, args.space, labels)
             results = [(r.address, r.neighbours, r.ngram) for r in found]
     except ValueError as e:
         raise UserError(str(e)) from e
+    where = "value space, any head and layer" if args.space == "value" else "raw rows of the same head"
     for address, neighbours, ngram in results:
         seen = f" (seen {labels.count(ngram)}x)" if labels is not None and ngram else ""
         what = f"{ngram_text(ck, ngram)!r}{seen} reads " if ngram else ""
-        print(f"{what}layer {address.layer} order {address.order} head {address.head} row {address.row}:")
+        print(f"{what}layer {address.layer} order {address.order} head {address.head} row {address.row} ({where}):")
         for nb in neighbours:
             a = nb.address
             grams = ", ".join(f"{ngram_text(ck, g)!r} x{c}" for g, c in nb.ngrams[:3]) or "(no corpus N-gram)"
@@ -250,12 +251,22 @@ def _print_page(ck, page) -> None:
         print(f"removal cost (gradient x input estimate, {page.delta_estimate_reads} reads): "
               f"mean delta log p {page.delta_estimate:+.4f} nats over each read's window")  # fmt: skip
     if page.delta_exact is not None:
-        print(f"removal cost (exact, {page.delta_exact_reads} reads): mean delta log p {page.delta_exact:+.4f} "
-              f"over the window, {page.delta_exact_own:+.4f} at the read's own prediction")  # fmt: skip
+        print(f"removal cost (exact, {page.delta_exact_reads} reads, {_exact_mode(page)}): mean delta log p "
+              f"{page.delta_exact:+.4f} over the window, {page.delta_exact_own:+.4f} at the read's own "
+              "prediction")  # fmt: skip
+
+
+def _exact_mode(page) -> str:
+    """How the exact cost replaced each read, in words."""
+    if page.delta_exact_mode == "resample":
+        return f"each read resampled, mean of {page.delta_exact_samples} runs from seed {page.delta_exact_seed}"
+    return "each read replaced by its head's mean row" if page.delta_exact_mode == "mean" else "each read zeroed"
 
 
 def cmd_row(args: argparse.Namespace) -> None:
     import json
+
+    from engram_core import KnockOut
 
     from .rowpage import RowPages, parse_row, row_page
     from .rows import RowLayout
@@ -264,12 +275,13 @@ def cmd_row(args: argparse.Namespace) -> None:
         address = parse_row(args.row)
         ck = _checkpoint(args)
         RowLayout.of(ck).check(address)  # a bad address fails before the slow parts load
+        how = _with_ablation(KnockOut(), args)  # a bad --samples or --seed fails before the slow parts load
         pages = RowPages.load(ck, progress=_progress("row statistics"))
-        if args.ablation != "zero":
+        if args.exact and how.mode != "zero":
             from .ablation import install
 
             install(ck, progress=_progress("row sources"))
-        page = row_page(ck, address, pages, exact=args.exact, mode=args.ablation)
+        page = row_page(ck, address, pages, exact=args.exact, mode=how.mode, samples=how.samples, seed=how.seed)
     except ValueError as e:
         raise UserError(str(e)) from e
     if args.json:
@@ -338,6 +350,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--head", type=int, help="one head (default: every head of the order)")
     s.add_argument("--row", help="a row instead of an N-gram: L:N:K:R")
     s.add_argument("-k", type=int, default=10)
+    s.add_argument(
+        "--space",
+        choices=["value", "raw"],
+        default="value",
+        help="value-space cosine over every head and layer (default), or raw-row cosine within the row's own head",
+    )
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_neighbours)
     s = sub.add_parser("project", help="recompute the PCA or UMAP map of memory rows (cached)")
@@ -355,7 +373,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("row", help="L:N:K:R (layer, order, head, row)")
     s.add_argument("--json", action="store_true", help="print the page as JSON")
     s.add_argument("--exact", action="store_true", help="also measure the exact removal cost (seconds)")
-    s.add_argument("--ablation", choices=["zero", "mean"], default="zero", help="what replaces a removed read")
+    _add_ablation_flags(s)  # with --exact: what replaces each removed read
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_row)
     s = sub.add_parser("attribute", help="which memory reads carried the prediction at one position")

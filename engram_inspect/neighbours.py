@@ -6,6 +6,10 @@ cosine and every answer is exact (no approximate index: ~0.4M rows x 32 dims is
 hashed exactly as the model hashes it (`EngramLM.hash_rows`), so the row looked up
 is the row the model reads at the last position.
 
+`NeighbourIndex` compares raw rows of any heads (the old map's space); `row_neighbours`
+and `ngram_neighbours` answer where a neighbour means something: value space (every
+head and layer) or raw rows of the query's own head only (valuespace.py says why).
+
 This module does not know which N-grams hash to a row; pass any object with
 `ngrams_at` (e.g. the collision index) to label neighbours.
 """
@@ -25,6 +29,7 @@ from engram_core.hashing import suffix_ngrams
 from engram_core.tokenizer import encode
 
 from .rows import RowAddress, RowLayout, layer_table
+from .valuespace import ValueIndex, raw_nearest_in_head
 
 # faiss answers a handful of queries with one scan per query; with threads, the
 # OpenMP barriers cost more than the scan on a busy 2-core machine (2 ms with 1
@@ -168,6 +173,20 @@ def ngram_rows(ck: Checkpoint, text: str, layer: int) -> tuple[np.ndarray, list[
     return rows[0, -1].cpu().numpy(), ck.model.compression[tail][0].tolist()
 
 
+def ngram_addresses(
+    ck: Checkpoint, text: str, layer: int, order: int, head: int | None = None
+) -> tuple[list[RowAddress], tuple[int, ...]]:
+    """The rows the suffix N-gram of `text` reads on every head of `order` in `layer` (or just `head`'s),
+    and that N-gram (compressed ids, oldest first)."""
+    layout = RowLayout.of(ck)
+    spec = layout.spec
+    layout.check(RowAddress(layer, order, 0 if head is None else head, 0))
+    rows, cids = ngram_rows(ck, text, layer)
+    ngram = tuple(int(x) for x in suffix_ngrams([cids], spec, order)[0, -1])
+    heads = range(spec.heads_per_ngram) if head is None else [head]
+    return [RowAddress(layer, order, h, int(rows[spec.head_index(order, h)])) for h in heads], ngram
+
+
 def nearest_ngram(
     ck: Checkpoint,
     index: NeighbourIndex,
@@ -178,16 +197,63 @@ def nearest_ngram(
     k: int = 10,
     labels: NgramSource | None = None,
 ) -> list[NgramNeighbours]:
-    """Neighbours of the row(s) the suffix N-gram of `text` reads: one entry per head, or just `head`'s."""
+    """Neighbours (raw cosine over `index`'s rows) of the row(s) the suffix N-gram of `text` reads: one entry
+    per head, or just `head`'s."""
     _check_k(k)
-    layout = index.layout
-    spec = layout.spec
-    layout.check(RowAddress(layer, order, 0 if head is None else head, 0))
-    rows, cids = ngram_rows(ck, text, layer)
-    ngram = tuple(int(x) for x in suffix_ngrams([cids], spec, order)[0, -1])
-    heads = range(spec.heads_per_ngram) if head is None else [head]
-    out = []
-    for h in heads:
-        address = RowAddress(layer, order, h, int(rows[spec.head_index(order, h)]))
-        out.append(NgramNeighbours(address, ngram, index.nearest_rows(address, k, labels)))
-    return out
+    addresses, ngram = ngram_addresses(ck, text, layer, order, head)
+    return [NgramNeighbours(a, ngram, index.nearest_rows(a, k, labels)) for a in addresses]
+
+
+# --- neighbours in a space where they mean something (issue 8 §4) ---------------------------------
+
+SPACES = ("value", "raw")
+
+
+def row_neighbours(
+    ck: Checkpoint,
+    address: RowAddress,
+    k: int = 10,
+    space: str = "value",
+    labels: NgramSource | None = None,
+    value_index: ValueIndex | None = None,
+) -> list[Neighbour]:
+    """The k nearest rows of `address`, itself left out, best first.
+
+    `value`: cosine of value-space vectors (each row through its head's W_V slice), over every
+    head, order and layer, which all write to the same residual stream. `raw`: cosine of raw rows,
+    among the rows of the address's own head only; across heads raw rows share no coordinates.
+    Pass `value_index` to reuse one across queries (building it takes about a second).
+    """
+    _check_k(k)
+    if space not in SPACES:
+        raise ValueError(f"unknown neighbour space {space!r}: choose value or raw")
+    RowLayout.of(ck).check(address)
+    if space == "value":
+        found = (value_index or ValueIndex(ck)).nearest(ck, address, k)
+    else:
+        found = [(a, s) for a, s in raw_nearest_in_head(ck, address, k) if a != address]
+    return [
+        Neighbour(a, s, list(labels.ngrams_at(a.layer, a.order, a.head, a.row)) if labels is not None else [])
+        for a, s in found
+    ]
+
+
+def ngram_neighbours(
+    ck: Checkpoint,
+    text: str,
+    layer: int,
+    order: int,
+    head: int | None = None,
+    k: int = 10,
+    space: str = "value",
+    labels: NgramSource | None = None,
+    value_index: ValueIndex | None = None,
+) -> list[NgramNeighbours]:
+    """`row_neighbours` of the row(s) the suffix N-gram of `text` reads: one entry per head, or just `head`'s."""
+    _check_k(k)
+    if space not in SPACES:
+        raise ValueError(f"unknown neighbour space {space!r}: choose value or raw")
+    addresses, ngram = ngram_addresses(ck, text, layer, order, head)
+    if space == "value" and value_index is None:
+        value_index = ValueIndex(ck)
+    return [NgramNeighbours(a, ngram, row_neighbours(ck, a, k, space, labels, value_index)) for a in addresses]

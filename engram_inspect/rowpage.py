@@ -6,9 +6,11 @@
 - how the gate treats it: alpha at every corpus-sample position that reads it
   (rowstats.py), with the highest- and lowest-gated contexts and their text;
 - what removing it costs: the mean delta log p of its reads, estimated (gradient x
-  input, on the sample's estimate windows) or exact on demand (each read zeroed at
+  input, on the sample's estimate windows) or exact on demand (each read removed at
   its one position in a copy of its window: the change in the window's summed
   log-likelihood, every path counted, and at the reading position's own prediction).
+  A removed read becomes zeros, its head's mean row or a resampled corpus read, the
+  modes of a knock-out (engram_core.ablation), averaged over the resampled runs.
 
 `RowPages` holds the slow parts (sample, its hash rows, the collision index) so that
 each page is a few array lookups. This module draws nothing.
@@ -17,12 +19,13 @@ each page is a few array lookups. This module draws nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
-from engram_core import Checkpoint
+from engram_core import Checkpoint, KnockOut
+from engram_core.ablation import sample_seeds
 from engram_core.hooks import engram_hook
 
 from .cache import cache_file, find_file
@@ -36,7 +39,7 @@ TOP_CONTEXTS, BOTTOM_CONTEXTS, TOP_TOKENS = 20, 10, 10
 HIST_BINS = 10  # alpha histogram over [0, 1]
 BEFORE, AFTER = 12, 6  # tokens of text shown around a read
 NEIGHBOURS = 10
-MAX_EXACT = 16  # reads zeroed one by one for the exact removal cost
+MAX_EXACT = 16  # reads removed one by one for the exact removal cost
 
 
 def parse_row(text: str) -> RowAddress:
@@ -99,6 +102,9 @@ class RowPage:
     delta_exact: float | None = None  # mean exact change in the window's log-likelihood (on demand)
     delta_exact_own: float | None = None  # the same at each read's own prediction only
     delta_exact_reads: int = 0
+    delta_exact_mode: str | None = None  # what replaced each read: zero, mean or resample
+    delta_exact_samples: int = 1  # resample: runs averaged
+    delta_exact_seed: int | None = None  # resample: seed of the first run
     value_neighbours: list[Neighbour] = field(default_factory=list)  # any head, any layer: value-space cosine
     head_neighbours: list[Neighbour] = field(default_factory=list)  # same head only: raw-row cosine
 
@@ -225,9 +231,11 @@ def _tokens(ck: Checkpoint, ids: list[int], logits: list[float]) -> list[Token]:
 
 
 def row_page(ck: Checkpoint, address: RowAddress, pages: RowPages | None = None, exact: bool = False,
-             max_exact: int = MAX_EXACT, mode: str = "zero") -> RowPage:  # fmt: skip
+             max_exact: int = MAX_EXACT, mode: str = "zero", samples: int = 1, seed: int = 0) -> RowPage:  # fmt: skip
     """The page of one row. Without `pages` the slow parts are loaded (or computed) first: pass them when
-    asking for many pages. `exact` adds the exact removal cost of up to `max_exact` reads (seconds)."""
+    asking for many pages. `exact` adds the exact removal cost of up to `max_exact` reads (seconds), each
+    read replaced as `mode` says (zero, mean, or resample averaged over `samples` runs from `seed`)."""
+    how = KnockOut(mode=mode, samples=samples, seed=seed)  # a bad mode fails before anything loads
     pages = pages or RowPages.load(ck)
     pages.layout.check(address)
     ngrams = pages.ngram_hits(address)
@@ -266,15 +274,13 @@ def row_page(ck: Checkpoint, address: RowAddress, pages: RowPages | None = None,
     )
     if exact and len(w):
         pick = np.unique(np.linspace(0, len(w) - 1, min(max_exact, len(w))).round().astype(np.int64))
-        total, own = exact_removal(pages, address, w[pick], t[pick], mode=mode)
-        page = _with_exact(page, float(total.mean()), float(own.mean()), len(pick))
+        total, own = exact_removal(pages, address, w[pick], t[pick], mode=how.mode, samples=how.samples,
+                                   seed=how.seed)  # fmt: skip
+        page = replace(page, delta_exact=float(total.mean()), delta_exact_own=float(own.mean()),
+                       delta_exact_reads=len(pick), delta_exact_mode=how.mode,
+                       delta_exact_samples=how.samples if how.mode == "resample" else 1,
+                       delta_exact_seed=how.seed if how.mode == "resample" else None)  # fmt: skip
     return page
-
-
-def _with_exact(page: RowPage, total: float, own: float, n: int) -> RowPage:
-    from dataclasses import replace
-
-    return replace(page, delta_exact=total, delta_exact_own=own, delta_exact_reads=n)
 
 
 def _logp(model, ids: torch.Tensor, rows: dict[int, torch.Tensor], hook=None) -> torch.Tensor:
@@ -290,19 +296,22 @@ def _logp(model, ids: torch.Tensor, rows: dict[int, torch.Tensor], hook=None) ->
 
 
 def exact_removal(pages: RowPages, address: RowAddress, w: np.ndarray, t: np.ndarray, batch: int = 16,
-                  mode: str = "zero"):  # fmt: skip
+                  mode: str = "zero", samples: int = 1, seed: int = 0):  # fmt: skip
     """Exact delta log p of removing the row's read at one position (w, t), each in its own copy of the window.
 
-    `mode` says what replaces the read: zeros, or the head's corpus-weighted mean row
-    (`engram_inspect.ablation.install` gives the model its row sources).
+    `mode` says what replaces the read, as a knock-out's does: zeros, the head's corpus-weighted
+    mean row, or (`resample`) the row a random other corpus N-gram of the same order reads on the
+    same head, drawn as `KnockOut(mode="resample", seed=s)` draws on that window alone, for
+    s = seed .. seed + samples - 1; the result is then the mean delta over those runs. Modes mean
+    and resample need the row sources (`engram_inspect.ablation.install`).
 
     Returns (window total, own prediction), each (n,): the change in sum_t' log p(x_{t'+1})
     over the whole window, and at the reading position only (0 at a window's last position,
     which predicts nothing inside it).
     """
+    how = KnockOut(mode=mode, samples=samples, seed=seed)  # one check of mode, samples and seed
     model, spec = pages.ck.model, pages.layout.spec
     h = spec.head_index(address.order, address.head)
-    substitute = _substitute(model, address.layer, h, mode)
     T = pages.stats.sample.length
     total, own = np.zeros(len(w)), np.zeros(len(w))
     for lo in range(0, len(w), batch):
@@ -314,14 +323,16 @@ def exact_removal(pages: RowPages, address: RowAddress, w: np.ndarray, t: np.nda
         }
         base = _logp(model, ids, rows)
         pos = torch.from_numpy(tt)
+        runs = []
+        for sub in _substitutes(model, address.layer, h, rows[address.layer], pos, how):
 
-        def zero(_m, _i, e, pos=pos):
-            e = e.clone()  # (B, T, H, Dh)
-            e[torch.arange(len(pos)), pos, h] = substitute.to(e.dtype)
-            return e
+            def put(_m, _i, e, pos=pos, sub=sub):
+                e = e.clone()  # (B, T, H, Dh)
+                e[torch.arange(len(pos)), pos, h] = sub.to(e.dtype)
+                return e
 
-        cut = _logp(model, ids, rows, {address.layer: zero})
-        diff = (cut - base).double()
+            runs.append((_logp(model, ids, rows, {address.layer: put}) - base).double())
+        diff = torch.stack(runs).mean(0)  # (B, T-1): the mean delta log p over the replacements
         total[lo : lo + len(ww)] = diff.sum(1).numpy()
         inside = torch.from_numpy(tt < T - 1)
         own_part = torch.zeros(len(ww), dtype=torch.float64)
@@ -330,13 +341,22 @@ def exact_removal(pages: RowPages, address: RowAddress, w: np.ndarray, t: np.nda
     return total, own
 
 
-def _substitute(model, layer: int, head: int, mode: str) -> torch.Tensor:
-    """The row that stands in for a removed read on `head` of `layer` under `mode`."""
-    if mode == "zero":
-        return torch.tensor(0.0)
-    if mode == "mean":
-        source = model.blocks[layer].engram.row_source
-        if source is None:
-            raise ValueError("mode 'mean' needs the row sources: call engram_inspect.ablation.install(ck) first")
-        return source.mean_rows[head]
-    raise ValueError(f"a row page's exact removal cost takes mode zero or mean, got {mode!r}")
+def _substitutes(model, layer: int, head: int, hash_ids: torch.Tensor, pos: torch.Tensor,
+                 how: KnockOut) -> list[torch.Tensor]:  # fmt: skip
+    """Per run, the (B, Dh) rows that stand in for the reads at `pos` on `head` of `layer` (hash_ids (B, T, H)).
+
+    Zero and mean have one run; resample has one per seed. The rows come from the model's own
+    `substitutes` (engram_core.ablation), one window at a time: a read's draw then depends on its
+    window and the seed only, not on which other reads share its batch.
+    """
+    if how.mode == "zero":
+        return [torch.tensor(0.0)]
+    engram = model.blocks[layer].engram
+    seeds = sample_seeds(how.seed, how.samples) if how.mode == "resample" else [how.seed]
+    runs = []
+    for s in seeds:
+        one = [
+            engram.substitutes(hash_ids[b : b + 1], replace(how, seed=s))[0, int(p), head] for b, p in enumerate(pos)
+        ]
+        runs.append(torch.stack(one))
+    return runs

@@ -52,20 +52,29 @@ def test_knockout_matches_diff(served):
 
 
 def test_neighbours_of_a_row_and_an_ngram(served):
-    session, client, _ = served
-    rows = client.predict("1:2:0:99", 1, 2, 0, 5, api_name="/neighbours")
-    assert len(rows) == 5 and all(r["query"] == [1, 2, 0, 99] for r in rows)
-    idx = session.neighbour_index()
+    from engram_inspect.neighbours import row_neighbours
     from engram_inspect.rows import RowAddress
 
-    want = idx.nearest_rows(RowAddress(1, 2, 0, 99), 5)
+    session, client, _ = served
+    rows = client.predict("1:2:0:99", 1, 2, 0, 5, api_name="/neighbours")  # value space by default
+    assert len(rows) == 5 and all(r["query"] == [1, 2, 0, 99] for r in rows)
+    want = row_neighbours(session.ck, RowAddress(1, 2, 0, 99), 5, "value", value_index=session.value_index())
     assert [(r["layer"], r["order"], r["head"], r["row"]) for r in rows] == [
         (n.address.layer, n.address.order, n.address.head, n.address.row) for n in want
     ]
+    assert [r["similarity"] for r in rows] == pytest.approx([n.similarity for n in want], abs=1e-6)
     sims = [r["similarity"] for r in rows]
     assert sims == sorted(sims, reverse=True)
+    raw = client.predict("1:2:0:99", 1, 2, 0, 5, "raw", api_name="/neighbours")
+    assert len(raw) == 5 and {(r["layer"], r["order"], r["head"]) for r in raw} == {(1, 2, 0)}
+    assert [r["row"] for r in raw] == [
+        n.address.row for n in row_neighbours(session.ck, RowAddress(1, 2, 0, 99), 5, "raw")
+    ]
     by_text = client.predict(" my lord", 1, 2, 1, 3, api_name="/neighbours")
     assert len(by_text) == 3 and by_text[0]["ngrams"]
+    with pytest.raises(Exception, match="choose value or raw"):
+        client.predict("1:2:0:99", 1, 2, 0, 5, "pooled", api_name="/neighbours")
+    assert len(client.predict("1:2:0:99", 1, 2, 0, 2, api_name="/neighbours")) == 2  # still serving
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "parquet", "npz"])

@@ -39,6 +39,32 @@ def test_row_api_bad_addresses_get_one_clear_error_and_the_server_keeps_serving(
     assert client.predict("2:3:1:5", False, api_name="/row")["address"] == "2:3:1:5"
 
 
+def test_row_api_exact_cost_under_each_mode(served):
+    """/row's mode input reaches the exact removal cost: resample (seed 0, one run) equals the page
+    computed in-process; a bad mode is one clear error and the server keeps serving."""
+    import numpy as np
+
+    from app.tabs.rows import pages
+    from engram_inspect.rowpage import row_page
+
+    session, client = served
+    p = pages(session)
+    # a row read at 3 sample positions: three removals, not sixteen, keep the test fast
+    row = int(np.flatnonzero(np.bincount(p.rows[1][p.layout.spec.head_index(3, 0)]) == 3)[0])
+    a = RowAddress(1, 3, 0, row)
+    got = client.predict(str(a), True, "resample", api_name="/row")
+    assert (got["delta_exact_mode"], got["delta_exact_samples"], got["delta_exact_seed"]) == ("resample", 1, 0)
+    assert got["delta_exact_reads"] == 3
+    want = session.run_model(lambda _m: row_page(session.ck, a, pages(session), exact=True, mode="resample"))
+    assert got["delta_exact"] == pytest.approx(want.delta_exact, abs=1e-9)
+    assert got["delta_exact_own"] == pytest.approx(want.delta_exact_own, abs=1e-9)
+    zero = session.run_model(lambda _m: row_page(session.ck, a, pages(session), exact=True, mode="zero"))
+    assert zero.delta_exact != pytest.approx(want.delta_exact, abs=1e-6)  # the mode changes the number
+    with pytest.raises(Exception, match="choose zero, mean or resample"):
+        client.predict("1:2:0:8615", False, "shuffle", api_name="/row")
+    assert client.predict("2:3:1:5", False, "mean", api_name="/row")["delta_exact"] is None  # no exact, no cost
+
+
 def test_map_neighbours_in_value_space(served):
     """The map's search in value space: a row's neighbours come from every head and layer, best first."""
     import numpy as np

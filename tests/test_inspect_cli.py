@@ -131,3 +131,25 @@ def test_caches_never_go_beside_a_read_only_checkpoint(ckdir, tmp_path, monkeypa
         for p in Path(ckdir).iterdir():
             p.chmod(stat.S_IRUSR | stat.S_IWUSR)
     assert os.access(ckdir, os.W_OK)
+
+
+def test_neighbours_spaces(ckdir, capsys, monkeypatch, tmp_path):
+    """--space raw lists rows of the query's own head only; the default, value space, equals row_neighbours."""
+    from engram_inspect import collisions
+    from engram_inspect.neighbours import row_neighbours
+    from engram_inspect.rows import RowAddress
+
+    monkeypatch.setattr(collisions, "training_streams", lambda ck: [np.asarray(ck.tokenizer.encode(TINY_TEXT).ids)])
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
+    assert main(["neighbours", "--row", "1:3:1:5", "-k", "6", "--space", "raw", "--checkpoint", ckdir]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "raw rows of the same head" in out[0] and len(out) == 7
+    assert all(line.split()[1:4] == ["L1", "n3", "h1"] for line in out[1:])
+    assert main(["neighbours", "--row", "1:3:1:5", "-k", "6", "--checkpoint", ckdir]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    want = row_neighbours(load_checkpoint(ckdir), RowAddress(1, 3, 1, 5), 6)
+    got = [(line.split()[1:4], int(line.split()[5]), float(line.split()[0])) for line in out[1:]]
+    assert got == [
+        ([f"L{n.address.layer}", f"n{n.address.order}", f"h{n.address.head}"], n.address.row, round(n.similarity, 3))
+        for n in want
+    ]

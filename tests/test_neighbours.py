@@ -230,3 +230,71 @@ def test_index_errors(tiny_ck):
         index.nearest_vector(np.ones(3))
     with pytest.raises(ValueError, match="not an Engram layer"):
         NeighbourIndex.build(tiny_ck, layers=[2])
+
+
+# --- neighbours in value space, raw rows only within one head (issue 8 §4) ------------------------
+
+
+def _value_cosines(ck, flat: int) -> np.ndarray:
+    """Cosine of every row's value vector (W_V slice of its head times the row) with row `flat`'s, by numpy."""
+    from engram_inspect.valuespace import value_vectors
+
+    layout = RowLayout.of(ck)
+    vecs = value_vectors(ck, np.arange(layout.total)).astype(np.float64)
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    return unit @ unit[flat]
+
+
+def test_value_space_neighbours_equal_brute_force_cosine_and_cross_heads(tiny_ck):
+    from engram_inspect.neighbours import row_neighbours
+    from engram_inspect.valuespace import ValueIndex
+
+    layout = RowLayout.of(tiny_ck)
+    index = ValueIndex(tiny_ck)
+    heads_seen = set()
+    for flat in (0, 45, layout.flat_range(1).start + 7, layout.total - 1):
+        a = layout.address(flat)
+        got = row_neighbours(tiny_ck, a, k=8, space="value", value_index=index)
+        sims = _value_cosines(tiny_ck, flat)
+        sims[flat] = -np.inf  # the row itself is left out
+        np.testing.assert_allclose([n.similarity for n in got], np.sort(sims)[::-1][:8], atol=1e-5)
+        for n in got:  # each neighbour's reported cosine is its own, not just a sorted list of numbers
+            assert n.similarity == pytest.approx(sims[layout.flat(n.address)], abs=1e-5)
+        assert a not in [n.address for n in got]
+        heads_seen |= {(n.address.layer, n.address.order, n.address.head) for n in got}
+    assert len({h[0] for h in heads_seen}) == 2 and len(heads_seen) > 4  # one space for every head and layer
+    assert row_neighbours(tiny_ck, a, k=8) == got  # value space is the default, with or without a built index
+
+
+def test_raw_space_neighbours_stay_in_the_querys_head(tiny_ck):
+    from engram_inspect.neighbours import row_neighbours
+
+    layout = RowLayout.of(tiny_ck)
+    a = RowAddress(1, 3, 1, 5)
+    r = layout.flat_range(a.layer, a.order, a.head)
+    table = layer_table(tiny_ck, a.layer)[r.start - layout.flat_range(a.layer).start :][: len(r)]
+    want_ids, want_sims = brute_force(table.astype(np.float64), table[a.row].astype(np.float64), 6, exclude=a.row)
+    got = row_neighbours(tiny_ck, a, k=6, space="raw")
+    assert [n.address for n in got] == [RowAddress(1, 3, 1, int(i)) for i in want_ids]
+    np.testing.assert_allclose([n.similarity for n in got], want_sims, atol=1e-5)
+    everything = row_neighbours(tiny_ck, a, k=1000, space="raw")  # more than the head holds: all its other rows
+    assert len(everything) == len(r) - 1 and a not in [n.address for n in everything]
+    assert {(n.address.layer, n.address.order, n.address.head) for n in everything} == {(1, 3, 1)}
+
+
+def test_ngram_neighbours_are_each_heads_row_neighbours(tiny_ck):
+    from engram_inspect.neighbours import ngram_neighbours, row_neighbours
+
+    spec = tiny_ck.model.cfg.memory.hash_spec
+    for space in ("value", "raw"):
+        found = ngram_neighbours(tiny_ck, "To be, or not to be", 1, 2, k=3, space=space)
+        rows = ngram_rows(tiny_ck, "To be, or not to be", 1)[0]
+        assert [r.address for r in found] == [RowAddress(1, 2, h, int(rows[spec.head_index(2, h)])) for h in (0, 1)]
+        for r in found:
+            assert r.neighbours == row_neighbours(tiny_ck, r.address, 3, space)
+    with pytest.raises(ValueError, match="choose value or raw"):
+        ngram_neighbours(tiny_ck, "to be", 0, 2, space="pooled")
+    with pytest.raises(ValueError, match="choose value or raw"):
+        row_neighbours(tiny_ck, RowAddress(0, 2, 0, 1), space="Value")
+    with pytest.raises(ValueError, match="row 99 is outside"):
+        row_neighbours(tiny_ck, RowAddress(0, 2, 0, 99))

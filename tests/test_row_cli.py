@@ -33,6 +33,15 @@ def test_bad_addresses_are_one_line_and_exit_2(ckdir, capsys, address, message):
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"), [(["--samples", "0"], "samples must be an integer >= 1"), (["--seed", "-1"], "seed")]
+)
+def test_bad_resample_flags_are_one_line_and_exit_2(ckdir, capsys, flags, message):
+    assert main(["row", "0:2:0:1", "--exact", "--ablation", "resample", *flags, "--checkpoint", ckdir]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_row_page_of_the_shipped_model(capsys):
     from engram_core import load_checkpoint
@@ -46,3 +55,28 @@ def test_row_page_of_the_shipped_model(capsys):
     assert main(["row", "1:2:0:8615", "--checkpoint", SHIPPED]) == 0
     text = capsys.readouterr().out
     assert "row 1:2:0:8615" in text and "' my lord'" in text and "highest alpha" in text
+
+
+@pytest.mark.slow
+def test_row_exact_cost_resampled_on_the_shipped_model(capsys):
+    """`--exact --ablation resample --samples 2 --seed 1` gives the in-process page's numbers, and says so."""
+    import numpy as np
+
+    from engram_core import load_checkpoint
+    from engram_inspect.ablation import install
+    from engram_inspect.rowpage import RowPages, row_page
+    from engram_inspect.rows import RowAddress
+
+    ck = load_checkpoint(SHIPPED)
+    pages = RowPages.load(ck)
+    # a row read at 3 sample positions: three removals per run keep the test short
+    row = int(np.flatnonzero(np.bincount(pages.rows[1][pages.layout.spec.head_index(3, 0)]) == 3)[0])
+    flags = ["--exact", "--ablation", "resample", "--samples", "2", "--seed", "1", "--checkpoint", SHIPPED]
+    assert main(["row", f"1:3:0:{row}", "--json", *flags]) == 0
+    got = json.loads(capsys.readouterr().out)
+    install(ck)
+    want = row_page(ck, RowAddress(1, 3, 0, row), pages, exact=True, mode="resample", samples=2, seed=1)
+    assert (got["delta_exact_mode"], got["delta_exact_samples"], got["delta_exact_seed"]) == ("resample", 2, 1)
+    assert got["delta_exact"] == pytest.approx(want.delta_exact, abs=1e-9) and got["delta_exact_reads"] == 3
+    assert main(["row", f"1:3:0:{row}", *flags]) == 0
+    assert "each read resampled, mean of 2 runs from seed 1" in capsys.readouterr().out

@@ -361,7 +361,7 @@ def test_page_neighbours_value_space_and_same_head_raw(tiny_ck, tiny_pages):
 def test_mean_mode_removal_of_a_read_equal_to_its_heads_mean_costs_nothing(tiny_ck, tiny_pages):
     """A read replaced by a row equal to itself changes no log p: mode=mean with that row as the head's mean."""
     from engram_core.ablation import RowSource
-    from engram_inspect.rowpage import _substitute
+    from engram_inspect.rowpage import _substitutes
 
     layout, T = tiny_pages.layout, tiny_pages.stats.sample.length
     model = tiny_ck.model
@@ -388,12 +388,143 @@ def test_mean_mode_removal_of_a_read_equal_to_its_heads_mean_costs_nothing(tiny_
     mean_rows[h] = seen["row"]
     engram.row_source = RowSource(mean_rows=mean_rows, pool=torch.zeros(2, h + 1, dtype=torch.long))
     try:
-        assert torch.equal(_substitute(model, a.layer, h, "mean"), seen["row"])
+        hash_ids = torch.from_numpy(tiny_pages.rows[a.layer][:, w[0] * T : (w[0] + 1) * T].T[None]).long()
+        (sub,) = _substitutes(model, a.layer, h, hash_ids, torch.from_numpy(t[:1]), KnockOut(mode="mean"))
+        assert torch.equal(sub[0], seen["row"])
         total, own = exact_removal(tiny_pages, a, w[:1], t[:1], mode="mean")
         zero_total, _ = exact_removal(tiny_pages, a, w[:1], t[:1], mode="zero")
     finally:
         engram.row_source = old
     assert abs(total[0]) < 1e-5 and abs(own[0]) < 1e-5
     assert abs(zero_total[0]) > 1e-5  # the zero mode does move it, so the check can fail
-    with pytest.raises(ValueError, match="zero or mean"):
+    with pytest.raises(ValueError, match="choose zero, mean or resample"):
         exact_removal(tiny_pages, a, w[:1], t[:1], mode="shuffle")
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
+        row_page(tiny_ck, a, tiny_pages, exact=True, mode="resample", samples=0)
+
+
+# --- exact removal cost under mode resample -----------------------------------------------------------
+
+
+def _row_read_once(pages):
+    """A row, and the index of one of its reads, whose window reads it at that one position only."""
+    layout, T = pages.layout, pages.stats.sample.length
+    for flat in range(layout.total):
+        a = layout.address(flat)
+        w, t = pages.reads(a)
+        once = [i for i in range(len(w)) if (w == w[i]).sum() == 1 and t[i] < T - 1]
+        if once:
+            return a, w, t, once[0]
+    raise AssertionError("no row is read once in a window")
+
+
+def test_resample_removal_is_seeded_averaged_and_batch_free(tiny_parts, tiny_pages):
+    """Fixed seed: the same numbers on two fresh model objects; samples=3 is the mean of seeds s, s+1, s+2;
+    a read's draw does not depend on the batch it shares."""
+    import copy
+
+    from engram_inspect.ablation import row_sources
+
+    def fresh_pages():
+        ck = Checkpoint(model=make_tiny_model(tiny_parts), tokenizer=tiny_parts[0], meta={})
+        ck.model.install_row_source(row_sources(ck, tiny_pages.index))
+        pages = copy.copy(tiny_pages)  # the same sample and index, a new model
+        pages.ck = ck
+        return pages
+
+    layout = tiny_pages.layout
+    a = next(layout.address(f) for f in range(layout.total) if len(tiny_pages.reads(layout.address(f))[0]) >= 5)
+    w, t = (x[:5] for x in tiny_pages.reads(a))
+    one, two = fresh_pages(), fresh_pages()
+    first = exact_removal(one, a, w, t, mode="resample", samples=3, seed=5)
+    again = exact_removal(two, a, w, t, mode="resample", samples=3, seed=5)
+    for x, y in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x, y)
+    runs = [exact_removal(one, a, w, t, mode="resample", seed=s) for s in (5, 6, 7)]
+    for i in range(2):  # window total and own prediction
+        np.testing.assert_allclose(first[i], np.mean([r[i] for r in runs], axis=0), atol=1e-9)
+    assert not np.allclose(runs[0][0], runs[1][0], atol=1e-6)  # seeds draw different rows: the mean has teeth
+    single = exact_removal(one, a, w, t, batch=1, mode="resample", samples=3, seed=5)
+    np.testing.assert_allclose(single[0], first[0], atol=1e-4)
+    np.testing.assert_allclose(single[1], first[1], atol=1e-5)
+
+
+def test_resample_on_a_head_whose_rows_are_all_equal_changes_nothing(tiny_ck, tiny_pages):
+    from engram_inspect.ablation import row_sources
+
+    layout = tiny_pages.layout
+    model = tiny_ck.model
+    a = next(layout.address(f) for f in range(layout.total) if len(tiny_pages.reads(layout.address(f))[0]) >= 3)
+    w, t = (x[:3] for x in tiny_pages.reads(a))
+    engram = model.blocks[a.layer].engram
+    start = int(engram.offsets[layout.spec.head_index(a.order, a.head)])
+    n = len(layout.flat_range(a.layer, a.order, a.head))
+    table = engram.table.weight
+    kept = table.detach().clone()
+    try:
+        with torch.no_grad():
+            table[start : start + n] = table[start + a.row].clone()  # every row of the head equal
+        model.install_row_source(row_sources(tiny_ck, tiny_pages.index))
+        total, own = exact_removal(tiny_pages, a, w, t, mode="resample", samples=2, seed=1)
+        zero_total, _ = exact_removal(tiny_pages, a, w, t, mode="zero")
+    finally:
+        with torch.no_grad():
+            table.copy_(kept)
+        model.install_row_source(None)
+    np.testing.assert_allclose(total, 0.0, atol=1e-5)
+    np.testing.assert_allclose(own, 0.0, atol=1e-6)
+    assert np.abs(zero_total).max() > 1e-4  # zeroing the same reads does move them, so the check can fail
+
+
+def test_resample_with_a_planted_pool_is_the_knockout_by_that_row(tiny_ck, tiny_pages):
+    """k = 1, a pool whose every entry reads row r2 on the head: removing the read is KnockOut(rows=..., resample)
+    on its window, and the same as putting r2's table row in its place (mode mean with r2 as the head's mean)."""
+    from engram_core.ablation import RowSource
+
+    a, w, t, i = _row_read_once(tiny_pages)
+    layout, T = tiny_pages.layout, tiny_pages.stats.sample.length
+    model = tiny_ck.model
+    engram = model.blocks[a.layer].engram
+    h = layout.spec.head_index(a.order, a.head)
+    H = engram.offsets.numel()
+    r2 = (a.row + 1) % len(layout.flat_range(a.layer, a.order, a.head))
+    pool = torch.zeros(4, H, dtype=torch.long)
+    pool[:, h] = r2
+    as_mean = torch.zeros(H, engram.table.weight.shape[1], dtype=engram.table.weight.dtype)
+    as_mean[h] = engram.table.weight[int(engram.offsets[h]) + r2].detach()
+    ids = torch.from_numpy(tiny_pages.tokens[w[i]])[None]
+    rows = {ly: torch.from_numpy(r[:, w[i] * T : (w[i] + 1) * T].T[None]).long() for ly, r in tiny_pages.rows.items()}
+    ko = KnockOut(rows={(a.layer, a.order, a.head, a.row)}, mode="resample", seed=3)
+    engram.row_source = RowSource(mean_rows=as_mean, pool=pool)
+    try:
+        total, own = exact_removal(tiny_pages, a, w[[i]], t[[i]], mode="resample", samples=1, seed=3)
+        by_hand, _ = exact_removal(tiny_pages, a, w[[i]], t[[i]], mode="mean")
+        with torch.no_grad():
+            lp = [m.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])[:, 0].double()
+                  for m in (model(ids, rows=rows), model(ids, knockout=ko, rows=rows))]  # fmt: skip
+    finally:
+        engram.row_source = None
+    assert abs(total[0]) > 1e-4  # the planted row differs from the read, so something moves
+    assert total[0] == pytest.approx(float((lp[1] - lp[0]).sum()), abs=1e-5)
+    assert own[0] == pytest.approx(float(lp[1][t[i]] - lp[0][t[i]]), abs=1e-6)
+    assert total[0] == pytest.approx(by_hand[0], abs=1e-6)
+
+
+def test_row_page_reports_the_mode_of_its_exact_cost(tiny_ck, tiny_pages):
+    from engram_inspect.ablation import row_sources
+
+    a, w, t, _ = _row_read_once(tiny_pages)
+    tiny_ck.model.install_row_source(row_sources(tiny_ck, tiny_pages.index))
+    try:
+        page = row_page(tiny_ck, a, tiny_pages, exact=True, max_exact=3, mode="resample", samples=2, seed=4)
+        pick = np.unique(np.linspace(0, len(w) - 1, min(3, len(w))).round().astype(np.int64))
+        total, own = exact_removal(tiny_pages, a, w[pick], t[pick], mode="resample", samples=2, seed=4)
+    finally:
+        tiny_ck.model.install_row_source(None)
+    d = page.to_dict()
+    assert (d["delta_exact_mode"], d["delta_exact_samples"], d["delta_exact_seed"]) == ("resample", 2, 4)
+    assert d["delta_exact"] == pytest.approx(float(total.mean()), abs=1e-9)
+    assert d["delta_exact_own"] == pytest.approx(float(own.mean()), abs=1e-9)
+    assert d["delta_exact_reads"] == len(pick)
+    zero = row_page(tiny_ck, a, tiny_pages, exact=True, max_exact=3)
+    assert (zero.delta_exact_mode, zero.delta_exact_samples, zero.delta_exact_seed) == ("zero", 1, None)

@@ -131,3 +131,23 @@ def test_gate_choices_carry_values_not_labels(tiny_session):
     for bad in ("9:0", f"{tr.layers[0]}:99", "layer 1 branch 0"):
         with pytest.raises(ValueError, match="no gate"):
             views.gate_values(tr, bad)
+
+
+def test_row_page_tab_has_a_mode_selector_beside_the_exact_cost(tiny_session, tiny_demo):
+    from app.tabs.rows import page_of, summary
+    from engram_core.addresses import RowAddress
+    from engram_inspect.rowpage import RowPage
+
+    mode = _component(tiny_demo, "row-page-mode")
+    assert [v for _, v in mode.choices] == ["zero", "mean", "resample"] and mode.value == "zero"
+    show = next(f for f in tiny_demo.fns.values() if f.name == "show")
+    assert mode in show.inputs  # the selector reaches the page
+    with pytest.raises(gr.Error, match="choose zero, mean or resample"):
+        page_of(tiny_session, "0:2:0:1", True, "shuffle")  # before any slow part loads
+    nan = float("nan")
+    page = RowPage(RowAddress(0, 2, 0, 1), [], 0, nan, False, [], [], 0, nan, [0] * 10, [], [], nan, 0,
+                   delta_exact=-0.5, delta_exact_own=-0.25, delta_exact_reads=3, delta_exact_mode="resample",
+                   delta_exact_samples=4, delta_exact_seed=7)  # fmt: skip
+    assert "each replaced by another corpus N-gram's row, mean of 4 runs from seed 7): -0.5000" in summary(page)
+    mean = dataclasses.replace(page, delta_exact_mode="mean", delta_exact_samples=1, delta_exact_seed=None)
+    assert "each replaced by its head's mean row): -0.5000 over the window, -0.2500" in summary(mean)

@@ -67,7 +67,7 @@ def build(ctx: Ctx) -> None:
             return value_neighbour_rows(s, q, int(L), int(n), int(kk))
         from ..api import neighbour_rows
 
-        rows = neighbour_rows(s, q, int(L), int(n), None, int(kk))
+        rows = neighbour_rows(s, q, int(L), int(n), None, int(kk), "raw")  # raw cosine: the query's own head
         return [[r["similarity"], r["layer"], r["order"], r["head"], r["row"], r["ngrams"]] for r in rows]
 
     def to_mask(rows, mask):
@@ -132,12 +132,11 @@ def value_neighbour_rows(session, query: str, layer: int, order: int, k: int) ->
     from engram_inspect.collisions import ngram_text
     from engram_inspect.neighbours import ngram_rows
     from engram_inspect.rows import RowLayout
-    from engram_inspect.valuespace import ValueIndex
 
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("type an N-gram or a row L:N:K:R")
     layout, labels = RowLayout.of(session.ck), session.collisions()
-    index = session._lazy("value-index", lambda: ValueIndex(session.ck))
+    index = session.value_index()
     try:
         parts = query.strip().split(":")
         if len(parts) == 4 and all(p.strip().lstrip("-").isdigit() for p in parts):

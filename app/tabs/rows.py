@@ -25,20 +25,34 @@ def pages(session):
     return session._lazy("row-pages", lambda: session.run_model(lambda _m: RowPages.load(session.ck)))
 
 
-def page_of(session, query: str, exact: bool = False):
-    """A RowPage for an address typed as text; gr.Error (one line) for anything that is not a row of this model."""
+MODES = [("zeros", "zero"), ("head's mean row", "mean"), ("another N-gram's row", "resample")]
+BECAME = {"zero": "zeros", "mean": "its head's mean row", "resample": "another corpus N-gram's row"}  # in a sentence
+
+
+def page_of(session, query: str, exact: bool = False, mode: str | None = "zero"):
+    """A RowPage for an address typed as text; gr.Error (one line) for anything that is not a row of this model
+    or a mode that is not zero, mean or resample. `mode` says what replaces each read in the exact cost."""
+    from engram_core import KnockOut
+    from engram_inspect.ablation import install
     from engram_inspect.rowpage import row_page
     from engram_inspect.rows import RowAddress, RowLayout
 
     try:
+        how = KnockOut(mode=mode or "zero")  # checked even without `exact`: a typo is never silently ignored
         address = RowAddress.parse(query)
         RowLayout.of(session.ck).check(address)
         p = pages(session)
         if exact:  # forwards with hooks on the shared model: under its lock
-            return session.run_model(lambda _m: row_page(session.ck, address, p, exact=True))
+
+            def measure(_m):
+                if how.mode != "zero":
+                    install(session.ck)  # the corpus row sources of modes mean and resample (cached)
+                return row_page(session.ck, address, p, exact=True, mode=how.mode)
+
+            return session.run_model(measure)
         return row_page(session.ck, address, p)
     except ValueError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
 
 def summary(page) -> str:
@@ -60,9 +74,12 @@ def summary(page) -> str:
             f"(gradient × input estimate, {page.delta_estimate_reads} reads)."
         )
     if page.delta_exact is not None:
+        became = BECAME[page.delta_exact_mode]
+        if page.delta_exact_mode == "resample":
+            became += f", mean of {page.delta_exact_samples} runs from seed {page.delta_exact_seed}"
         lines.append(
-            f"Exact removal ({page.delta_exact_reads} reads): {page.delta_exact:+.4f} over the window, "
-            f"{page.delta_exact_own:+.4f} at the read's own prediction."
+            f"Exact removal ({page.delta_exact_reads} reads, each replaced by {became}): {page.delta_exact:+.4f} "
+            f"over the window, {page.delta_exact_own:+.4f} at the read's own prediction."
         )
     lines.append("Promoted / suppressed tokens follow the direct path only (value → final norm → unembedding).")
     return "\n\n".join(lines)
@@ -95,6 +112,7 @@ def build(ctx: Ctx):
         with gr.Row():
             query = gr.Textbox(label="row L:N:K:R", placeholder="1:2:0:8615", elem_id="row-page-query", scale=3)
             exact = gr.Checkbox(label="exact removal cost (a few seconds)", value=False)
+            mode = gr.Dropdown(MODES, value="zero", label="removed reads become", elem_id="row-page-mode")
             go_btn = gr.Button("Open row page", elem_id="row-page-go")
         head = gr.Markdown(elem_id="row-page-summary")
         with gr.Row():
@@ -109,8 +127,8 @@ def build(ctx: Ctx):
         top = gr.Dataframe(headers=CONTEXT_HEADERS, label="20 contexts with the highest α", wrap=True)
         bottom = gr.Dataframe(headers=CONTEXT_HEADERS, label="10 contexts with the lowest α", wrap=True)
 
-    def show(q, ex):
-        page = page_of(s, q, bool(ex))
+    def show(q, ex, m):
+        page = page_of(s, q, bool(ex), m)
         nb = [
             [[n.address, n.similarity, n.top_ngram] for n in ns] for ns in (page.value_neighbours, page.head_neighbours)
         ]
@@ -118,15 +136,15 @@ def build(ctx: Ctx):
 
     outputs = [head, ngrams, tokens, hist, value_nb, head_nb, top, bottom]
     hidden = {"api_visibility": "private"}  # the HTTP API is /row (register below)
-    gr.on([go_btn.click, query.submit], show, [query, exact], outputs, **hidden)
+    gr.on([go_btn.click, query.submit], show, [query, exact, mode], outputs, **hidden)
 
     def deep_link(demo: gr.Blocks, tabs: gr.Tabs) -> None:
         """`?row=L:N:K:R` fills the address, shows this tab and opens the page."""
 
-        def maybe_show(q, ex):
-            return show(q, ex) if q else tuple(gr.skip() for _ in outputs)
+        def maybe_show(q, ex, m):
+            return show(q, ex, m) if q else tuple(gr.skip() for _ in outputs)
 
-        demo.load(from_url, None, [query, tabs], **hidden).then(maybe_show, [query, exact], outputs, **hidden)
+        demo.load(from_url, None, [query, tabs], **hidden).then(maybe_show, [query, exact, mode], outputs, **hidden)
 
     return deep_link
 
@@ -134,9 +152,10 @@ def build(ctx: Ctx):
 def register(session) -> None:
     """The /row endpoint (docs/api.md); call inside the Blocks, before the tabs' private events."""
 
-    def row(address: str, exact: bool = False) -> dict:
-        """The page of one memory row "L:N:K:R": N-grams, promoted tokens, gate statistics, removal cost."""
-        return page_of(session, address, bool(exact)).to_dict()
+    def row(address: str, exact: bool = False, mode: str = "zero") -> dict:
+        """The page of one memory row "L:N:K:R": N-grams, promoted tokens, gate statistics, removal cost;
+        `mode` (zero, mean, resample) says what replaces each read in the exact removal cost."""
+        return page_of(session, address, bool(exact), mode).to_dict()
 
     gr.api(row, api_name="row")
 
