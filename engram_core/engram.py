@@ -19,7 +19,6 @@ from torch import nn
 from .ablation import RowSource, resampled_rows
 from .config import MemoryConfig
 from .hashing import HashSpec
-from .kernels import conv_taps_grad_tap
 from .knockout import KnockOut
 from .layers import HookPoint, rms_norm
 
@@ -50,14 +49,6 @@ def causal_dilated_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) ->
             break
         y = y + F.pad(x[:, : T - s], (0, 0, s, 0)) * weight[:, j].to(x.dtype)
     return y
-
-
-def conv_with_taps_grad(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """`causal_dilated_conv`, with the taps' gradient taken by `kernels.conv_taps_grad_tap`
-    when one is needed (the same numbers; a faster backward under torch.compile)."""
-    if not (torch.is_grad_enabled() and weight.requires_grad):
-        return causal_dilated_conv(x, weight, dilation)
-    return conv_taps_grad_tap(causal_dilated_conv(x, weight.detach(), dilation), x, weight, dilation)
 
 
 def conv_weight_from_conv1d(w: torch.Tensor) -> torch.Tensor:
@@ -117,7 +108,7 @@ class EngramReadout(nn.Module):
         v_gated = alpha.unsqueeze(-1).to(v.dtype) * v.unsqueeze(2)  # (B, T, M, D)
         B, T, M, _ = v_gated.shape
         normed = rms_norm(v_gated, None) * self.norm_conv.to(v_gated.dtype)
-        conv = conv_with_taps_grad(normed.reshape(B, T, M * D), self.conv, self.dilation)  # (B, T, M*D)
+        conv = causal_dilated_conv(normed.reshape(B, T, M * D), self.conv, self.dilation)  # (B, T, M*D)
         return self.hook_out(F.silu(conv).view(B, T, M, D) + v_gated)  # eq. 5
 
 
