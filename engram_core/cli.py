@@ -67,7 +67,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         precision=args.dtype,
     )
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
-    path = train_model(args.out, tcfg, memory=not args.no_memory, dtype=dtype, table_format=args.table_format)
+    mem_cfg = None
+    if args.table_sizes is not None:
+        from .config import MemoryConfig
+
+        try:
+            mem_cfg = MemoryConfig(table_sizes=tuple(args.table_sizes))
+        except ValueError as e:
+            raise UserError(f"--table-sizes: {e}") from e
+    path = train_model(
+        args.out, tcfg, memory=not args.no_memory, dtype=dtype, table_format=args.table_format, mem_cfg=mem_cfg
+    )
     print(f"saved {path}")
 
 
@@ -94,7 +104,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=cmd_hash_vectors)
     s = sub.add_parser("train", help="train the default model (or its memory-free twin) from the offline corpus")
     s.add_argument("--out", default="runs/engram", help="checkpoint folder to write")
-    s.add_argument("--tokens", type=int, default=4_000_000, help="training tokens (977 steps of 16 x 256)")
+    s.add_argument("--tokens", type=int, default=8_100_000, help="training tokens (1,977 steps of 16 x 256)")
+    s.add_argument(
+        "--table-sizes",
+        type=int,
+        nargs="+",
+        metavar="ROWS",
+        help="base rows per hash head, one per N-gram order (default 54000 54000; 1 1: the smallest prime tables)",
+    )
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-memory", action="store_true", help="the same backbone and recipe without Engram")
@@ -109,7 +126,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--table-format",
         choices=["fp8", "bf16", "fp32"],
-        help="Engram tables as saved (fp8: E4M3, one E8M0 scale per 32 values; default: as --weights-dtype)",
+        default="fp8",
+        help="Engram tables as saved (fp8, the default: E4M3 with one E8M0 scale per 32 values, as DeepSeek-V4.1)",
     )
     s.set_defaults(fn=cmd_train)
     s = sub.add_parser("card", help="evaluate a checkpoint on held-out text and write its model card")

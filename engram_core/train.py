@@ -89,7 +89,10 @@ class RowAdam(torch.optim.Optimizer):
                 state["exp_avg_sq"].index_copy_(0, rows, v)
                 t = state["step"]
                 denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
-                p.index_add_(0, rows, m.div_(denom), alpha=-group["lr"] / (1 - b1**t))
+                # subtle: coalesced rows are unique, so a gather-update-scatter is the same
+                # sum as index_add_, which on CPU ran about 5 ms a table at the default batch
+                step_rows = m.div_(denom).mul_(-group["lr"] / (1 - b1**t))
+                p.index_copy_(0, rows, p.index_select(0, rows).add_(step_rows))
 
 
 def make_optimizers(model: EngramLM, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
