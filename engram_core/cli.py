@@ -185,6 +185,12 @@ def main(argv: list[str] | None = None, adders: tuple = ()) -> int:
         # glibc reads these at start-up: they stop page faults on large fresh
         # logits buffers (CALIBRATION.md), so re-run this process with them set
         env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+        # compiled kernels of this process in a cache of its own: a shared cache may hold
+        # kernels built by a process that saw no vector ISA, and mixing them crashed
+        # (train.vector_isa)
+        from .data import cache_dir
+
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
         argv = sys.argv[1:] if argv is None else argv
         os.execve(sys.executable, [sys.executable, "-m", "engram_core.cli", *argv], env)
     if getattr(args, "checkpoint", None) is not None and not Path(args.checkpoint).exists():

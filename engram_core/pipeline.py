@@ -22,7 +22,7 @@ from .knockout import KnockOut
 from .model import EngramLM
 from .precision import choose_precision, describe
 from .tokenizer import EOS, train_bpe
-from .train import TrainConfig, eval_windows, evaluate, train
+from .train import TrainConfig, eval_windows, evaluate, train, vector_isa
 
 CARD_WINDOWS = 200  # validation windows per domain in the model card (200 x 256 tokens)
 
@@ -86,6 +86,15 @@ def train_model(
     vals = {k.split("/")[1]: v for k, v in streams.items() if k.startswith("val/")}
     precision = describe(choose_precision(tcfg.precision))
     log(f"precision: {precision}")
+    if tcfg.compile:
+        isa = vector_isa()
+        log(f"compiled kernels: {isa} vector instructions")
+        if isa == "none":
+            log(
+                "warning: torch.compile found no usable vector instructions, so its kernels are scalar and "
+                "training runs several times slower; clear the inductor cache (TORCHINDUCTOR_CACHE_DIR, "
+                "default /tmp/torchinductor_$USER) and run again"
+            )
     bar = tqdm(total=tcfg.steps(cfg.backbone.block_size), unit="step", dynamic_ncols=True, desc=precision)
 
     def progress(i: int, n: int, r: dict) -> None:

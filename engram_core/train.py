@@ -114,6 +114,34 @@ def make_optimizers(model: EngramLM, cfg: TrainConfig) -> list[torch.optim.Optim
     return opts
 
 
+def vector_isa() -> str:
+    """The SIMD instruction set torch.compile's CPU kernels use here ("none": scalar code).
+
+    subtle: inductor decides this once per process by building and loading a probe
+    library. In a process that imported torch with `MALLOC_MMAP_MAX_=0` (which
+    `engram train` sets) that probe fails, every kernel is compiled scalar and a
+    training step runs 2.5x slower with no error; then the CPU's flags are trusted.
+    """
+    from torch._inductor import cpu_vec_isa
+
+    isa = cpu_vec_isa.pick_vec_isa()
+    if not isa:
+        # the probe failed; the CPU's own flags (/proc/cpuinfo, which inductor reads
+        # first) say what it can run, so trust them instead of the probe
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.vec_isa_ok = True
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()
+        todo = [cpu_vec_isa.VecISA]
+        while todo:  # every ISA class memoises its own verdict
+            cls = todo.pop()
+            todo += cls.__subclasses__()
+            for name in ("__bool__", "_VecISA__bool__impl"):
+                getattr(getattr(cls, name, None), "cache_clear", lambda: None)()
+        isa = cpu_vec_isa.pick_vec_isa()
+    return str(isa) if isa else "none"
+
+
 def compile_dense(model: EngramLM, mode: str = "sublayers") -> None:
     """Compile the dense parts in place; hashing and the sparse lookups stay eager.
 
@@ -126,6 +154,7 @@ def compile_dense(model: EngramLM, mode: str = "sublayers") -> None:
     "sublayers" and compiled for 136 s against 13 s (bench/README.md), so the larger
     graphs are options, not the default.
     """
+    vector_isa()  # before the first graph compiles: never scalar kernels by accident
     if mode == "sublayers":
         for block in model.blocks:
             block.attn.compile(dynamic=False)
