@@ -67,18 +67,23 @@ def cmd_train(args: argparse.Namespace) -> None:
         precision=args.dtype,
     )
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
-    mem_cfg = None
-    if args.table_sizes is not None:
-        from .config import MemoryConfig
-
-        try:
-            mem_cfg = MemoryConfig(table_sizes=tuple(args.table_sizes))
-        except ValueError as e:
-            raise UserError(f"--table-sizes: {e}") from e
+    mem_cfg = train_memory_config(args)
     path = train_model(
         args.out, tcfg, memory=not args.no_memory, dtype=dtype, table_format=args.table_format, mem_cfg=mem_cfg
     )
     print(f"saved {path}")
+
+
+def train_memory_config(args: argparse.Namespace):
+    """The memory of `engram train --table-sizes ...` (None: the default); a UserError for bad sizes."""
+    if args.table_sizes is None:
+        return None
+    from .config import MemoryConfig
+
+    try:
+        return MemoryConfig(table_sizes=tuple(args.table_sizes))
+    except ValueError as e:
+        raise UserError(f"--table-sizes: {e}") from e
 
 
 def cmd_card(args: argparse.Namespace) -> None:
@@ -181,6 +186,12 @@ def main(argv: list[str] | None = None, adders: tuple = ()) -> int:
     from .checkpoint import CheckpointError
 
     args = build_parser(*adders, *command_adders()).parse_args(argv)
+    if args.command == "train":
+        try:
+            train_memory_config(args)  # bad sizes answered here, before the re-exec below
+        except UserError as e:
+            print(f"engram train: error: {e}", file=sys.stderr)
+            return 2
     if args.command == "train" and "MALLOC_MMAP_MAX_" not in os.environ:
         # glibc reads these at start-up: they stop page faults on large fresh
         # logits buffers (CALIBRATION.md), so re-run this process with them set

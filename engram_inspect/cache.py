@@ -15,7 +15,17 @@ from pathlib import Path
 from engram_core import Checkpoint
 from engram_core.checkpoint import checkpoint_cache_dir, checkpoint_key  # re-exported: they live with checkpoints
 
-__all__ = ["cache_file", "checkpoint_cache", "checkpoint_key", "find_file", "shipped_file"]
+__all__ = ["SHIPPED_FILES", "cache_file", "checkpoint_cache", "checkpoint_key", "find_file", "shipped_file"]
+
+# what ships precomputed beside the default model's weights, as `<name>-<key>.npz`
+# (scripts/ship_derived.py writes them after a retrain)
+SHIPPED_FILES = (
+    "rowstats",
+    "row-colours",
+    "ablation",
+    "mean-gate",
+    *(f"projection-{m}-{s}pooled" for m in ("pca", "umap") for s in ("", "value-")),
+)
 
 
 def checkpoint_cache(ck: Checkpoint) -> Path:

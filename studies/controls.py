@@ -36,6 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "paper-checks"
 PROSE = Path(__file__).resolve().parent / "data" / "genesis-1-1-10-kjv.txt"
 CAPACITY_RUNS = ROOT / "runs" / "sweep" / "capacity"
+# trained with the shipped model's recipe and tokens (README: how to train them)
+SHIPPED_BUDGET = {
+    "smallest tables (capacity one)": ROOT / "runs" / "capacity1",
+    "memory-free twin": ROOT / "runs" / "baseline",
+}
 MODES = ("zero", "mean", "resample")
 
 
@@ -93,8 +98,25 @@ def mode_table(ck, data, samples: int) -> dict:
     return {"memory_on": on, "increase": rows, "resample_samples": samples}
 
 
-def control_table(ck, data, old: dict | None = None) -> dict:
-    """Inference-time controls of the shipped model (reused from `old` when given) and trained controls."""
+def trained_record(folder: Path, data) -> dict | None:
+    """Loss of the checkpoint in `folder` on the control texts, with its tokens and table sizes."""
+    try:
+        other = load_checkpoint(folder)
+    except (ValueError, OSError) as e:
+        print(f"skipped {folder}: {e}")
+        return None
+    mem = other.model.cfg.memory
+    return {
+        "tokens": other.meta.get("train_tokens"),
+        "table_rows_per_head": sorted({p for ps in mem.hash_spec.primes.values() for p in ps}) if mem else [],
+        **{d: loss(other.model, w) for d, w in data.items()},
+    }
+
+
+def control_table(ck, data, old: dict | None = None, recorded_500k: dict | None = None) -> dict:
+    """Inference-time controls of the shipped model (reused from `old` when given) and trained controls:
+    at 500k tokens (`studies.sweep capacity`; recorded results kept when the checkpoints are gone)
+    and at the shipped model's own recipe and tokens (runs/capacity1, runs/baseline)."""
     m = ck.model
     rows = old or {
         "shipped model": {d: loss(m, w) for d, w in data.items()},
@@ -106,20 +128,22 @@ def control_table(ck, data, old: dict | None = None) -> dict:
         print(name, v, flush=True)
     trained = {}
     for folder in sorted(CAPACITY_RUNS.glob("rows*-s*")):
-        try:
-            other = load_checkpoint(folder)
-        except ValueError as e:
-            print(f"skipped {folder}: {e}")
-            continue
-        trained[folder.name] = {
-            "tokens": other.meta.get("train_tokens"),
-            "table_rows_per_head": sorted({p for ps in other.model.cfg.memory.hash_spec.primes.values() for p in ps})
-            if other.model.cfg.memory is not None
-            else [],
-            **{d: loss(other.model, w) for d, w in data.items()},
-        }
-        print(folder.name, trained[folder.name], flush=True)
-    return {"inference": rows, "trained_500k": trained}
+        record = trained_record(folder, data)
+        if record is not None:
+            trained[folder.name] = record
+            print(folder.name, record, flush=True)
+    shipped_budget = {}
+    for label, folder in SHIPPED_BUDGET.items():
+        record = trained_record(folder, data) if folder.is_dir() else None
+        if record is not None:
+            shipped_budget[label] = record
+            print(label, record, flush=True)
+    return {
+        "inference": rows,
+        "trained_500k": trained or (recorded_500k or {}),
+        "trained_shipped_budget": shipped_budget,
+        "shipped_tokens": ck.meta.get("train_tokens"),
+    }
 
 
 def main() -> None:
@@ -143,7 +167,7 @@ def main() -> None:
     old = json.loads(path.read_text()) if path.is_file() else {}
     result["modes"] = old.get("modes") if a.skip_modes or a.trained_only else mode_table(ck, data, a.samples)
     kept = (old.get("controls") or {}).get("inference") if a.trained_only else None
-    result["controls"] = control_table(ck, data, kept)
+    result["controls"] = control_table(ck, data, kept, (old.get("controls") or {}).get("trained_500k"))
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}")

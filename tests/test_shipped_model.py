@@ -65,3 +65,11 @@ def test_gates_are_sane(ck):
         g = cache[f"blocks.{layer}.engram.readout.hook_gate"]
         assert g.shape == (1, ids.shape[1], 4)
         assert 0.05 < float(g.mean()) < 0.95 and float(g.std()) > 0.01
+
+
+def test_precomputed_files_are_those_of_these_weights(ck):
+    """After a retrain every shipped file is regenerated under the new key (scripts/ship_derived.py)."""
+    from engram_inspect.cache import SHIPPED_FILES, checkpoint_key
+
+    key = checkpoint_key(ck)
+    assert {p.name for p in MODEL.glob("*.npz")} == {f"{name}-{key}.npz" for name in SHIPPED_FILES}

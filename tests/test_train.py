@@ -1,6 +1,9 @@
 """Training recipe: loss falls, tables move 5x faster and only where read, no decay on tables."""
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from engram_core import EngramLM
@@ -78,3 +81,27 @@ def test_row_adam_matches_sparse_adam():
         torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
     assert torch.equal(a.weight[45:], init[45:])  # rows never read keep their init
     assert not torch.equal(a.weight[:20], init[:20])
+
+
+def test_compiled_kernels_get_vector_instructions_under_the_train_malloc_settings():
+    """inductor's ISA probe fails in a process that imported torch with MALLOC_MMAP_MAX_=0
+    (as `engram train` runs); its kernels were then scalar and training 2.5x slower."""
+    import os
+    import subprocess
+    import sys
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if " avx2" not in flags:
+        pytest.skip("no AVX2 on this CPU: inductor has no vector ISA to pick")
+    env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+    code = "import torch\nfrom engram_core.train import vector_isa\nprint(vector_isa())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] != "none"
+
+
+@pytest.mark.parametrize("sizes", [["5"], ["0", "7"], ["3", "4", "5"]])
+def test_train_refuses_bad_table_sizes_in_one_line(engram_cli, sizes):
+    r = engram_cli("train", "--table-sizes", *sizes, "--out", "/nonexistent/never-written")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--table-sizes" in r.stderr and "order" in r.stderr

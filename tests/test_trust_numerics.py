@@ -52,7 +52,7 @@ def test_old_configs_load_with_fixed_steps_and_new_ones_with_the_tolerance():
     assert ModelConfig.from_dict(old).backbone.sinkhorn_tol == 0.0
     assert ModelConfig.from_dict(tiny_config(300, 200, 0).to_dict()).backbone.sinkhorn_tol == 1e-3
     if shipped is not None:
-        assert shipped.backbone.sinkhorn_tol == 0.0 and shipped.backbone.sinkhorn_iters == 20
+        assert shipped.backbone.sinkhorn_tol == 1e-3  # retrained once with H_res doubly stochastic
 
 
 def stretched(parts, tol: float) -> EngramLM:
@@ -125,3 +125,53 @@ def test_gate_under_bf16_autocast_matches_fp32():
     s_old = (q_old * k_old).sum(-1).float() / 8.0
     old = torch.sigmoid(s_old.sign() * s_old.abs().clamp_min(1e-6).sqrt())
     assert (old - want).abs().max() > 1e-4
+
+
+def _unrolled_fixed_point(logits: torch.Tensor, steps: int = 4000) -> torch.Tensor:
+    """Plain Sinkhorn in float64, long enough to sit on the fixed point: the reference."""
+    p = torch.exp(logits - logits.amax(dim=(-2, -1), keepdim=True))
+    for _ in range(steps):
+        p = p / p.sum(-1, keepdim=True)
+        p = p / p.sum(-2, keepdim=True)
+    return p
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 5.0])
+def test_tolerance_mode_is_the_projection_with_its_exact_gradient(scale):
+    logits = (
+        scale * torch.randn(6, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ).requires_grad_()
+    ref = _unrolled_fixed_point(logits)
+    g = torch.randn(6, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (ref * g).sum().backward()
+    grad_ref, logits.grad = logits.grad.clone(), None
+    p = sinkhorn(logits, 20, tol=1e-4, max_iters=500)
+    assert p.dtype == torch.float32 and float(p.min()) >= 0
+    assert float(sinkhorn_error(p)) <= 1e-4
+    torch.testing.assert_close(p.double(), ref.detach(), atol=2e-4, rtol=0)
+    (p * g.float()).sum().backward()
+    # implicit differentiation: the gradient of the projection itself, not of 20 steps
+    torch.testing.assert_close(logits.grad, grad_ref, atol=2e-4 * (1 + grad_ref.abs().max().item()), rtol=0)
+
+
+def test_twenty_unrolled_steps_have_a_different_gradient():
+    """What the implicit gradient changes: on hard maps, 20 steps differ from the projection."""
+    logits = (
+        5 * torch.randn(6, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ).requires_grad_()
+    g = torch.randn(6, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (_unrolled_fixed_point(logits) * g).sum().backward()
+    ref, logits.grad = logits.grad.clone(), None
+    (sinkhorn(logits, 20) * g.float()).sum().backward()
+    assert float((logits.grad - ref).abs().max()) > 1e-2
+
+
+def test_tolerance_mode_on_trained_like_maps_and_in_a_compiled_graph():
+    # entries near 1e-12, where plain Sinkhorn needs thousands of steps for 1e-3
+    logits = 12 * torch.randn(64, 4, 4, generator=torch.Generator().manual_seed(4))
+    p = sinkhorn(logits, 20, tol=1e-3)
+    assert float(sinkhorn_error(p)) <= 1e-3 and float(p.min()) < 1e-9
+    compiled = torch.compile(lambda x: sinkhorn(x, 20, 1e-3, 500) * 2, fullgraph=True)  # no graph break
+    torch.testing.assert_close(compiled(logits), 2 * p)
+    # no rows at all (an empty batch) is not an error
+    assert sinkhorn(torch.zeros(0, 4, 4), 20, tol=1e-3).shape == (0, 4, 4)
