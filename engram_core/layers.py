@@ -161,9 +161,10 @@ def _newton_iteration(q: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.
     """(q, any left): one Newton step on every matrix whose rows, normalised, miss tol.
     subtle: the caller passes a tenth of its tol, one more quadratic step, so the
     final check passes with room to spare."""
-    active = _errors(q / q.sum(-1, keepdim=True)) > tol
-    dy = _newton_columns(q, active)
-    return q * dy.exp().unsqueeze(-2), active.any()
+    P = q / q.sum(-1, keepdim=True)  # rows renormalised every step: q stays bounded
+    active = _errors(P) > tol
+    dy = _newton_columns(P, active)
+    return P * dy.exp().unsqueeze(-2), active.any()
 
 
 @functools.cache
@@ -186,7 +187,9 @@ def sinkhorn_projection(logits: torch.Tensor, tol: float, max_iters: int) -> tor
     """
     M = logits.shape[-1]
     lf = logits.detach().float().reshape(-1, M, M)
-    q = torch.exp(lf - lf.amax(dim=(-2, -1), keepdim=True))
+    # subtle: a whole row below the largest logit by more than ~87 underflows to zeros in
+    # fp32 and would divide 0 by 0; 1e-30 is far below anything a sum within tol can see
+    q = torch.exp(lf - lf.amax(dim=(-2, -1), keepdim=True)).clamp_min(1e-30)
     for _ in range(3):
         q = q / q.sum(-1, keepdim=True)
         q = q / q.sum(-2, keepdim=True)
@@ -228,11 +231,14 @@ def sinkhorn_projection_backward(g: torch.Tensor, p: torch.Tensor) -> torch.Tens
     wr, wc = W.sum(-1), W.sum(-2)
     Pr = P / r.unsqueeze(-1)
     H = torch.diag_embed(c) - P.transpose(1, 2) @ Pr
+    # a ridge of 1e-6 (against sums of 1) keeps nearly decomposable maps, whose system is
+    # close to singular, from turning the gradient into inf or NaN
+    H = H + 1e-6 * torch.eye(M, dtype=H.dtype, device=H.device)
     rhs = wc - (P.transpose(1, 2) @ (wr / r).unsqueeze(-1)).squeeze(-1)
     beta = torch.cat([_spd_solve(H[:, : M - 1, : M - 1], rhs[:, : M - 1]), P.new_zeros(len(P), 1)], -1)
     alpha = (wr - (P @ beta.unsqueeze(-1)).squeeze(-1)) / r
     out = P * (G - alpha.unsqueeze(-1) - beta.unsqueeze(-2))
-    return out.reshape(p.shape)
+    return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).reshape(p.shape)
 
 
 @sinkhorn_projection_backward.register_fake

@@ -262,6 +262,8 @@ def train(
         loss = train_step(model, opts, x, y, bf16)
         seen += x.numel()
         lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"training diverged at step {step + 1}: the loss is {lv}")
         smooth = lv if smooth is None else 0.98 * smooth + 0.02 * lv
         rec = {"step": step + 1, "tokens": seen, "loss": smooth, "elapsed_s": time.perf_counter() - t0}
         rec["tok_per_s"] = seen / rec["elapsed_s"]

@@ -175,3 +175,16 @@ def test_tolerance_mode_on_trained_like_maps_and_in_a_compiled_graph():
     torch.testing.assert_close(compiled(logits), 2 * p)
     # no rows at all (an empty batch) is not an error
     assert sinkhorn(torch.zeros(0, 4, 4), 20, tol=1e-3).shape == (0, 4, 4)
+
+
+def test_projection_stays_finite_on_extreme_maps():
+    """Logits spread past fp32's exp range (whole rows underflow) and nearly decomposable maps:
+    the value and the gradient stay finite (a NaN here once ended a training run)."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.cat([60 * torch.randn(32, 4, 4, generator=g), 200 * torch.randn(32, 4, 4, generator=g)])
+    logits[0] = torch.tensor([[0.0, -150, -150, -150], [-150, 0, -150, -150], [-150, -150, 0, -150], [-150] * 3 + [0]])
+    logits.requires_grad_()
+    p = sinkhorn(logits, 20, tol=1e-3)
+    assert bool(p.isfinite().all()) and float(sinkhorn_error(p)) <= 1e-3
+    (p * torch.randn(p.shape, generator=g)).sum().backward()
+    assert bool(logits.grad.isfinite().all())
