@@ -69,7 +69,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
     mem_cfg = train_memory_config(args)
     path = train_model(
-        args.out, tcfg, memory=not args.no_memory, dtype=dtype, table_format=args.table_format, mem_cfg=mem_cfg
+        args.out,
+        tcfg,
+        memory=not args.no_memory,
+        dtype=dtype,
+        table_format=args.table_format,
+        mem_cfg=mem_cfg,
+        sinkhorn_tol=args.sinkhorn_tol,
     )
     print(f"saved {path}")
 
@@ -109,18 +115,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=cmd_hash_vectors)
     s = sub.add_parser("train", help="train the default model (or its memory-free twin) from the offline corpus")
     s.add_argument("--out", default="runs/engram", help="checkpoint folder to write")
-    s.add_argument("--tokens", type=int, default=8_100_000, help="training tokens (1,977 steps of 16 x 256)")
+    s.add_argument("--tokens", type=int, default=4_000_000, help="training tokens (976 steps of 16 x 256)")
     s.add_argument(
         "--table-sizes",
         type=int,
         nargs="+",
         metavar="ROWS",
-        help="base rows per hash head, one per N-gram order (default 54000 54000; 1 1: the smallest prime tables)",
+        help="base rows per hash head, one per N-gram order (default 27000 27000; 1 1: the smallest prime tables)",
     )
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-memory", action="store_true", help="the same backbone and recipe without Engram")
     s.add_argument("--no-compile", action="store_true", help="skip torch.compile (slower steps, no compile wait)")
+    s.add_argument(
+        "--sinkhorn-tol",
+        type=float,
+        default=1e-3,
+        help="H_res row and column sums within this of 1 (0: 20 fixed Sinkhorn steps, as the shipped model trained)",
+    )
     s.add_argument(
         "--dtype",
         choices=["auto", "bf16", "fp32"],
@@ -131,8 +143,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--table-format",
         choices=["fp8", "bf16", "fp32"],
-        default="fp8",
-        help="Engram tables as saved (fp8, the default: E4M3 with one E8M0 scale per 32 values, as DeepSeek-V4.1)",
+        help="Engram tables as saved (fp8: E4M3, one E8M0 scale per 32 values; default: as --weights-dtype)",
     )
     s.set_defaults(fn=cmd_train)
     s = sub.add_parser("card", help="evaluate a checkpoint on held-out text and write its model card")
@@ -189,6 +200,8 @@ def main(argv: list[str] | None = None, adders: tuple = ()) -> int:
     if args.command == "train":
         try:
             train_memory_config(args)  # bad sizes answered here, before the re-exec below
+            if not 0 <= args.sinkhorn_tol < 1:
+                raise UserError(f"--sinkhorn-tol must lie in [0, 1), got {args.sinkhorn_tol}")
         except UserError as e:
             print(f"engram train: error: {e}", file=sys.stderr)
             return 2

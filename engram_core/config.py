@@ -46,7 +46,7 @@ class MemoryConfig:
     max_ngram: int = 3  # N: suffix N-grams of orders 2..N
     heads_per_ngram: int = 4  # hash heads per order, each with its own prime-sized table
     d_head: int = 32  # width of one table row
-    table_sizes: tuple[int, ...] = (54000, 54000)  # base rows per head, per order (FP8 tables: 40 MB)
+    table_sizes: tuple[int, ...] = (27000, 27000)  # base rows per head, per order
     conv_kernel: int = 4  # short conv kernel; its dilation is max_ngram (§2.3)
     signed_sqrt: bool = True  # the reference demo's sign(s)*sqrt|s| before the sigmoid
     seed: int = 0  # hash multiplier seed

@@ -69,6 +69,7 @@ def train_model(
     dtype: torch.dtype = torch.bfloat16,
     log=print,
     table_format: str | None = None,
+    sinkhorn_tol: float | None = None,
 ) -> Path:
     from tqdm import tqdm
 
@@ -78,7 +79,10 @@ def train_model(
     log(f"compression: {comp.raw_size} -> {comp.size} ids ({100 * comp.reduction:.1f} % fewer)")
     pad = int(comp.table[tok.token_to_id(EOS)])
     mem = dataclasses.replace(mem_cfg or MemoryConfig(), vocab_size=comp.size, pad_id=pad) if memory else None
-    cfg = ModelConfig(backbone=backbone or BackboneConfig(vocab_size=tok.get_vocab_size()), memory=mem)
+    backbone = backbone or BackboneConfig(vocab_size=tok.get_vocab_size())
+    if sinkhorn_tol is not None:
+        backbone = dataclasses.replace(backbone, sinkhorn_tol=sinkhorn_tol)
+    cfg = ModelConfig(backbone=backbone, memory=mem)
     torch.manual_seed(tcfg.seed)
     model = EngramLM(cfg, comp.table)
     log(f"parameters: {model.param_counts()}")

@@ -105,3 +105,10 @@ def test_train_refuses_bad_table_sizes_in_one_line(engram_cli, sizes):
     r = engram_cli("train", "--table-sizes", *sizes, "--out", "/nonexistent/never-written")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "--table-sizes" in r.stderr and "order" in r.stderr
+
+
+@pytest.mark.parametrize("tol", ["-0.1", "1.5"])
+def test_train_refuses_a_bad_sinkhorn_tolerance_in_one_line(engram_cli, tol):
+    r = engram_cli("train", "--sinkhorn-tol", tol, "--out", "/nonexistent/never-written")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--sinkhorn-tol" in r.stderr
