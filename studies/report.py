@@ -458,23 +458,20 @@ def main() -> None:
         "'Paper checks' tab draws the same figures. Commands:",
         "",
         "```bash",
-        ".venv/bin/engram train --no-memory --out runs/baseline          # the memory-free twin (study 1, 6)",
+        ".venv/bin/engram train --no-memory --sinkhorn-tol 0 --out runs/baseline   # the twin (studies 1, 6, 9)",
         ".venv/bin/python -m studies.analysis                              # studies 1, 4, 5, 6",
         ".venv/bin/python -m studies.sweep allocation --tokens 500000     # study 2",
         ".venv/bin/python -m studies.sweep size --tokens 500000           # study 3",
         ".venv/bin/python -m studies.sweep placement --tokens 500000      # study 7",
         ".venv/bin/python -m studies.sweep capacity --tokens 500000       # study 9 (trained controls, 500k)",
-        ".venv/bin/engram train --table-sizes 1 1 --out runs/capacity1    # study 9 (capacity one, shipped budget)",
+        ".venv/bin/engram train --table-sizes 1 1 --sinkhorn-tol 0 --out runs/capacity1   # study 9, capacity one",
         ".venv/bin/python -m studies.controls                              # studies 8, 9",
         ".venv/bin/python -m studies.report                                # this page",
         "```",
         "",
         "The sweeps train for 500,000 tokens per run (about 3 minutes each on 2 cores): enough to rank "
         "configurations early in training, not to settle them. Where a configuration ran with several seeds, "
-        "the tables give the mean and half the range. The sweeps' records were made before the shipped model's "
-        "last retrain, with the recipe of their time (27,000-row layout, the Sinkhorn of that time), and are kept as "
-        "recorded; studies 1, "
-        "4, 5, 6, 8 and 9 describe the shipped model itself.",
+        "the tables give the mean and half the range.",
         "",
     ]
     if analysis is None:

@@ -86,3 +86,20 @@ def test_seeds_average_into_one_row():
     assert a["seeds"] == [0, 1] and a["val_plays"] == pytest.approx(4.1) and a["val_plays_range"] == pytest.approx(0.2)
     assert _cell(a, "val_plays") == "4.100 ± 0.100" and _cell(a, "val_plays_memory_off") == "-"
     assert _cell(b, "val_plays") == "5.000" and b["seeds"] == [0]
+
+
+def test_capacity_one_sentence_states_the_share_of_the_gain_kept():
+    from studies.report import capacity_at_budget
+
+    shipped = {"plays": 3.0, "code": 2.0, "prose": 4.0}
+    budget = {
+        "smallest tables (capacity one)": {"plays": 3.9, "code": 2.5, "prose": 4.4},
+        "memory-free twin": {"plays": 4.0, "code": 3.0, "prose": 4.5},
+    }
+    text = capacity_at_budget(shipped, budget)
+    # (twin - small) / (twin - shipped): 0.1/1.0, 0.5/1.0, 0.1/0.5
+    assert "10 % (held-out plays)" in text and "50 % (held-out code)" in text and "20 % (Genesis" in text
+    assert "no substitute" not in text  # half the gain kept on code: not "no substitute"
+    budget["smallest tables (capacity one)"]["code"] = 2.9
+    assert "no substitute" in capacity_at_budget(shipped, budget)
+    assert capacity_at_budget(shipped, {"memory-free twin": budget["memory-free twin"]}) == ""
