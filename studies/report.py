@@ -328,21 +328,45 @@ def study_8(ctl: dict | None) -> list[str]:
 
 
 def capacity_at_budget(shipped: dict, budget: dict) -> str:
-    """The capacity-one control at the shipped model's own tokens, in one sentence (or none)."""
+    """The capacity-one control at the shipped model's own tokens, in plain sentences (or none)."""
     small, twin = budget.get("smallest tables (capacity one)"), budget.get("memory-free twin")
     if small is None or twin is None:
         return ""
-    kept = {d: (twin[d] - small[d]) / (twin[d] - shipped[d]) for d, _ in DOMAINS if twin[d] - shipped[d] > 1e-6}
-    return (
-        " Trained with the shipped model's recipe and tokens, the smallest tables keep "
-        + ", ".join(f"{100 * kept[d]:.0f} % ({label})" for d, label in DOMAINS if d in kept)
-        + " of the gain of the shipped layout over the memory-free twin: "
-        + (
-            "a table of a few rows per head is no substitute for the full one."
-            if max(kept.values(), default=1.0) < 0.5
-            else "much of the gain survives with almost no rows, so part of it is not memorisation."
-        )
+    gain = {d: twin[d] - shipped[d] for d, _ in DOMAINS}
+    kept = {d: (twin[d] - small[d]) / gain[d] for d, _ in DOMAINS if gain[d] > 0.05}
+    out = (
+        " Trained with the shipped model's recipe and tokens, the memory-free twin sits "
+        + ", ".join(f"{gain[d]:+.3f} ({label})" for d, label in DOMAINS)
+        + " nats/token from the shipped model"
     )
+    if not kept:
+        return (
+            out
+            + ": no domain where the memory gains more than 0.05 over the twin, so nothing for capacity one to keep."
+        )
+    flat = [label for d, label in DOMAINS if d not in kept]
+    out += (
+        "; where the gain exceeds 0.05 the smallest tables keep "
+        + ", ".join(f"{100 * kept[d]:.0f} % ({label})" for d, label in DOMAINS if d in kept)
+        + " of it"
+        + (
+            f" (no gain to keep on {', '.join(flat)}, where the smallest tables sit "
+            + ", ".join(f"{small[d] - shipped[d]:+.3f}" for d, _ in DOMAINS if d not in kept)
+            + " from the shipped model)"
+            if flat
+            else ""
+        )
+        + ": "
+    )
+    best = max(kept.values())
+    if best < 0.25:
+        return out + "a table of a few rows per head is no substitute for the full one there."
+    if best < 0.75:
+        return out + (
+            "part of the gain survives with almost no rows, so part of it comes from which N-gram is which "
+            "(memorisation) and part does not."
+        )
+    return out + "most of the gain survives with almost no rows, so most of it is not memorisation."
 
 
 def study_9(

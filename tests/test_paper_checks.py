@@ -103,3 +103,7 @@ def test_capacity_one_sentence_states_the_share_of_the_gain_kept():
     budget["smallest tables (capacity one)"]["code"] = 2.9
     assert "no substitute" in capacity_at_budget(shipped, budget)
     assert capacity_at_budget(shipped, {"memory-free twin": budget["memory-free twin"]}) == ""
+    # a domain where the twin is as good as the shipped model is named, not divided by ~0
+    budget["memory-free twin"]["code"] = 2.01
+    text = capacity_at_budget(shipped, budget)
+    assert "no gain to keep on held-out code" in text and "+0.010 (held-out code)" in text
