@@ -56,7 +56,10 @@ class MemoryConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "layer_ids", tuple(self.layer_ids))
         object.__setattr__(self, "table_sizes", tuple(self.table_sizes))
-        if len(self.table_sizes) != self.max_ngram - 1 or min(self.table_sizes, default=0) < 1:
+        if not isinstance(self.max_ngram, int) or self.max_ngram < 2:
+            raise ValueError(f"max_ngram must be an integer of at least 2 (orders 2..N), got {self.max_ngram!r}")
+        sizes_ok = all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.table_sizes)
+        if not sizes_ok or len(self.table_sizes) != self.max_ngram - 1:
             raise ValueError(
                 f"table_sizes needs one positive base size per N-gram order 2..{self.max_ngram}, got {self.table_sizes}"
             )
