@@ -200,7 +200,7 @@ def sinkhorn_projection(logits: torch.Tensor, tol: float, max_iters: int) -> tor
             break
     q = q / q.sum(-1, keepdim=True)
     steps = 0
-    while steps < max_iters and q.numel() and float(_errors(q).max()) > tol:
+    while steps < max_iters and float(sinkhorn_error(q)) > tol:
         q = q / q.sum(-2, keepdim=True)
         q = q / q.sum(-1, keepdim=True)
         steps += 1
