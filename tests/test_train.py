@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engram_core import EngramLM
-from engram_core.train import RowAdam, TrainConfig, lr_factor, make_optimizers, train
+from engram_core.train import EpochWindows, RowAdam, TrainConfig, lr_factor, make_optimizers, train
 from tests.conftest import TINY_TEXT, tiny_config
 
 
@@ -112,3 +112,44 @@ def test_train_refuses_a_bad_sinkhorn_tolerance_in_one_line(engram_cli, tol):
     r = engram_cli("train", "--sinkhorn-tol", tol, "--out", "/nonexistent/never-written")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "--sinkhorn-tol" in r.stderr
+
+
+@pytest.mark.parametrize("mult", ["-1", "nan", "inf"])
+def test_train_refuses_a_bad_table_learning_rate_in_one_line(engram_cli, mult):
+    r = engram_cli("train", "--table-lr-mult", mult, "--out", "/nonexistent/never-written")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--table-lr-mult" in r.stderr
+
+
+def test_epoch_windows_visit_every_window_once_per_epoch():
+    T, n_tok = 16, 1000
+    stream = np.arange(n_tok, dtype=np.uint16)
+    w = EpochWindows(stream, T, np.random.default_rng(3))
+    first = w.starts(7)  # the first epoch begins on the first call
+    n = len(w.order)
+    rest = w.starts(n - 7)
+    epoch1 = np.concatenate([first, rest])
+    assert w.epoch == 1 and len(epoch1) == n
+    phase = int(epoch1.min())
+    assert 0 <= phase < T and n == (n_tok - 1 - phase) // T
+    # each window once, stride T: the windows tile the stream from the phase on, no token read twice as a target
+    assert sorted(epoch1.tolist()) == list(range(phase, phase + n * T, T))
+    assert epoch1.max() + T + 1 <= n_tok
+    assert not np.array_equal(epoch1, np.sort(epoch1))  # shuffled
+    w.starts(1)  # the next epoch: a new phase and a new order
+    assert w.epoch == 2 and len(set((w.order % T).tolist())) == 1
+    assert int(w.order[0] % T) != phase  # for this seed the cuts moved
+    assert len(set(w.order.tolist())) == len(w.order)
+    x, y = w.batch(4)
+    assert x.shape == y.shape == (4, T) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_epoch_windows_refuse_a_stream_too_short():
+    with pytest.raises(ValueError, match="at least 33"):
+        EpochWindows(np.zeros(20, dtype=np.uint16), 16, np.random.default_rng(0))
+
+
+def test_sampler_is_recorded_and_checked():
+    assert TrainConfig().sampler == "epoch"
+    with pytest.raises(ValueError, match="sampler"):
+        TrainConfig(sampler="shuffled")
