@@ -17,6 +17,10 @@ from pathlib import Path
 
 from .checkpoint import DEFAULT_CHECKPOINT  # also read here by the layers above
 
+# The shipped model's recipe: `engram train --out assets/default-model` rebuilds it.
+SHIPPED_TOKENS = 8_100_000  # 1977 steps of 16 x 256; 0.73 epochs of the training corpus
+SHIPPED_TABLE_SIZES = (54000, 54000)  # in FP8 the same bytes as 27000 rows in bf16
+
 COMMAND_GROUP = "engram.commands"
 Adder = Callable[[argparse._SubParsersAction], None]
 
@@ -65,6 +69,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         compile=not args.no_compile,
         batch_size=args.batch_size,
         precision=args.dtype,
+        sampler=args.sampler,
+        table_lr_mult=args.table_lr_mult,
     )
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.weights_dtype]
     mem_cfg = train_memory_config(args)
@@ -73,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         tcfg,
         memory=not args.no_memory,
         dtype=dtype,
-        table_format=args.table_format,
+        table_format=None if args.no_memory else args.table_format,
         mem_cfg=mem_cfg,
         sinkhorn_tol=args.sinkhorn_tol,
     )
@@ -81,9 +87,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def train_memory_config(args: argparse.Namespace):
-    """The memory of `engram train --table-sizes ...` (None: the default); a UserError for bad sizes."""
-    if args.table_sizes is None:
-        return None
+    """The memory of `engram train --table-sizes ...`; a UserError for bad sizes."""
     from .config import MemoryConfig
 
     try:
@@ -115,16 +119,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=cmd_hash_vectors)
     s = sub.add_parser("train", help="train the default model (or its memory-free twin) from the offline corpus")
     s.add_argument("--out", default="runs/engram", help="checkpoint folder to write")
-    s.add_argument("--tokens", type=int, default=4_000_000, help="training tokens (976 steps of 16 x 256)")
+    s.add_argument("--tokens", type=int, default=SHIPPED_TOKENS, help="training tokens (1977 steps of 16 x 256)")
     s.add_argument(
         "--table-sizes",
         type=int,
         nargs="+",
         metavar="ROWS",
-        help="base rows per hash head, one per N-gram order (default 27000 27000; 1 1: the smallest prime tables)",
+        default=list(SHIPPED_TABLE_SIZES),
+        help="base rows per hash head, one per N-gram order (default 54000 54000; 1 1: the smallest prime tables)",
     )
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--sampler",
+        choices=["epoch", "random"],
+        default="epoch",
+        help="epoch: every training window once per pass, in shuffled order; random: windows drawn with replacement",
+    )
+    s.add_argument(
+        "--table-lr-mult",
+        type=float,
+        default=5.0,
+        help="the tables' learning rate as a multiple of the backbone's (the paper's 5)",
+    )
     s.add_argument("--no-memory", action="store_true", help="the same backbone and recipe without Engram")
     s.add_argument("--no-compile", action="store_true", help="skip torch.compile (slower steps, no compile wait)")
     s.add_argument(
@@ -143,7 +160,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--table-format",
         choices=["fp8", "bf16", "fp32"],
-        help="Engram tables as saved (fp8: E4M3, one E8M0 scale per 32 values; default: as --weights-dtype)",
+        default="fp8",
+        help="Engram tables as saved (fp8, the default: E4M3 with one E8M0 scale per 32 values, as DeepSeek-V4.1)",
     )
     s.set_defaults(fn=cmd_train)
     s = sub.add_parser("card", help="evaluate a checkpoint on held-out text and write its model card")
@@ -202,6 +220,8 @@ def main(argv: list[str] | None = None, adders: tuple = ()) -> int:
             train_memory_config(args)  # bad sizes answered here, before the re-exec below
             if not 0 <= args.sinkhorn_tol < 1:
                 raise UserError(f"--sinkhorn-tol must lie in [0, 1), got {args.sinkhorn_tol}")
+            if not 0 <= args.table_lr_mult < float("inf"):
+                raise UserError(f"--table-lr-mult must be a finite number >= 0, got {args.table_lr_mult}")
         except UserError as e:
             print(f"engram train: error: {e}", file=sys.stderr)
             return 2
