@@ -390,11 +390,15 @@ def study_9(
     twin = {} if "memory-free twin" in budget else card.get("baseline", {}).get("val_loss", {})
     if twin:
         rows.append(
-            "| memory-free twin, same 4M tokens (model card; other windows, no checkpoint kept) | "
+            f"| memory-free twin, same {tokens / 1e6:.1f}M tokens (model card; other windows, no checkpoint kept) | "
             + " | ".join(f"{twin[d]:.3f}" if d in twin else "-" for d, _ in DOMAINS)
             + " |"
         )
-    labels = {"rows27000": "shipped layout", "rows1": "smallest tables (2-53 rows per head)", "rows0": "no memory"}
+    labels = {
+        "rows27000": "27,000 rows per head",
+        "rows1": "smallest tables (2-53 rows per head)",
+        "rows0": "no memory",
+    }
     for name, v in trained.items():
         label = labels.get(name.split("-")[0], name)
         cells = " | ".join(f"{v[d]:.3f}" for d, _ in DOMAINS)
@@ -404,7 +408,7 @@ def study_9(
     layout = [r for r in (sweep_size or {}).get("runs", []) if r["name"] == "rows27200" and r["seed"] == 0]
     by_name = {r["name"]: r for r in layout + records}
     for r in layout + records:
-        label = {**labels, "rows27200": "shipped layout (27,200 base rows)"}.get(r["name"], r["name"])
+        label = {**labels, "rows27200": "27,200 base rows per head"}.get(r["name"], r["name"])
         rows.append(
             f"| trained 500k tokens, seed 0: {label} (sweep record, 64 windows) | "
             f"{r['val_plays']:.3f} | {r['val_code']:.3f} | - |"
@@ -415,7 +419,7 @@ def study_9(
         capacity = (
             " Trained with one recipe and budget, the smallest tables lose "
             f"{small['val_plays'] - big['val_plays']:+.3f} (plays) and {small['val_code'] - big['val_code']:+.3f} "
-            "(code) nats/token against the shipped layout: "
+            "(code) nats/token against 27,200 rows per head: "
             "capacity matters, so the memory is not a per-head bias in disguise."
         )
         if "rows0" in by_name:
@@ -430,7 +434,7 @@ def study_9(
     if "rows0" not in by_name:
         capacity += (
             " The memory-free twin of that budget is not recorded yet (`python -m studies.sweep capacity` trains it "
-            "after the smallest tables); the 27,200-row run of study 3 stands in for the shipped layout's 27,000."
+            "after the smallest tables); the 27,200-row run of study 3 stands in for 27,000."
         )
     trained = trained or by_name
     capacity += capacity_at_budget(inf["shipped model"], budget)
@@ -482,20 +486,23 @@ def main() -> None:
         "'Paper checks' tab draws the same figures. Commands:",
         "",
         "```bash",
-        ".venv/bin/engram train --no-memory --sinkhorn-tol 0 --out runs/baseline   # the twin (studies 1, 6, 9)",
+        ".venv/bin/engram train --no-memory --out runs/baseline             # the twin (studies 1, 6, 9)",
         ".venv/bin/python -m studies.analysis                              # studies 1, 4, 5, 6",
         ".venv/bin/python -m studies.sweep allocation --tokens 500000     # study 2",
         ".venv/bin/python -m studies.sweep size --tokens 500000           # study 3",
         ".venv/bin/python -m studies.sweep placement --tokens 500000      # study 7",
         ".venv/bin/python -m studies.sweep capacity --tokens 500000       # study 9 (trained controls, 500k)",
-        ".venv/bin/engram train --table-sizes 1 1 --sinkhorn-tol 0 --out runs/capacity1   # study 9, capacity one",
+        ".venv/bin/engram train --table-sizes 1 1 --out runs/capacity1      # study 9, capacity one",
         ".venv/bin/python -m studies.controls                              # studies 8, 9",
         ".venv/bin/python -m studies.report                                # this page",
         "```",
         "",
         "The sweeps train for 500,000 tokens per run (about 3 minutes each on 2 cores): enough to rank "
-        "configurations early in training, not to settle them. Where a configuration ran with several seeds, "
-        "the tables give the mean and half the range.",
+        "configurations early in training, not to settle them. They keep the recipe they were recorded with "
+        "(training windows drawn with replacement, 20 fixed Sinkhorn steps, tables of 27,000 rows per head "
+        "unless varied), so they compare with each other, not with the shipped model (each window once per "
+        "epoch, H_res projected to 1e-3, 54,000 rows per head in FP8). Where a configuration ran with several "
+        "seeds, the tables give the mean and half the range.",
         "",
     ]
     if analysis is None:
