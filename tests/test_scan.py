@@ -48,6 +48,24 @@ def sorted_table(path: Path):
     return t.sort_by([(c, "ascending") for c in t.column_names if c not in ("ngram", "mib", "lru", "static")])
 
 
+def same_counts_close_gates(a: Path, b: Path) -> bool:
+    """Integer columns equal; float columns (gate sums) equal up to float32 rounding: documents batched
+    into other shards go through other kernel paths."""
+    import numpy as np
+
+    ta, tb = sorted_table(a), sorted_table(b)
+    if ta.column_names != tb.column_names or ta.num_rows != tb.num_rows:
+        return False
+    for name in ta.column_names:
+        x, y = ta.column(name), tb.column(name)
+        if x.type in ("double", "float"):
+            if not np.allclose(x.to_numpy(), y.to_numpy(), rtol=1e-6, atol=1e-7):
+                return False
+        elif not x.equals(y):
+            return False
+    return True
+
+
 def cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "engram_inspect.cli", *args],
@@ -192,7 +210,7 @@ def test_jsonl_is_cut_at_line_ends(tmp_path, layout):
     whole = scan(layout, [str(tmp_path / "in")], tmp_path / "whole")
     assert small["documents"] == whole["documents"] == 60 and small["skipped_files"] == 0
     for f in ("rows.parquet", "ngrams.parquet"):  # the LRU curve differs: each shard starts cold
-        assert sorted_table(tmp_path / "small" / f).equals(sorted_table(tmp_path / "whole" / f))
+        assert same_counts_close_gates(tmp_path / "small" / f, tmp_path / "whole" / f)
 
 
 def direct_gates(ckdir, texts):
