@@ -153,3 +153,23 @@ def test_sampler_is_recorded_and_checked():
     assert TrainConfig().sampler == "epoch"
     with pytest.raises(ValueError, match="sampler"):
         TrainConfig(sampler="shuffled")
+
+
+def test_train_defaults_are_the_shipped_recipe():
+    """`engram train --out assets/default-model` rebuilds the shipped model: its defaults match the card."""
+    import argparse
+    import json
+
+    from engram_core.cli import add_commands
+
+    p = argparse.ArgumentParser()
+    add_commands(p.add_subparsers(dest="command"))
+    a = p.parse_args(["train"])
+    shipped = Path(__file__).resolve().parent.parent / "assets" / "default-model"
+    card = json.loads((shipped / "MODEL_CARD.json").read_text())
+    assert card["train"]["tokens"] == a.tokens and card["train"]["sampler"] == a.sampler
+    assert card["train"]["table_lr_mult"] == a.table_lr_mult and card["train"]["seed"] == a.seed
+    assert tuple(card["config"]["memory"]["table_sizes"]) == tuple(a.table_sizes)
+    assert card["config"]["backbone"]["sinkhorn_tol"] == a.sinkhorn_tol
+    config = json.loads((shipped / "config.json").read_text())
+    assert config["table_format"] == a.table_format == "fp8"
