@@ -148,7 +148,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--sinkhorn-tol",
         type=float,
         default=1e-3,
-        help="H_res row and column sums within this of 1 (0: 20 fixed Sinkhorn steps, as the shipped model trained)",
+        help="H_res row and column sums within this of 1 (0: 20 fixed Sinkhorn steps, the earlier recipe)",
     )
     s.add_argument(
         "--dtype",
