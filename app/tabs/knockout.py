@@ -66,7 +66,7 @@ def build(ctx: Ctx) -> None:
             ],
             label="heads off",
         )
-        rows = gr.Textbox(label="rows off (L:N:K:R, comma-separated)", placeholder="1:2:0:8615, 2:3:1:42")
+        rows = gr.Textbox(label="rows off (L:N:K:R, comma-separated)", placeholder="1:2:0:44404, 2:3:1:42")
         mode = gr.Radio(
             [("zeros", "zero"), ("head's mean row", "mean"), ("another N-gram's row", "resample")],
             value="zero",

@@ -37,7 +37,7 @@ def build(ctx: Ctx) -> None:
         plot = gr.Plot(label="memory rows", elem_id="memory-map")
         with gr.Row():
             query = gr.Textbox(
-                label="N-gram (text) or row L:N:K:R", placeholder=" my lord   or   1:2:0:8615", elem_id="row-query"
+                label="N-gram (text) or row L:N:K:R", placeholder=" my lord   or   1:2:0:44404", elem_id="row-query"
             )
             layer = gr.Dropdown(list(s.layers), value=s.layers[0] if s.layers else None, label="layer")
             order = gr.Dropdown([2, 3], value=2, label="order")

@@ -110,7 +110,7 @@ def build(ctx: Ctx):
     s = ctx.session
     with ctx.tab("row-page", gr.Tab("Row page", id="row-page")):
         with gr.Row():
-            query = gr.Textbox(label="row L:N:K:R", placeholder="1:2:0:8615", elem_id="row-page-query", scale=3)
+            query = gr.Textbox(label="row L:N:K:R", placeholder="1:2:0:44404", elem_id="row-page-query", scale=3)
             exact = gr.Checkbox(label="exact removal cost (a few seconds)", value=False)
             mode = gr.Dropdown(MODES, value="zero", label="removed reads become", elem_id="row-page-mode")
             go_btn = gr.Button("Open row page", elem_id="row-page-go")
