@@ -358,15 +358,20 @@ def capacity_at_budget(shipped: dict, budget: dict) -> str:
         )
         + ": "
     )
-    best = max(kept.values())
-    if best < 0.25:
-        return out + "a table of a few rows per head is no substitute for the full one there."
-    if best < 0.75:
-        return out + (
-            "part of the gain survives with almost no rows, so part of it comes from which N-gram is which "
-            "(memorisation) and part does not."
-        )
-    return out + "most of the gain survives with almost no rows, so most of it is not memorisation."
+    labels = dict(DOMAINS)
+    kinds = {
+        "little": [d for d in kept if kept[d] < 0.25],
+        "part": [d for d in kept if 0.25 <= kept[d] < 0.75],
+        "most": [d for d in kept if kept[d] >= 0.75],
+    }
+    says = {
+        "little": "a table of a few rows per head is no substitute for the full one, so the gain there comes "
+        "from which N-gram is which (memorisation)",
+        "part": "part of the gain survives with almost no rows, so part of it is memorisation and part is not",
+        "most": "most of the gain survives with almost no rows, so most of it there is not memorisation",
+    }
+    parts = [f"on {', '.join(labels[d] for d in ds)} {says[k]}" for k, ds in kinds.items() if ds]
+    return out + "; ".join(parts) + "."
 
 
 def study_9(
