@@ -31,7 +31,7 @@ import numpy as np
 from engram_core.layout import MemoryLayout
 
 from .scan_sample import parse_sample_tokens, shard_caps, tokenize_capped
-from .scan_tables import TableWriter, ngrams_table, rows_table
+from .scan_tables import TableWriter, empty_ngrams_table, empty_rows_table, ngrams_table, rows_table
 from .traffic import ShardCounts, Summary, cache_curves, head_rows, map_shard, merge, zipf_curve
 
 TEXT_SUFFIXES = (".txt", ".md", ".py")
@@ -289,7 +289,8 @@ def reduce_parts(layout: MemoryLayout, shards: list[Shard], parts: Path, out_dir
     counts, _ = fold_parts(paths)
     gates, ctx = fold_part_gates(paths) if layout.has_backbone else ({}, {})
     summary = Summary()
-    rows_w, ngrams_w = TableWriter(out_dir / "rows.parquet"), TableWriter(out_dir / "ngrams.parquet")
+    rows_w = TableWriter(out_dir / "rows.parquet", empty_rows_table(layout.has_backbone))
+    ngrams_w = TableWriter(out_dir / "ngrams.parquet", empty_ngrams_table())
     for hr in head_rows(layout, counts):
         summary.add(hr)
         gate = None

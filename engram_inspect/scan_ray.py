@@ -193,7 +193,7 @@ def write_reduced(layout: MemoryLayout, reduced: Path, out_dir: Path) -> Summary
     import pyarrow.parquet as pq
 
     from .scan_gates import contexts_table
-    from .scan_tables import TableWriter, ngrams_table, rows_table
+    from .scan_tables import TableWriter, empty_ngrams_table, empty_rows_table, ngrams_table, rows_table
 
     spec, bits = layout.spec, _bits(layout)
     heads = {
@@ -203,8 +203,10 @@ def write_reduced(layout: MemoryLayout, reduced: Path, out_dir: Path) -> Summary
         for h in range(spec.heads_per_ngram)
     }
     hist = {ly: np.zeros(1, np.int64) for ly in layout.layers}
-    rows_w, ngrams_w = TableWriter(out_dir / "rows.parquet"), TableWriter(out_dir / "ngrams.parquet")
-    ctx_w = TableWriter(out_dir / "contexts.parquet")
+    rows_w = TableWriter(out_dir / "rows.parquet", empty_rows_table(layout.has_backbone))
+    ngrams_w = TableWriter(out_dir / "ngrams.parquet", empty_ngrams_table())
+    # contexts.parquet exists exactly when the in-process scan writes it: with a backbone
+    ctx_w = TableWriter(out_dir / "contexts.parquet", contexts_table(layout, {}) if layout.has_backbone else None)
     for f in sorted(reduced.glob("*.parquet")):
         for batch in pq.ParquetFile(f).iter_batches(batch_size=1 << 16):
             b = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in batch.schema.names}

@@ -46,11 +46,21 @@ def ngrams_table(layer, order, head, rows, grams, counts):
     )
 
 
-class TableWriter:
-    """One Parquet file written table by table (opened on the first)."""
+def empty_ngrams_table():
+    """ngrams.parquet with no lines (no row holds two N-grams), with the columns of a full one."""
+    return ngrams_table(0, 2, 0, np.zeros(0), np.zeros((0, 2)), np.zeros(0))
 
-    def __init__(self, path: Path):
-        self.path, self.writer = path, None
+
+def empty_rows_table(gates: bool):
+    return rows_table(0, 2, 0, [], [], [], (np.zeros(0), np.zeros(0)) if gates else None)
+
+
+class TableWriter:
+    """One Parquet file written table by table (opened on the first); `empty`, if given, is written
+    when no table came, so both executors leave the same files whatever the corpus."""
+
+    def __init__(self, path: Path, empty=None):
+        self.path, self.writer, self.empty = path, None, empty
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
@@ -61,3 +71,7 @@ class TableWriter:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        elif self.empty is not None:
+            import pyarrow.parquet as pq
+
+            pq.write_table(self.empty, self.path)

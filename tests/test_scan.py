@@ -344,3 +344,24 @@ def test_local_and_ray_take_the_same_sample(tmp_path, layout, ray_cluster):
     assert local["tokens"] == ray_run["tokens"] <= 700 and local["shards"] > 1
     for f in FILES:
         assert sorted_table(tmp_path / "local" / f).equals(sorted_table(tmp_path / "ray" / f))
+
+
+@pytest.mark.slow
+def test_ray_writes_the_same_files_when_no_row_is_shared(tmp_path, ray_cluster):
+    # V4.1's heads hold millions of rows: a sentence's N-grams never share one, and ngrams.parquet is empty
+    v41 = load_layout("deepseek-v4.1-flash")
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "a.txt").write_text("To be, or not to be, that is the question.\n")
+    local = scan(v41, [str(folder)], tmp_path / "local")
+    ray_run = scan(v41, [str(folder)], tmp_path / "ray", executor="ray", workers=1)
+    assert local["tokens"] == ray_run["tokens"] > 0
+    for f in ("rows.parquet", "ngrams.parquet"):
+        assert sorted_table(tmp_path / "local" / f).equals(sorted_table(tmp_path / "ray" / f))
+    assert pq.read_table(tmp_path / "ray" / "ngrams.parquet").num_rows == 0
+    assert (
+        not (tmp_path / "ray" / "contexts.parquet").exists() and not (tmp_path / "local" / "contexts.parquet").exists()
+    )
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == sorted(
+        p.name for p in (tmp_path / "ray").iterdir()
+    )
