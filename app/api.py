@@ -7,7 +7,6 @@ Endpoints (documented in docs/api.md): /trace, /knockout, /attribution, /neighbo
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import gradio as gr
 
@@ -15,7 +14,7 @@ from engram_core.knockout import parse_knockout
 from engram_inspect.capture import Trace
 from engram_inspect.summary import knockout_summary, trace_summary
 
-from .session import Session, clean_input
+from .session import MAX_CHARS, MAX_NEIGHBOURS, Session, clean_input
 
 
 def user_trace(session: Session, text: str, mask: str | None, mode: str | None = None) -> Trace:
@@ -25,8 +24,8 @@ def user_trace(session: Session, text: str, mask: str | None, mode: str | None =
     against its own layers, orders, heads, branches and rows, and says which item is wrong.
     """
     try:
-        ko = parse_knockout(mask or "all")
-        return session.capture(text, replace(ko, mode=mode) if mode else ko)  # `mode` wins over a mode= item
+        # a mode= item in the mask and a separate `mode` must agree (parse_knockout refuses otherwise)
+        return session.capture(text, parse_knockout(mask or "all", mode=mode or None))
     except ValueError as e:  # InputError included
         raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
@@ -58,6 +57,10 @@ def neighbour_rows(
 
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("type an N-gram or a row L:N:K:R")
+    if len(query) > MAX_CHARS:
+        raise gr.Error(f"the query has {len(query):,} characters; the app takes at most {MAX_CHARS:,}")
+    if not 1 <= k <= MAX_NEIGHBOURS:
+        raise gr.Error(f"k={k}: ask for 1 to {MAX_NEIGHBOURS} neighbours")
     if space not in ("value", "raw"):
         raise gr.Error(f"unknown neighbour space {space!r}: choose value or raw")
     labels = session.collisions()
@@ -95,17 +98,19 @@ def neighbour_rows(
 def register(session: Session) -> None:
     """API-only endpoints; call inside the Blocks context."""
 
-    def trace(text: str, mask: str = "all", mode: str = "zero") -> dict:
+    def trace(text: str, mask: str = "all", mode: str | None = None) -> dict:
         """Capture a text: tokens, rows read, gates, next-token log-probs on and under the mask, KL, logit lens.
-        `mode` says what replaces removed rows: zero, mean or resample."""
+        `mode` says what replaces removed rows: zero, mean or resample (or a mode= item in the mask; given in
+        both places, they must agree). Neither: zero."""
         return trace_summary(user_trace(session, text, mask, mode))
 
-    def knockout(text: str, mask: str = "all", mode: str = "zero") -> dict:
+    def knockout(text: str, mask: str = "all", mode: str | None = None) -> dict:
         """Knock-out diff of a text under a mask (all, layer=L, order=N, head=L:N:K, branch=M, row=L:N:K:R)
-        whose removed rows become zeros, their head's mean row or another corpus N-gram's row (`mode`)."""
+        whose removed rows become zeros, their head's mean row or another corpus N-gram's row (`mode`, or a
+        mode= item in the mask; given in both places, they must agree). Neither: zero."""
         return knockout_summary(user_trace(session, text, mask, mode))
 
-    def attribution(text: str, position: int, method: str = "exact", mode: str = "zero") -> list[dict]:
+    def attribution(text: str, position: int, method: str = "exact", mode: str | None = None) -> list[dict]:
         """Memory reads behind the prediction at token `position`: {layer, order, head, position_read, row,
         ngram, delta_logprob}, strongest first; method exact (conv's reach) or approx (every read)."""
         return attribution_records(session, text, position, method, mode)

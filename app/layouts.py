@@ -149,4 +149,6 @@ def address_json(layouts: Layouts, session, text: object, model: object) -> dict
     model = check_model(model)
     text = clean_input(text)
     layout = layouts.layout() if model == V41 else layouts.shipped(session)
-    return address_text(layout, text).to_dict()
+    # the model as picked, never the layout's name: a checkpoint's layout is named by its folder's
+    # path, which is the server's and no business of the caller's
+    return {**address_text(layout, text).to_dict(), "model": model}

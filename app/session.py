@@ -15,6 +15,9 @@ from engram_core import Checkpoint, KnockOut, load_checkpoint
 from engram_inspect.capture import MAX_TOKENS, Trace, capture
 
 MAX_CHARS = 20_000  # longest text the app takes; longer pastes get a message, not a capture
+# every request's work is bounded (docs/api.md, Limits): k = 10,000 neighbours already takes ~10 s
+MAX_NEIGHBOURS = 100  # k of /neighbours (the page's slider stops at 50)
+MAX_SAMPLES = 16  # resampled runs of one knock-out (samples=K): each is a whole forward pass
 
 
 class InputError(ValueError):
@@ -54,6 +57,8 @@ class Session:
 
     def capture(self, text: object, mask: KnockOut | None = None, top_k: int = 5) -> Trace:
         text = clean_input(text)
+        if mask is not None and mask.samples > MAX_SAMPLES:
+            raise InputError(f"samples={mask.samples}: the app averages at most {MAX_SAMPLES} resampled runs")
         with self._model_lock:
             try:
                 return capture(self.ck, text, mask=mask, top_k=top_k)
@@ -108,4 +113,4 @@ class Session:
         return self._lazy("health", lambda: health_table(self.collisions()))
 
 
-__all__ = ["MAX_CHARS", "MAX_TOKENS", "InputError", "Session", "clean_input"]
+__all__ = ["MAX_CHARS", "MAX_NEIGHBOURS", "MAX_SAMPLES", "MAX_TOKENS", "InputError", "Session", "clean_input"]

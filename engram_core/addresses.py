@@ -15,14 +15,21 @@ if TYPE_CHECKING:
     from .hashing import HashSpec
 
 
+def shorten(text: str, limit: int = 60) -> str:
+    """`text` as an error message may quote it: repr, cut to about `limit` characters (an input of
+    any length is named, never echoed whole)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 12]}... ({len(text):,} characters)"
+
+
 def _ints(text: str, n: int, form: str, what: str) -> tuple[int, ...]:
     parts = str(text).strip().split(":")
     if len(parts) != n:
-        raise ValueError(f"bad {what} {text!r}: write it as {form}")
+        raise ValueError(f"bad {what} {shorten(str(text))}: write it as {form}")
     try:
         return tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"bad {what} {text!r}: {form} must be integers") from None
+        raise ValueError(f"bad {what} {shorten(str(text))}: {form} must be integers") from None
 
 
 @dataclass(frozen=True, order=True)

@@ -146,12 +146,16 @@ def _one_int(value: str) -> int:
         raise ValueError("the value must be an integer") from None
 
 
-def parse_knockout(spec: str) -> KnockOut:
+def parse_knockout(spec: str, mode: str | None = None, samples: int | None = None, seed: int | None = None) -> KnockOut:
     """A knock-out from a compact string, as typed on the command line or kept in a URL.
 
     Comma-separated items: `all`, `none`, `layer=L`, `order=N`, `head=L:N:K`,
     `branch=M`, `row=L:N:K:R`, and how removed rows are replaced: `mode=zero|mean|resample`,
     `samples=K`, `seed=S`. Example: `layer=1,order=3,row=2:2:0:1234,mode=mean`.
+
+    `mode`, `samples` and `seed` given separately (an endpoint's argument, a CLI flag)
+    join the string's items: one given in both places must be the same in both, else
+    ValueError, so neither silently replaces the other.
     """
     fields: dict[str, set] = {"layers": set(), "orders": set(), "heads": set(), "branches": set(), "rows": set()}
     all_off = False
@@ -186,6 +190,14 @@ def parse_knockout(spec: str) -> KnockOut:
             fields[name].add(parse(value))
         except ValueError as e:
             raise ValueError(f"bad knock-out item {item!r}: {e}") from None
+    for key, value in (("mode", mode), ("samples", samples), ("seed", seed)):
+        if value is None:
+            continue
+        if key in how and how[key] != value:
+            raise ValueError(
+                f"the mask says {key}={how[key]} but {key}={value} was given separately: give it once, or the same"
+            )
+        how[key] = value
     return KnockOut(all=all_off, **{k: frozenset(v) for k, v in fields.items()}, **how)
 
 

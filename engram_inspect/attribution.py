@@ -176,10 +176,13 @@ def _substitutes(ck: Checkpoint, w: _Window, how: KnockOut) -> list[dict[int, to
     if how.mode == "zero":
         return [None]
     install(ck)
-    return [
-        {L: model.blocks[L].engram.substitutes(w.rows[L], replace(how, seed=s)) for L in w.rows}
-        for s in sample_seeds(how.seed, how.samples)
-    ]
+    # subtle: resampled rows are looked up in the table, a parameter; under approx's enable_grad
+    # they would carry a graph, and a replacement is a constant of the first-order change
+    with torch.no_grad():
+        return [
+            {L: model.blocks[L].engram.substitutes(w.rows[L], replace(how, seed=s)) for L in w.rows}
+            for s in sample_seeds(how.seed, how.samples)
+        ]
 
 
 @torch.no_grad()

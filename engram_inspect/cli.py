@@ -32,8 +32,6 @@ def _read_text(args: argparse.Namespace) -> str:
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
-    from engram_core.knockout import parse_knockout
-
     from .capture import capture
     from .export import FORMATS, to_json, write
 
@@ -44,7 +42,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
         raise UserError(f"--format {fmt} writes a binary or tabular file: give -o OUT")
     text = _read_text(args)
     try:
-        mask = _with_ablation(parse_knockout(args.knockout or "all"), args)
+        mask = _with_ablation(args.knockout or "all", args)
         ck = _checkpoint(args)
         mask.validate(ck.model.cfg)  # before any forward pass
         trace = capture(ck, text, mask=mask, top_k=args.top_k)
@@ -57,14 +55,12 @@ def cmd_trace(args: argparse.Namespace) -> None:
         sys.stdout.write(to_json(trace) + "\n")
 
 
-def _with_ablation(mask, args: argparse.Namespace):
-    """The mask with --ablation/--samples/--seed applied (flags win over mode= items in the mask)."""
-    from dataclasses import replace
+def _with_ablation(spec: str, args: argparse.Namespace):
+    """The mask `spec` with --ablation/--samples/--seed joined to its items (a flag and an item that
+    disagree are refused: ValueError)."""
+    from engram_core.knockout import parse_knockout
 
-    given = {k: getattr(args, k) for k in ("samples", "seed") if getattr(args, k) is not None}
-    if args.ablation is not None:
-        given["mode"] = args.ablation
-    return replace(mask, **given) if given else mask
+    return parse_knockout(spec, mode=args.ablation, samples=args.samples, seed=args.seed)
 
 
 def _add_ablation_flags(s: argparse.ArgumentParser) -> None:
@@ -266,8 +262,6 @@ def _exact_mode(page) -> str:
 def cmd_row(args: argparse.Namespace) -> None:
     import json
 
-    from engram_core import KnockOut
-
     from .rowpage import RowPages, parse_row, row_page
     from .rows import RowLayout
 
@@ -275,7 +269,7 @@ def cmd_row(args: argparse.Namespace) -> None:
         address = parse_row(args.row)
         ck = _checkpoint(args)
         RowLayout.of(ck).check(address)  # a bad address fails before the slow parts load
-        how = _with_ablation(KnockOut(), args)  # a bad --samples or --seed fails before the slow parts load
+        how = _with_ablation("none", args)  # a bad --samples or --seed fails before the slow parts load
         pages = RowPages.load(ck, progress=_progress("row statistics"))
         if args.exact and how.mode != "zero":
             from .ablation import install
@@ -293,13 +287,11 @@ def cmd_row(args: argparse.Namespace) -> None:
 def cmd_attribute(args: argparse.Namespace) -> None:
     import json
 
-    from engram_core import KnockOut
-
     from .attribution import attribute
 
     text = _read_text(args)
     try:
-        how = _with_ablation(KnockOut(), args)
+        how = _with_ablation("none", args)
         records = attribute(
             _checkpoint(args), text, args.position, args.mode, how.mode, samples=how.samples, seed=how.seed
         )

@@ -185,3 +185,50 @@ def test_binds_loopback_only():
     add_commands(sub)
     args = p.parse_args(["app"])
     assert args.host == "127.0.0.1"
+
+
+def test_a_mode_in_the_mask_is_kept_and_a_disagreeing_one_refused(served):
+    session, client, _ = served
+    mean = client.predict(TEXT, "layer=2,mode=mean", api_name="/knockout")  # once ran as zero
+    want = knockout_diff(capture(session.ck, TEXT, mask=KnockOut(layers={2}, mode="mean")))
+    zero = knockout_diff(capture(session.ck, TEXT, mask=KnockOut(layers={2})))
+    assert mean["mean_loss_change"] == pytest.approx(want.mean_loss_change, abs=1e-5)
+    assert abs(want.mean_loss_change - zero.mean_loss_change) > 1e-3  # the two modes differ here
+    assert mean["mask"] == "layer=2,mode=mean"
+    agreed = client.predict(TEXT, "layer=2,mode=mean", "mean", api_name="/knockout")
+    assert agreed["mean_loss_change"] == pytest.approx(want.mean_loss_change, abs=1e-5)
+    alone = client.predict(TEXT, "layer=2", "mean", api_name="/trace")
+    assert alone["mask"] == "layer=2,mode=mean"
+    for endpoint in ("/knockout", "/trace"):
+        with pytest.raises(Exception) as e:
+            client.predict(TEXT, "layer=2,mode=mean", "zero", api_name=endpoint)
+        assert "mode=mean" in str(e.value) and "mode=zero" in str(e.value) and "\n" not in str(e.value).strip()
+
+
+def test_every_request_is_bounded(served):
+    from app.session import MAX_NEIGHBOURS, MAX_SAMPLES
+
+    _, client, _ = served
+    with pytest.raises(Exception, match=f"1 to {MAX_NEIGHBOURS}"):
+        client.predict("1:2:0:99", 1, 2, 0, 1_000_000, api_name="/neighbours")
+    with pytest.raises(Exception, match=f"at most {MAX_SAMPLES}"):
+        client.predict(TEXT, f"layer=1,mode=resample,samples={MAX_SAMPLES + 1}", api_name="/knockout")
+    with pytest.raises(Exception) as e:
+        client.predict("1:2:0:" + "9" * 30_000, api_name="/row")
+    assert "characters" in str(e.value) and len(str(e.value)) < 400  # named, not echoed back
+    assert len(client.predict("1:2:0:99", 1, 2, 0, MAX_NEIGHBOURS, api_name="/neighbours")) == MAX_NEIGHBOURS
+
+
+def test_approx_attribution_under_resample(served):
+    _, client, _ = served
+    records = client.predict(TEXT, 5, "approx", "resample", api_name="/attribution")
+    assert len(records) > 16 and all(np.isfinite(r["delta_logprob"]) for r in records)
+
+
+def test_address_carries_no_server_path(served):
+    import json
+
+    session, client, _ = served
+    got = client.predict(TEXT, "shipped model", api_name="/address")
+    assert got["model"] == "shipped model"
+    assert str(session.path.resolve()) not in json.dumps(got) and str(session.path) not in json.dumps(got)

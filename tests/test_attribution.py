@@ -185,3 +185,17 @@ def test_cli_json_equals_python(tmp_path, tiny_model, tiny_tokenizer, capsys):
     assert main(["attribute", "To", "--position", "0", "--checkpoint", ckdir]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "no next token" in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_approx_under_resample_is_the_mean_of_its_runs(ck):
+    """Once a crash: resampled rows come from the table, a parameter, and carried its graph."""
+    stream = np.asarray(encode(ck.tokenizer, TEXT * 3)[0])
+    ck.model.install_row_source(row_sources(ck, build_collision_index(ck, [stream]), pool=32))
+    ids, _ = encode(ck.tokenizer, TEXT)
+    p = 15
+    reads, two = approx_deltas(ck, ids, p, KnockOut(mode="resample", samples=2, seed=3))
+    _, a = approx_deltas(ck, ids, p, KnockOut(mode="resample", seed=3))
+    _, b = approx_deltas(ck, ids, p, KnockOut(mode="resample", seed=4))
+    np.testing.assert_allclose(two, (a + b) / 2, atol=1e-6)  # first order: linear in the replacement
+    _, zero = approx_deltas(ck, ids, p)
+    assert len(two) == len(reads) and not np.allclose(a, zero, atol=1e-4)

@@ -46,6 +46,8 @@ def test_trace_json_to_stdout_from_file(ckdir, tmp_path, capsys):
         (["trace", "hi", "--knockout", "layer=x"], "bad knock-out"),
         (["trace", "hi", "--knockout", "head=0:2:2"], "head=0:2:2"),  # heads are 0..1: once aliased 0:3:0
         (["trace", "hi", "--knockout", "layer=9"], "layer=9"),
+        (["trace", "hi", "--knockout", "layer=0,mode=mean", "--ablation", "zero"], "mode=mean but mode=zero"),
+        (["trace", "hi", "--knockout", "all,samples=2", "--samples", "3"], "samples=2 but samples=3"),
         (["neighbours", "hi", "--layer", "7"], "not an Engram layer"),
         (["neighbours", "hi", "--order", "9"], "order"),
         (["neighbours", "--row", "0:2:0"], "L:N:K:R"),
@@ -153,3 +155,12 @@ def test_neighbours_spaces(ckdir, capsys, monkeypatch, tmp_path):
         ([f"L{n.address.layer}", f"n{n.address.order}", f"h{n.address.head}"], n.address.row, round(n.similarity, 3))
         for n in want
     ]
+
+
+def test_a_flag_that_agrees_with_the_mask_is_taken(ckdir, capsys):
+    import json
+
+    argv = ["trace", "hi there", "--knockout", "layer=0,mode=mean", "--ablation", "mean", "--checkpoint", ckdir]
+    assert not main(argv)
+    mask = json.loads(capsys.readouterr().out)["meta"]["mask"]
+    assert mask["mode"] == "mean" and mask["layers"] == [0]
