@@ -34,6 +34,7 @@ FORMAT = "engram-checkpoint/1"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default-model"  # the shipped model
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 TABLE_SUFFIX, SCALE_SUFFIX = ".engram.table.weight", "_scale"  # `<table>_scale` beside an FP8 table
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what a checkpoint's weights may be stored as
 TABLE_FORMATS = {"fp8": None, "bf16": torch.bfloat16, "fp32": torch.float32}  # None: E4M3 + E8M0 scales
 
 
@@ -261,7 +262,35 @@ def _dequantise_tables(state: dict[str, torch.Tensor], expected: dict[str, torch
         state[name] = torch.from_numpy(dequantize_fp8(q.view(torch.uint8).numpy(), s.numpy()))
 
 
-def _load_weights(folder: Path, model: EngramLM, table_format: str | None) -> None:
+def _stored_dtypes(config: dict[str, Any]) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """(dtype of every weight but the tables, dtype of the tables once loaded) as config.json records
+    them; None where it records nothing readable (older checkpoints: any float dtype)."""
+
+    def named(name: object) -> torch.dtype | None:
+        dt = getattr(torch, name, None) if isinstance(name, str) else None
+        return dt if isinstance(dt, torch.dtype) and dt in FLOAT_DTYPES else None
+
+    weights = named(config.get("weights_dtype"))
+    fmt = config.get("table_format")
+    tables = torch.float32 if fmt == "fp8" else named(fmt) if fmt else weights  # FP8 is dequantised to float32
+    return weights, tables
+
+
+def _check_values(state: dict[str, torch.Tensor], weights: torch.dtype | None, tables: torch.dtype | None) -> None:
+    """Every tensor in the dtype config.json records (a float dtype at least) and finite: a NaN or an
+    int32 embedding would otherwise load silently once the checksum is updated."""
+    for name, t in state.items():
+        want = tables if name.endswith(TABLE_SUFFIX) else weights
+        if t.dtype not in FLOAT_DTYPES or (want is not None and t.dtype != want):
+            expected = str(want).removeprefix("torch.") if want else "float32, bfloat16 or float16"
+            raise CheckpointError(f"{name} is stored as {str(t.dtype).removeprefix('torch.')}, expected {expected}")
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise CheckpointError(f"{name} holds {bad:,} NaN or infinite values: the weights are corrupted")
+
+
+def _load_weights(folder: Path, model: EngramLM, config: dict[str, Any]) -> None:
+    table_format = config.get("table_format")
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as e:
@@ -269,6 +298,7 @@ def _load_weights(folder: Path, model: EngramLM, table_format: str | None) -> No
     expected = model.state_dict()
     if table_format == "fp8":
         _dequantise_tables(state, expected)
+    _check_values(state, *_stored_dtypes(config))
     problems = [f"missing tensor {k}" for k in expected if k not in state]
     problems += [f"unexpected tensor {k}" for k in state if k not in expected]
     problems += [
@@ -299,7 +329,7 @@ def load_checkpoint(folder: str | Path, verify: bool = True) -> Checkpoint:
     except ValueError as e:
         raise CheckpointError(f"checkpoint {folder}: {e}") from e
     # older checkpoints have no entry: their tables are stored like every other weight
-    _load_weights(folder, model, config.get("table_format"))  # first: a changed layer list is best named by its tensors
+    _load_weights(folder, model, config)  # first: a changed layer list is best named by its tensors
     _check_hash_spec(config, cfg)
     model.eval()
     return Checkpoint(model=model, tokenizer=tokenizer, meta=config.get("meta", {}), path=folder)

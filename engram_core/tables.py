@@ -22,7 +22,14 @@ import numpy as np
 
 from .layout import FP8_BLOCK, LayoutError, MemoryLayout
 
-_DTYPES = {"F8_E4M3": np.uint8, "F8_E8M0": np.uint8, "BF16": np.uint16, "F16": np.float16, "F32": np.float32}
+_DTYPES = {
+    "F8_E4M3": np.uint8,
+    "F8_E8M0": np.uint8,
+    "U8": np.uint8,
+    "BF16": np.uint16,
+    "F16": np.float16,
+    "F32": np.float32,
+}
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.engram\.")
 
 
@@ -90,15 +97,36 @@ class TableTensor:
         return raw.astype(np.float32)
 
 
-def _memmap(path: Path, start: int, meta: dict) -> np.ndarray:
+def _memmap(path: Path, start: int, name: str, meta: dict) -> np.ndarray:
     dt = meta["dtype"]
     if dt not in _DTYPES:
-        raise LayoutError(f"{path}: table dtype {dt} is not supported ({', '.join(_DTYPES)})")
+        raise LayoutError(f"{path}: {name} has dtype {dt}, which is not supported ({', '.join(_DTYPES)})")
     begin, end = meta["data_offsets"]
     shape = tuple(meta["shape"])
     if (end - begin) != int(np.prod(shape)) * np.dtype(_DTYPES[dt]).itemsize:
-        raise LayoutError(f"{path}: tensor byte range does not match its shape {shape} and dtype {dt}")
+        raise LayoutError(f"{path}: {name}'s byte range does not match its shape {shape} and dtype {dt}")
+    size = path.stat().st_size
+    if start + end > size:
+        raise LayoutError(
+            f"{path} is truncated: {name} {shape} needs bytes up to {start + end:,}, the file has {size:,}"
+        )
     return np.memmap(path, dtype=_DTYPES[dt], mode="r", offset=start + begin, shape=shape)
+
+
+def _scales(path: Path, start: int, header: dict, name: str, values: np.ndarray) -> np.ndarray:
+    """The E8M0 block scales of the FP8 table `name`: one byte per 32 values of every row."""
+    prefix = name.rsplit(".", 1)[0]
+    scale_name = next((k for k in header if k.startswith(prefix + ".") and "scale" in k), None)
+    want = (values.shape[0], values.shape[1] // FP8_BLOCK)
+    if scale_name is None or values.shape[1] % FP8_BLOCK:
+        raise LayoutError(f"{path}: {name} is FP8 but has no scale tensor {want} (one E8M0 scale per 32 values)")
+    meta = header[scale_name]
+    if meta.get("dtype") not in ("F8_E8M0", "U8") or tuple(meta.get("shape", ())) != want:
+        raise LayoutError(
+            f"{path}: {scale_name} is {meta.get('dtype')} {tuple(meta.get('shape', ()))}, expected F8_E8M0 {want} "
+            f"(one scale per {FP8_BLOCK} values of each of {want[0]:,} rows)"
+        )
+    return _memmap(path, start, scale_name, meta)
 
 
 def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[int, TableTensor]:
@@ -118,12 +146,8 @@ def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[
             # subtle: projections (wkv, keys) are 2-D engram tensors too; the table is the tallest
             if layer in found and found[layer].n_rows >= meta["shape"][0]:
                 continue
-            prefix = name.rsplit(".", 1)[0]
-            scale_name = next((k for k in header if k.startswith(prefix + ".") and "scale" in k), None)
-            values = _memmap(path, start, meta)
-            scales = _memmap(path, start, header[scale_name]) if scale_name else None
-            if meta["dtype"] == "F8_E4M3" and (scales is None or scales.shape[1] * FP8_BLOCK != values.shape[1]):
-                raise LayoutError(f"{path}: {name} is FP8 but has no scale tensor with one scale per 32 values")
+            values = _memmap(path, start, name, meta)
+            scales = _scales(path, start, header, name, values) if meta["dtype"] == "F8_E4M3" else None
             found[layer] = TableTensor(layer, name, meta["dtype"], values, scales)
     if not found:
         raise LayoutError(f"no Engram table tensors (layers.<L>.engram...) in {folder}")
@@ -140,9 +164,19 @@ def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[
 
 
 def quantize_fp8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float rows (k, d) -> (E4M3 bytes, E8M0 bytes), one power-of-two scale per 32 values."""
+    """float rows (k, d) -> (E4M3 bytes, E8M0 bytes), one power-of-two scale per 32 values.
+
+    Non-finite values are refused (ValueError): a NaN would make its block's scale NaN and an
+    inf would flush the other 31 values of its block to zero.
+    """
     import torch
 
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r = int(np.argwhere(bad)[0][0])
+        raise ValueError(
+            f"cannot store a table holding {int(bad.sum()):,} NaN or infinite values as FP8 (first: row {r})"
+        )
     k, d = x.shape
     blocks = torch.as_tensor(x, dtype=torch.float32).reshape(k, d // FP8_BLOCK, FP8_BLOCK)
     amax = blocks.abs().amax(-1).clamp_min(2.0**-120)
@@ -154,7 +188,10 @@ def quantize_fp8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def dequantize_fp8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """(E4M3 bytes (k, d), E8M0 bytes (k, d / 32)) -> float32 rows (k, d), the inverse of `quantize_fp8`.
 
-    Exact in float32: an E4M3 value times a power of two in 2^-127..2^127 stays representable.
+    Exact in float32 wherever the product is within float32's range: with scales up to 2^119
+    always (448 x 2^119 < 2^128). `quantize_fp8` writes 2^120 only for a block whose largest
+    value is above 448 x 2^119 (about 2.9e38), which may then read back as inf; scales from
+    elsewhere of 2^120 and up can overflow likewise. 0xFF scales are NaN.
     """
     k = q.shape[0]
     vals = E4M3[q].reshape(k, -1, FP8_BLOCK)  # (k, d / 32, 32)

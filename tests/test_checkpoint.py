@@ -191,3 +191,38 @@ def test_unreadable_tokenizer_is_one_line(saved, name, data):
 
 def test_checkpoint_error_is_always_one_line():
     assert str(CheckpointError("a\n  b\tc")) == "a b c"
+
+
+def _reseal(saved, edit):
+    """Edit the weights and update the checksum, so only the value and dtype checks can object."""
+    from safetensors.torch import load_file, save_file
+
+    from engram_core.checkpoint import sha256_file
+
+    state = load_file(str(saved / "model.safetensors"))
+    edit(state)
+    save_file(state, str(saved / "model.safetensors"))
+    edit_config(saved, lambda c: c.update(weights_sha256=sha256_file(saved / "model.safetensors")))
+
+
+EMBED = "wte.weight"
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda s: s["blocks.1.mlp.sublayer.up.weight"].__setitem__((0, 0), float("nan")),
+            "mlp.sublayer.up.weight holds 1 NaN",
+        ),
+        (lambda s: s["blocks.0.engram.table.weight"].__setitem__((2, 1), float("inf")), "table.weight holds 1 NaN"),
+        (lambda s: s.update({EMBED: s[EMBED].to(torch.int32)}), "wte.weight is stored as int32, expected float32"),
+        (lambda s: s.update({EMBED: s[EMBED].double()}), "wte.weight is stored as float64, expected float32"),
+        (lambda s: s.update({EMBED: s[EMBED].bfloat16()}), "wte.weight is stored as bfloat16, expected float32"),
+    ],
+)
+def test_corrupt_values_and_dtypes_are_refused(saved, edit, match):
+    _reseal(saved, edit)
+    with pytest.raises(CheckpointError, match=match) as e:
+        load_checkpoint(saved)
+    assert "\n" not in str(e.value)

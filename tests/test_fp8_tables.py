@@ -141,6 +141,11 @@ SCALE = TABLES[1] + "_scale"
         (lambda s: s.update({SCALE: torch.full_like(s[SCALE], 255)}), "NaN"),
         (lambda s: s.pop(SCALE), "missing tensor blocks.1.engram.table.weight_scale"),
         (lambda s: s.update({TABLES[1]: s[TABLES[1]].float()}), "must be float8_e4m3fn"),
+        # an E4M3 NaN byte (S.1111.111) inside a table: refused, not loaded as NaN rows
+        (
+            lambda s: s[TABLES[0]].view(torch.uint8).__setitem__((3, 5), 0x7F),
+            "blocks.0.engram.table.weight holds 1 NaN",
+        ),
     ],
 )
 def test_corrupt_fp8_tensors_are_one_line_errors(fp8_saved, edit, match):
@@ -148,3 +153,24 @@ def test_corrupt_fp8_tensors_are_one_line_errors(fp8_saved, edit, match):
     with pytest.raises(CheckpointError, match=match) as e:
         load_checkpoint(fp8_saved)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_tables_are_refused_when_saved(bad, tmp_path, wide_model, tiny_tokenizer):
+    """A NaN made its block's scale NaN; an inf flushed the other 31 values of its block to zero."""
+    x = np.ones((4, 64), np.float32)
+    x[2, 40] = bad
+    with pytest.raises(ValueError, match="1 NaN or infinite values as FP8 \\(first: row 2\\)"):
+        quantize_fp8(x)
+    with torch.no_grad():
+        wide_model.blocks[1].engram.table.weight[7, 3] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        save_checkpoint(tmp_path / "bad", wide_model, tiny_tokenizer, table_format="fp8")
+
+
+def test_dequantisation_is_exact_up_to_scale_2_to_119():
+    q = np.full((1, 32), 0x7E, np.uint8)  # 448, E4M3's largest finite value
+    assert np.isfinite(dequantize_fp8(q, np.full((1, 1), 127 + 119, np.uint8))).all()
+    assert dequantize_fp8(q, np.full((1, 1), 127 + 119, np.uint8))[0, 0] == 448 * 2.0**119
+    with np.errstate(over="ignore"):
+        assert np.isinf(dequantize_fp8(q, np.full((1, 1), 127 + 120, np.uint8))).all()  # the docstring says so

@@ -12,7 +12,7 @@ import torch
 from engram_core.addressing import address, local_rows, look_back, reference_rows
 from engram_core.hashing import hash_ids
 from engram_core.layout import V41_CONFIG, LayoutError, from_engram_config, load_layout
-from engram_core.tables import E4M3, E8M0, open_tables, write_mini_shard
+from engram_core.tables import E4M3, E8M0, open_tables, quantize_fp8, write_mini_shard
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,6 +257,38 @@ def test_tables_refuse_wrong_geometry(tmp_path, v41):
         open_tables(tmp_path, v41)
     with pytest.raises(LayoutError, match="no .safetensors files"):
         open_tables(tmp_path / "empty")
+
+
+def _shard_with_scale(path, scale):
+    from safetensors.torch import save_file
+
+    q, _ = quantize_fp8(np.ones((64, 64), np.float32))
+    state = {"layers.1.engram.embed.weight": torch.from_numpy(q).view(torch.float8_e4m3fn)}
+    save_file({**state, "layers.1.engram.embed.scale": scale}, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "scale, message",
+    [
+        (torch.full((63, 2), 127, dtype=torch.uint8), r"scale is U8 \(63, 2\), expected F8_E8M0 \(64, 2\)"),
+        (torch.ones((64, 2), dtype=torch.float32), r"scale is F32 \(64, 2\), expected F8_E8M0 \(64, 2\)"),
+        (torch.full((64, 1), 127, dtype=torch.uint8), r"expected F8_E8M0 \(64, 2\)"),
+    ],
+)
+def test_a_scale_tensor_of_the_wrong_shape_or_dtype_names_the_file(tmp_path, scale, message):
+    path = _shard_with_scale(tmp_path / "t.safetensors", scale)
+    with pytest.raises(LayoutError, match=message) as e:
+        open_tables(tmp_path)
+    assert str(path) in str(e.value)
+
+
+def test_a_truncated_shard_names_the_file_and_the_bytes(tmp_path):
+    path = write_mini_shard(tmp_path / "t.safetensors", {1: np.ones((64, 256), np.float32)})
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(LayoutError, match="is truncated: layers.1.engram.embed") as e:
+        open_tables(tmp_path)
+    assert str(path) in str(e.value) and "the file has" in str(e.value)
 
 
 def test_address_with_tables_norms_cosine_neighbours(tmp_path):
