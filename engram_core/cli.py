@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None, adders: tuple = ()) -> int:
     except (UserError, CheckpointError) as e:
         print(f"engram {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # training diverged: not the user's input, but still one line
+        print(f"engram {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"engram {args.command}: interrupted", file=sys.stderr)
         return 130

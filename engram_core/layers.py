@@ -104,9 +104,26 @@ def sinkhorn(logits: torch.Tensor, iters: int, tol: float = 0.0, max_iters: int 
     return sinkhorn_projection(logits, tol, max_iters)
 
 
-def _errors(q: torch.Tensor) -> torch.Tensor:
-    """Per matrix of (N, M, M): the largest |row sum - 1| or |column sum - 1|."""
-    return torch.maximum((q.sum(-1) - 1).abs().amax(-1), (q.sum(-2) - 1).abs().amax(-1))
+def _column_errors(P: torch.Tensor) -> torch.Tensor:
+    """Per row-normalised matrix of (N, M, M): the largest |column sum - 1| (its rows sum to 1)."""
+    return (P.sum(-2) - 1).abs().amax(-1)
+
+
+def _rows(lf: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """P_ij = exp(l_ij + y_j) / sum_k exp(l_ik + y_k): the logits (N, M, M) with column log-factors
+    y (N, M), every row normalised (a softmax: each row is shifted by its own largest entry).
+
+    subtle: the scaling lives in y, never in an exponentiated matrix. Taking exp of the raw logits
+    first underflowed every entry more than ~87 below the largest to 0 (then to a floor of 1e-30),
+    which for logits spanning more than that changed the matrix being projected; here an entry
+    underflows only when it is below ~1e-308 of its own row's largest.
+    """
+    return torch.softmax(lf + y.unsqueeze(-2), -1)
+
+
+def _log_column_sums(P: torch.Tensor) -> torch.Tensor:
+    """log of each column's sum (N, M); a column whose every entry underflowed counts as 1e-300."""
+    return P.sum(-2).clamp_min(1e-300).log()
 
 
 def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -131,40 +148,70 @@ def _spd_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.stack(x, -1)
 
 
-def _newton_columns(q: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """One Newton step with backtracking on the column log-factors y of q (N, M, M).
+def _laplacian(A: torch.Tensor) -> torch.Tensor:
+    """diag(row sums of A off the diagonal) - A off the diagonal, for symmetric A (N, M, M).
+
+    With every row of P summing to 1, diag(c) - P^T P is exactly this Laplacian of A = P^T P
+    (c_j = sum_k A_jk). subtle: written this way the diagonal is a sum of non-negative terms;
+    c_j - A_jj cancels to 0 in fp32 for a nearly isolated column (P_jj = 1 - 1e-9), the pivot was
+    then clamped and the Newton step lost (1e-3 missed on 3.5 % of random maps at logit scale 20).
+    """
+    off = A - torch.diag_embed(A.diagonal(dim1=-2, dim2=-1))
+    return torch.diag_embed(off.sum(-1)) - off
+
+
+RIDGE = 1e-9  # added to the Newton system's diagonal (against column sums of 1)
+
+
+def _newton_columns(P: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """One Newton step with backtracking on the column log-factors y, from the row-normalised P (N, M, M).
 
     With every row normalised exactly, the scaling minimises the convex
     g(y) = sum_i log sum_j q_ij e^(y_j) - sum_j y_j; its gradient is (column sums - 1),
-    its Hessian diag(c) - P^T P over the row-normalised P. y_M = 0 fixes the gauge.
+    its Hessian diag(c) - P^T P. y_M = 0 fixes the gauge.
     Returns dy (N, M), zero where `active` is False.
     """
-    N, M, _ = q.shape
-    P = q / q.sum(-1, keepdim=True)
+    N, M, _ = P.shape
     c = P.sum(-2)  # (N, M)
-    H = torch.diag_embed(c) - P.transpose(1, 2) @ P  # (N, M, M)
+    H = _laplacian(P.transpose(1, 2) @ P)  # (N, M, M)
+    # subtle: a ridge. When a column is all but cut off from the others (the map nearly splits into
+    # blocks), fixing y_M = 0 leaves the other block's common shift with a near-zero eigenvalue; its
+    # gradient is zero in exact arithmetic, but rounding divided by that eigenvalue swamped the step
+    H = H + RIDGE * torch.eye(M, dtype=H.dtype, device=H.device)
     d = _spd_solve(H[:, : M - 1, : M - 1], 1 - c[:, : M - 1])
     d = torch.where(active.unsqueeze(-1) & d.isfinite(), d, torch.zeros_like(d))
     d = d / (d.abs().amax(-1, keepdim=True) / 20).clamp_min(1.0)  # no overflow in exp
     dy = torch.cat([d, d.new_zeros(N, 1)], -1)
     # backtracking far from the solution: the longest of steps 1, 1/2, ..., 1/64 that lowers g
-    t = torch.tensor([2.0**-k for k in range(7)], dtype=q.dtype)[:, None, None]  # (S, 1, 1)
+    t = torch.tensor([2.0**-k for k in range(7)], dtype=P.dtype)[:, None, None]  # (S, 1, 1)
     ty = t * dy  # (S, N, M)
     g_new = (P * ty.unsqueeze(-2).exp()).sum(-1).log().sum(-1) - ty.sum(-1)  # (S, N)
     step = torch.where(g_new < 0, t[:, :, 0], t[-1, :, 0]).amax(0)  # (N,); steps descend
-    # near the solution the full step is right and the decrease of g is below fp32 rounding
+    # near the solution the full step is right and the decrease of g is below rounding
     step = torch.where((c - 1).abs().amax(-1) < 0.05, torch.ones_like(step), step)
     return step.unsqueeze(-1) * dy
 
 
-def _newton_iteration(q: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, any left): one Newton step on every matrix whose rows, normalised, miss tol.
-    subtle: the caller passes a tenth of its tol, one more quadratic step, so the
-    final check passes with room to spare."""
-    P = q / q.sum(-1, keepdim=True)  # rows renormalised every step: q stays bounded
-    active = _errors(P) > tol
-    dy = _newton_columns(P, active)
-    return P * dy.exp().unsqueeze(-2), active.any()
+def _newton_iteration(lf: torch.Tensor, y: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, stepped): one Newton step on the column log-factors of every matrix whose columns miss tol,
+    and which matrices those were (N,). subtle: the caller passes a tenth of its tol, one more
+    quadratic step, so the final check passes with room to spare."""
+    P = _rows(lf, y)
+    active = _column_errors(P) > tol
+    return y + _newton_columns(P, active), active
+
+
+def _sinkhorn_start(lf: torch.Tensor) -> torch.Tensor:
+    """Column log-factors y (N, M) after three plain Sinkhorn steps from y = 0: Newton's start."""
+    y = lf.new_zeros(lf.shape[:2])
+    for _ in range(3):
+        y = y - _log_column_sums(_rows(lf, y))
+    return y
+
+
+@functools.cache
+def _compiled_sinkhorn_start():
+    return torch.compile(_sinkhorn_start, dynamic=False)
 
 
 @functools.cache
@@ -179,32 +226,45 @@ def _compiled_newton_iteration():
 def sinkhorn_projection(logits: torch.Tensor, tol: float, max_iters: int) -> torch.Tensor:
     """The doubly stochastic scaling u_i exp(logits_ij) v_j (..., M, M), fp32, within tol.
 
-    Three Sinkhorn steps, then Newton steps on the column factors with every row
-    normalised exactly (at most 30), then plain Sinkhorn steps (at most max_iters)
-    for any matrix Newton left above tol. A custom op: the loop looks at the data,
-    which inside a compiled graph would break it; its backward is
+    Everything runs on the column log-factors y, in float64, with every row normalised
+    (`_rows`): three Sinkhorn steps, then Newton steps (at most 30; once few matrices are
+    left, on those alone), then plain Sinkhorn steps (at most max_iters) on any matrix
+    still above tol. Non-finite logits are refused (FloatingPointError): one such matrix
+    would otherwise stop the loop's check for the whole batch. A custom op: the loop looks
+    at the data, which inside a compiled graph would break it; its backward is
     `sinkhorn_projection_backward`.
     """
     M = logits.shape[-1]
-    lf = logits.detach().float().reshape(-1, M, M)
-    # subtle: a whole row below the largest logit by more than ~87 underflows to zeros in
-    # fp32 and would divide 0 by 0; 1e-30 is far below anything a sum within tol can see
-    q = torch.exp(lf - lf.amax(dim=(-2, -1), keepdim=True)).clamp_min(1e-30)
-    for _ in range(3):
-        q = q / q.sum(-1, keepdim=True)
-        q = q / q.sum(-2, keepdim=True)
-    step = _compiled_newton_iteration() if len(q) >= 2048 else _newton_iteration
+    # subtle: float64 inside. In fp32 the decrease of g that Newton's line search looks for is
+    # below rounding on nearly decomposable maps (entries 1 - 1e-12 beside 1e-12), and Newton
+    # stalled; the maps are 4x4, and a training batch's projection costs what it did in fp32
+    lf = logits.detach().double().reshape(-1, M, M)
+    bad = ~torch.isfinite(lf).flatten(1).all(-1)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"Sinkhorn projection: {int(bad.sum())} of {len(lf)} H_res maps have NaN or infinite logits"
+        )
+    y = (_compiled_sinkhorn_start() if len(lf) >= 2048 else _sinkhorn_start)(lf)  # (N, M) column log-factors
+    left = torch.arange(len(lf))  # the matrices Newton still works on: after a few steps, a small share
     for _ in range(30):
-        q, left = step(q, tol / 10)
-        if not bool(left):
+        if not len(left):
             break
-    q = q / q.sum(-1, keepdim=True)
-    steps = 0
-    while steps < max_iters and float(sinkhorn_error(q)) > tol:
-        q = q / q.sum(-2, keepdim=True)
-        q = q / q.sum(-1, keepdim=True)
-        steps += 1
-    return q.reshape(logits.shape)
+        if len(left) > len(lf) // 4:  # the whole batch, compiled when large (shapes stay fixed in training)
+            step = _compiled_newton_iteration() if len(lf) >= 2048 else _newton_iteration
+            y, stepped = step(lf, y, tol / 10)
+            left = stepped.nonzero().flatten()
+        else:  # the few left, eager
+            y_left, stepped = _newton_iteration(lf[left], y[left], tol / 10)
+            y[left] = y_left
+            left = left[stepped]
+    P = _rows(lf, y)
+    for _ in range(max_iters):
+        active = _column_errors(P) > tol  # per matrix: one hard map never holds back the others
+        if not bool(active.any()):
+            break
+        y = torch.where(active.unsqueeze(-1), y - _log_column_sums(P), y)
+        P = _rows(lf, y)
+    return P.float().reshape(logits.shape)
 
 
 @sinkhorn_projection.register_fake
@@ -224,13 +284,13 @@ def sinkhorn_projection_backward(g: torch.Tensor, p: torch.Tensor) -> torch.Tens
     beta_M = 0 fixing the gauge (the system's null vector).
     """
     M = p.shape[-1]
-    P = p.reshape(-1, M, M).float()
-    G = g.reshape(-1, M, M).float()
+    P = p.reshape(-1, M, M).double()  # float64 as the forward; the system is 3x3 per map
+    G = g.reshape(-1, M, M).double()
     W = G * P
-    r, c = P.sum(-1), P.sum(-2)
+    r = P.sum(-1)
     wr, wc = W.sum(-1), W.sum(-2)
     Pr = P / r.unsqueeze(-1)
-    H = torch.diag_embed(c) - P.transpose(1, 2) @ Pr
+    H = _laplacian(P.transpose(1, 2) @ Pr)  # = diag(c) - p^T diag(1/r) p, without its cancellation
     # a ridge of 1e-6 (against sums of 1) keeps nearly decomposable maps, whose system is
     # close to singular, from turning the gradient into inf or NaN
     H = H + 1e-6 * torch.eye(M, dtype=H.dtype, device=H.device)
@@ -238,7 +298,9 @@ def sinkhorn_projection_backward(g: torch.Tensor, p: torch.Tensor) -> torch.Tens
     beta = torch.cat([_spd_solve(H[:, : M - 1, : M - 1], rhs[:, : M - 1]), P.new_zeros(len(P), 1)], -1)
     alpha = (wr - (P @ beta.unsqueeze(-1)).squeeze(-1)) / r
     out = P * (G - alpha.unsqueeze(-1) - beta.unsqueeze(-2))
-    return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).reshape(p.shape)
+    # a solver overflow becomes 0; a NaN or inf coming from above passes on as it came
+    out = torch.where(G.isfinite(), torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0), G)
+    return out.float().reshape(p.shape)
 
 
 @sinkhorn_projection_backward.register_fake

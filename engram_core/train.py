@@ -307,7 +307,10 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f
         x, y = windows.batch(cfg.batch_size) if windows else sample_batch(train_stream, cfg.batch_size, T, rng)
-        loss = train_step(model, opts, x, y, bf16)
+        try:
+            loss = train_step(model, opts, x, y, bf16)
+        except FloatingPointError as e:  # the mHC projection refuses non-finite maps
+            raise FloatingPointError(f"training diverged at step {step + 1}: {e}") from e
         seen += x.numel()
         lv = float(loss.detach())
         if not math.isfinite(lv):

@@ -173,3 +173,15 @@ def test_train_defaults_are_the_shipped_recipe():
     assert card["config"]["backbone"]["sinkhorn_tol"] == a.sinkhorn_tol
     config = json.loads((shipped / "config.json").read_text())
     assert config["table_format"] == a.table_format == "fp8"
+
+
+def test_a_non_finite_mhc_map_stops_training_with_one_clear_error(tiny_parts):
+    tok, comp, pad = tiny_parts
+    model = EngramLM(tiny_config(tok.get_vocab_size(), comp.size, pad), comp.table)
+    assert model.cfg.backbone.sinkhorn_tol > 0 and model.cfg.backbone.n_branches > 1  # the projection runs
+    with torch.no_grad():
+        model.blocks[1].mlp.b_res[0, 0] = float("nan")
+    stream = np.asarray(tok.encode(TINY_TEXT).ids, dtype=np.uint16)
+    cfg = TrainConfig(tokens=2 * 8 * 64, batch_size=8, eval_every=30, eval_windows=2, compile=False)
+    with pytest.raises(FloatingPointError, match="training diverged at step 1: Sinkhorn projection: 512 of"):
+        train(model, stream, {"tiny": stream}, cfg)
