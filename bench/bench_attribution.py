@@ -26,7 +26,7 @@ from bench.common import machine, timeit
 from engram_core import load_checkpoint
 from engram_core.cli import DEFAULT_CHECKPOINT
 from engram_core.data import HELD_OUT_PLAYS, plays_dir
-from engram_core.pipeline import prepare_corpus
+from engram_core.pipeline import heldout_streams
 from engram_core.tokenizer import encode
 from engram_inspect.attribution import approx_deltas, attribute, exact_deltas
 
@@ -79,7 +79,7 @@ def timing(ck, rounds: int) -> None:
 
 
 def agreement(ck, examples: int) -> None:
-    _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
+    streams = heldout_streams(ck, log=lambda *_: None)
     rng = np.random.default_rng(0)
     for domain in ("plays", "code"):
         stream = streams[f"val/{domain}"].astype(np.int64)

@@ -22,7 +22,7 @@ from engram_core import load_checkpoint
 from engram_core.checkpoint import Checkpoint, fp8_tables, save_checkpoint
 from engram_core.knockout import KnockOut
 from engram_core.model import EngramLM
-from engram_core.pipeline import card_losses, prepare_corpus
+from engram_core.pipeline import card_losses, heldout_streams
 from engram_core.tables import dequantize_fp8
 from engram_inspect.collisions import build_index, training_streams
 
@@ -46,7 +46,7 @@ def quantise_tables_(model: EngramLM) -> None:
 def quantisation_loss_change(folder: str | Path) -> dict[str, dict[str, float]]:
     """Held-out loss (the model card's windows) as saved and with FP8 tables: domain -> numbers."""
     ck = load_checkpoint(folder)
-    _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
+    streams = heldout_streams(ck, log=lambda *_: None)
     on = {"memory_on": KnockOut()}
     before = card_losses(ck, streams, on)
     quantise_tables_(ck.model)

@@ -33,6 +33,8 @@ from .tables import FP8_BLOCK, dequantize_fp8, quantize_fp8
 FORMAT = "engram-checkpoint/1"
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "default-model"  # the shipped model
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+HELDOUT = "heldout.npz"  # optional: the held-out token streams the model card was measured on
+HELDOUT_FORMAT = "engram-heldout/1"
 TABLE_SUFFIX, SCALE_SUFFIX = ".engram.table.weight", "_scale"  # `<table>_scale` beside an FP8 table
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what a checkpoint's weights may be stored as
 TABLE_FORMATS = {"fp8": None, "bf16": torch.bfloat16, "fp32": torch.float32}  # None: E4M3 + E8M0 scales
@@ -164,6 +166,42 @@ def save_card(folder: str | Path, card: dict[str, Any], markdown: str) -> None:
     folder = Path(folder)
     (folder / "MODEL_CARD.json").write_text(json.dumps(card, indent=1))
     (folder / "MODEL_CARD.md").write_text(markdown)
+
+
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+    return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()
+
+
+def save_heldout(folder: str | Path, tokenizer: Tokenizer, streams: dict[str, np.ndarray], meta: dict) -> Path:
+    """Write the held-out streams (`val/<domain>` -> token ids) beside the weights: part of the checkpoint.
+
+    The code domain is modules of the standard library of the interpreter that trained the model;
+    with the tokens stored, every number of the model card is reproduced on any interpreter.
+    """
+    path = Path(folder) / HELDOUT
+    info = {"format": HELDOUT_FORMAT, "tokenizer_sha256": tokenizer_digest(tokenizer), **meta}
+    arrays = {
+        k: np.asarray(v, np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.int32) for k, v in streams.items()
+    }
+    np.savez_compressed(path, meta=np.asarray(json.dumps(info)), **arrays)
+    return path
+
+
+def load_heldout(ck: Checkpoint) -> tuple[dict[str, np.ndarray], dict] | None:
+    """(held-out streams, their facts) stored with the checkpoint, or None: no file, or one made
+    with another tokenizer (its tokens would mean other text)."""
+    if ck.path is None or not (Path(ck.path) / HELDOUT).is_file():
+        return None
+    path = Path(ck.path) / HELDOUT
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            streams = {k: f[k] for k in f.files if k.startswith("val/")}
+    except (OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path} cannot be read: {e}") from e
+    if meta.get("format") != HELDOUT_FORMAT or meta.get("tokenizer_sha256") != tokenizer_digest(ck.tokenizer):
+        return None
+    return streams, meta
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

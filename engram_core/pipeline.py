@@ -4,7 +4,6 @@ compression -> model -> training -> checkpoint -> model card."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -14,7 +13,16 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .checkpoint import Checkpoint, load_checkpoint, save_card, save_checkpoint
+from .checkpoint import (
+    HELDOUT,
+    Checkpoint,
+    load_checkpoint,
+    load_heldout,
+    save_card,
+    save_checkpoint,
+    save_heldout,
+    tokenizer_digest,
+)
 from .compression import build_compression
 from .config import BackboneConfig, MemoryConfig, ModelConfig
 from .data import HELD_OUT_PLAYS, cache_dir, corpus_info, load_documents, tokenize_documents
@@ -40,7 +48,7 @@ def prepare_corpus(
     if tokenizer is None:
         folder = cache_dir() / f"corpus-py{info['python_version']}-v{vocab_size}"
     else:
-        digest = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:12]
+        digest = tokenizer_digest(tokenizer)[:12]
         folder = cache_dir() / f"corpus-py{info['python_version']}-tok{digest}"
     names_file = folder / "val_documents.json"
     if (folder / "tokenizer.json").is_file() and (folder / "streams.npz").is_file() and names_file.is_file():
@@ -58,6 +66,17 @@ def prepare_corpus(
     names_file.write_text(json.dumps(val_names, indent=0))
     log(f"corpus ready in {time.perf_counter() - t0:.0f}s: " + ", ".join(f"{k} {len(v):,}" for k, v in streams.items()))
     return tok, streams, val_names
+
+
+def heldout_streams(ck: Checkpoint, log=print) -> dict[str, np.ndarray]:
+    """The held-out streams (`val/code`, `val/plays`) a checkpoint is evaluated on: those stored with it
+    (`heldout.npz`, the same on every interpreter), else this interpreter's corpus, tokenised with its
+    tokenizer (the code domain is the running standard library's held-out modules)."""
+    stored = load_heldout(ck)
+    if stored is not None:
+        return stored[0]
+    _, streams, _ = prepare_corpus(log=log, tokenizer=ck.tokenizer)
+    return {k: v for k, v in streams.items() if k.startswith("val/")}
 
 
 def train_model(
@@ -125,7 +144,10 @@ def train_model(
         "torch": torch.__version__,
         "versions": versions(),
     }
-    return save_checkpoint(out, model, tok, meta, dtype=dtype, table_format=table_format)
+    folder = save_checkpoint(out, model, tok, meta, dtype=dtype, table_format=table_format)
+    held_out = {k: v for k, v in streams.items() if k.startswith("val/")}
+    save_heldout(folder, tok, held_out, {"python_version": corpus_info()["python_version"], "documents": val_names})
+    return folder
 
 
 def versions() -> dict[str, str]:
@@ -174,7 +196,7 @@ def write_card(folder: str | Path, baseline: str | Path | None = None, log=print
     """Evaluate a checkpoint (and its memory-free twin) on held-out text; write MODEL_CARD.md/.json."""
     folder = Path(folder)
     ck = load_checkpoint(folder)
-    _, streams, _ = prepare_corpus(log=log, tokenizer=ck.tokenizer)
+    streams = heldout_streams(ck, log)
     kos = {"memory_on": KnockOut()}
     if ck.model.engram_layers:
         kos["memory_off"] = KnockOut(all=True)
@@ -196,6 +218,7 @@ def write_card(folder: str | Path, baseline: str | Path | None = None, log=print
         "weights_bytes": (folder / "model.safetensors").stat().st_size,
         "precision": ck.meta.get("precision"),
         "sinkhorn_error": card_sinkhorn_error(ck, streams),
+        "heldout_stored": load_heldout(ck) is not None,  # evaluated on heldout.npz, the same on every interpreter
     }
     if baseline is not None:
         base = load_checkpoint(baseline)
@@ -273,7 +296,12 @@ def render_card(card: dict[str, Any]) -> str:
         "standard library (modules and their tests). Held out for validation: the plays "
         f"{', '.join(corpus.get('held_out_plays', []))} and these modules: "
         + ", ".join(n.removeprefix("code/") for n in corpus.get("held_out_documents", []) if n.startswith("code/"))
-        + ".",
+        + "."
+        + (
+            f" Their tokens ship with the model ({HELDOUT}): the numbers above are reproduced on any interpreter."
+            if card.get("heldout_stored")
+            else ""
+        ),
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items() if v) + ".",
         "",

@@ -145,10 +145,9 @@ def _read_text_file(path: str) -> str:
 
 
 def _val_streams(ck):
-    from engram_core.pipeline import prepare_corpus
+    from .mean_gate import held_out_streams
 
-    _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
-    return [v for k, v in sorted(streams.items()) if k.startswith("val/")]
+    return held_out_streams(ck)
 
 
 def _labels(ck):

@@ -410,13 +410,18 @@ def load_or_build(ck: Checkpoint, streams: Streams | None = None, progress: Prog
     key = checkpoint_key(ck)
     name = "collisions" if streams is None else f"collisions-{corpus_fingerprint(streams)}"
     path = cache_file(ck, name, ".npz")
+    streams = training_streams(ck) if streams is None else streams
     if path.is_file():
         try:
-            return CollisionIndex.load(path, key)
+            index = CollisionIndex.load(path, key)
+            # subtle: the training corpus's code is the running interpreter's standard library; an
+            # index another interpreter left in a shared cache counted other text
+            if index.corpus == corpus_fingerprint(streams):
+                return index
         except CollisionIndexError:
             pass  # stale or damaged cache: rebuild below
     t0 = time.perf_counter()
-    index = build_collision_index(ck, training_streams(ck) if streams is None else streams, progress)
+    index = build_collision_index(ck, streams, progress)
     index.save(path)
     if progress is not None:
         progress(1, 1, f"collision index built in {time.perf_counter() - t0:.1f} s, saved to {path.name}")

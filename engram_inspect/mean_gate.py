@@ -31,11 +31,10 @@ def mean_gate_flat(ck: Checkpoint, streams, max_tokens: int = 16_384) -> np.ndar
 
 
 def held_out_streams(ck: Checkpoint) -> list[np.ndarray]:
-    """The held-out plays and modules, tokenized with the checkpoint's tokenizer."""
-    from engram_core.pipeline import prepare_corpus
+    """The held-out plays and modules, tokenized with the checkpoint's tokenizer (those stored with it first)."""
+    from engram_core.pipeline import heldout_streams
 
-    _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
-    return [v for k, v in sorted(streams.items()) if k.startswith("val/")]
+    return [v for _, v in sorted(heldout_streams(ck, log=lambda *_: None).items())]
 
 
 def load_or_compute(ck: Checkpoint, lock=None, streams=None, max_tokens: int = 16_384) -> np.ndarray:

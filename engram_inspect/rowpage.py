@@ -134,7 +134,7 @@ class RowPages:
     @classmethod
     def load(cls, ck: Checkpoint, progress: Progress | None = None) -> RowPages:
         streams = corpus_streams(ck)
-        return cls(ck, load_or_compute(ck, progress), streams, load_or_build(ck, progress=progress))
+        return cls(ck, load_or_compute(ck, progress, streams=streams), streams, load_or_build(ck, progress=progress))
 
     def mean_alpha(self) -> np.ndarray:
         """Per flat row, the mean alpha of the sample positions that read it: (rows,) float32, NaN where none did."""

@@ -13,6 +13,9 @@ first-order estimate of what removing each read costs: gradient x input,
 -(d/de) sum_t log p(x_{t+1}) . e, for the looked-up row e of every head at every
 position (every path counted: conv, attention, later layers; exact to first order).
 Which positions read a row is not stored: hashing the sample again takes ~0.1 s.
+The stats name the corpus they sampled (its fingerprint): the code part is the standard
+library of the running interpreter, so under another interpreter the same (stream, start)
+pairs would be other text, and the stats are computed again for that corpus.
 
 W windows, T window length, L Engram layers, H heads per layer.
 """
@@ -33,6 +36,7 @@ from engram_core.hooks import engram_hook
 
 from .activations import activations
 from .cache import cache_file, checkpoint_key, find_file
+from .collisions import corpus_fingerprint
 
 FORMAT = "engram-rowstats/1"
 SAMPLE_TOKENS = 1 << 20  # tokens of the gate pass: 4,096 windows of 256
@@ -107,6 +111,7 @@ class RowStats:
     """What the pass measured at every sample position (see the module docstring)."""
 
     key: str  # checkpoint key
+    corpus: str  # fingerprint of the streams sampled (collisions.corpus_fingerprint)
     sample: Sample
     alpha: np.ndarray  # (W, T, L) uint8: round(255 * alpha), alpha the mean over branches
     delta_windows: np.ndarray  # (Wd,) indices into the sample's windows that have delta
@@ -116,7 +121,7 @@ class RowStats:
         return self.alpha.astype(np.float32) / 255.0
 
     def save(self, path) -> None:
-        meta = {"format": FORMAT, "key": self.key, **self.sample.meta()}
+        meta = {"format": FORMAT, "key": self.key, "corpus": self.corpus, **self.sample.meta()}
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez_compressed(
             tmp,
@@ -130,15 +135,15 @@ class RowStats:
         tmp.replace(path)  # atomic: a reader never sees half a file
 
     @classmethod
-    def load(cls, path, key: str) -> RowStats | None:
-        """The saved stats, or None when missing, unreadable, or made for another checkpoint."""
+    def load(cls, path, key: str, corpus: str) -> RowStats | None:
+        """The saved stats, or None when missing, unreadable, or made for another checkpoint or corpus."""
         try:
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"]))
-                if meta.get("format") != FORMAT or meta.get("key") != key:
+                if meta.get("format") != FORMAT or meta.get("key") != key or meta.get("corpus") != corpus:
                     return None
                 sample = Sample(tuple(meta["names"]), f["stream"].astype(np.int64), f["start"], int(meta["length"]))
-                return cls(key, sample, f["alpha"], f["delta_windows"].astype(np.int64), f["delta"])
+                return cls(key, corpus, sample, f["alpha"], f["delta_windows"].astype(np.int64), f["delta"])
         except (OSError, KeyError, ValueError):
             return None
 
@@ -210,19 +215,28 @@ def compute_row_stats(
         g = grad_times_input(model, torch.from_numpy(ids[sel]), r)
         delta[lo : lo + len(sel)] = np.stack([g[ly].numpy() for ly in model.engram_layers], 2)
         report(W + 3 * (lo + len(sel)), total, f"removal estimates: {(lo + len(sel)) * T:,} tokens")
-    return RowStats(checkpoint_key(ck), sample, alpha, delta_windows, delta)
+    return RowStats(checkpoint_key(ck), corpus_fingerprint(list(streams.values())), sample, alpha, delta_windows, delta)
 
 
-def load_or_compute(ck: Checkpoint, progress: Progress | None = None, recompute: bool = False) -> RowStats:
+def load_or_compute(
+    ck: Checkpoint,
+    progress: Progress | None = None,
+    recompute: bool = False,
+    streams: dict[str, np.ndarray] | None = None,
+) -> RowStats:
     """The stats of the training-corpus sample: shipped beside the weights (`rowstats-<key>.npz`), cached under
-    ENGRAM_CACHE, or computed (minutes, with `progress`) and saved there on first use."""
+    ENGRAM_CACHE, or computed (minutes, with `progress`) and saved there on first use; a file of another
+    corpus (another interpreter's standard library) is not used."""
     key = checkpoint_key(ck)
-    source, path = find_file(ck, "rowstats", ".npz"), cache_file(ck, "rowstats", ".npz")  # shipped copy first
-    if not recompute and source.is_file():
-        stats = RowStats.load(source, key)
-        if stats is not None:
-            return stats
-    stats = compute_row_stats(ck, progress=progress)
+    streams = corpus_streams(ck) if streams is None else streams
+    corpus = corpus_fingerprint(list(streams.values()))
+    if not recompute:
+        for source in (find_file(ck, "rowstats", ".npz"), cache_file(ck, "rowstats", ".npz")):  # shipped copy first
+            stats = RowStats.load(source, key, corpus) if source.is_file() else None
+            if stats is not None:
+                return stats
+    path = cache_file(ck, "rowstats", ".npz")
+    stats = compute_row_stats(ck, streams, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     stats.save(path)
     return stats

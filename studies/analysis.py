@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from engram_core import KnockOut, load_checkpoint
 from engram_core.cli import DEFAULT_CHECKPOINT
-from engram_core.pipeline import prepare_corpus
+from engram_core.pipeline import heldout_streams, prepare_corpus
 from engram_core.train import eval_windows
 from engram_inspect.activations import GATE, activations, lens_kl, memory_names, resid_names
 from engram_inspect.collisions import load_or_build, ngram_text, position_keys
@@ -144,6 +144,7 @@ def main() -> None:
     spec = ck.model.cfg.memory.hash_spec
     index = load_or_build(ck)
     _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
+    streams.update(heldout_streams(ck, log=lambda *_: None))  # the held-out text of the card, on any interpreter
     comp = ck.model.compression.cpu().numpy()
     unigram = np.bincount(
         np.concatenate([comp[v.astype(np.int64)] for k, v in streams.items() if k.startswith("train/")]),

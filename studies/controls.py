@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from engram_core import KnockOut, load_checkpoint
 from engram_core.checkpoint import DEFAULT_CHECKPOINT
 from engram_core.knockout import NO_KNOCKOUT
-from engram_core.pipeline import prepare_corpus
+from engram_core.pipeline import heldout_streams
 from engram_core.tokenizer import encode
 from engram_core.train import eval_windows
 from engram_inspect.ablation import install
@@ -56,7 +56,7 @@ def loss(model, windows: list[torch.Tensor], ko: KnockOut = NO_KNOCKOUT) -> floa
 
 
 def domains(ck, n_windows: int) -> dict[str, list[torch.Tensor]]:
-    _, streams, _ = prepare_corpus(log=lambda *_: None, tokenizer=ck.tokenizer)
+    streams = heldout_streams(ck, log=lambda *_: None)
     out = {}
     for d in ("plays", "code"):
         w = eval_windows(streams[f"val/{d}"], 256, n_windows)

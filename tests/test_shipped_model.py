@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from engram_core import KnockOut, load_checkpoint
+from engram_core.checkpoint import HELDOUT, load_heldout
 from engram_core.data import plays_dir
+from engram_core.pipeline import heldout_streams
 from engram_core.tokenizer import encode
 from engram_core.train import eval_windows, evaluate
 
@@ -74,4 +76,30 @@ def test_precomputed_files_are_those_of_these_weights(ck):
     from engram_inspect.cache import SHIPPED_FILES, checkpoint_key
 
     key = checkpoint_key(ck)
-    assert {p.name for p in MODEL.glob("*.npz")} == {f"{name}-{key}.npz" for name in SHIPPED_FILES}
+    assert {p.name for p in MODEL.glob("*.npz")} == {f"{name}-{key}.npz" for name in SHIPPED_FILES} | {HELDOUT}
+
+
+def test_the_held_out_tokens_are_those_of_the_card(ck, card):
+    """Stored with the model, so the card is reproduced on any interpreter (the code domain is modules of
+    the standard library that trained it, Python 3.11.7's, whatever runs the tests)."""
+    streams, meta = load_heldout(ck)
+    assert meta["python_version"] == card["corpus"]["python_version"]
+    assert meta["documents"] == card["corpus"]["held_out_documents"]
+    assert sorted(streams) == ["val/code", "val/plays"] and all(len(v) > 100_000 for v in streams.values())
+    assert heldout_streams(ck) is not None and all(
+        np.array_equal(heldout_streams(ck)[k], v) for k, v in streams.items()
+    )
+
+
+def test_the_card_states_the_projection_it_has(card, ck):
+    """H_res within the model's own tolerance on held-out text (once 0.0015 beside a README that said 1e-3)."""
+    assert card["sinkhorn_error"] <= ck.model.cfg.backbone.sinkhorn_tol
+
+
+@pytest.mark.slow
+def test_the_card_is_reproduced_from_the_stored_held_out_tokens(ck, card):
+    streams = heldout_streams(ck)
+    for domain in ("code", "plays"):
+        w = eval_windows(streams[f"val/{domain}"], ck.model.cfg.backbone.block_size, 200)
+        on = evaluate(ck.model, w)  # as the card: precision chosen by this CPU
+        assert on == pytest.approx(card["val_loss"][domain]["memory_on"], abs=0.005), domain
