@@ -219,3 +219,19 @@ def test_shipped_model_rows_match_hooks():
                         row = int(cache[f"blocks.{ly}.engram.hook_hash_ids"][0, t, spec.head_index(order, head)])
                         at = dict(index.ngrams_at(ly, order, head, row))
                         assert at.get(g, 0) == index.count(g) >= 1, (t, ly, order, head)
+
+
+def test_an_index_of_another_training_corpus_is_rebuilt(tiny_model, tiny_parts, tmp_path, monkeypatch):
+    """A shared cache may hold the index another interpreter built from its standard library."""
+    from engram_inspect import collisions
+
+    tok = tiny_parts[0]
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
+    ck = Checkpoint(model=tiny_model, tokenizer=tok, meta={}, path=tmp_path / "ck")
+    a = [np.array(tok.encode("To be, or not to be, that is the question.").ids, dtype=np.uint16)]
+    b = [np.array(tok.encode("I pray you, my lord, let me know your pleasure.").ids, dtype=np.uint16)]
+    monkeypatch.setattr(collisions, "training_streams", lambda _ck: a)
+    first = load_or_build(ck)
+    assert load_or_build(ck, progress=lambda *_: pytest.fail("rebuilt instead of loading")).corpus == first.corpus
+    monkeypatch.setattr(collisions, "training_streams", lambda _ck: b)
+    assert load_or_build(ck).corpus == collisions.corpus_fingerprint(b) != first.corpus

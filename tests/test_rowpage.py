@@ -528,3 +528,26 @@ def test_row_page_reports_the_mode_of_its_exact_cost(tiny_ck, tiny_pages):
     assert d["delta_exact_reads"] == len(pick)
     zero = row_page(tiny_ck, a, tiny_pages, exact=True, max_exact=3)
     assert (zero.delta_exact_mode, zero.delta_exact_samples, zero.delta_exact_seed) == ("zero", 1, None)
+
+
+def test_stats_of_another_interpreters_corpus_are_computed_again(tiny_ck, tmp_path, monkeypatch):
+    """The code streams are the running standard library: the same (stream, start) pairs under another
+    interpreter are other text, so stats name their corpus and are not reused for another one."""
+    import dataclasses
+
+    from engram_inspect import rowstats
+    from engram_inspect.collisions import corpus_fingerprint
+
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
+    ck = dataclasses.replace(tiny_ck, path=tmp_path / "ck")
+    a = tiny_streams(tiny_ck.tokenizer)
+    b = {k: v[::-1].copy() for k, v in a.items()}  # the same sizes, other text
+    first = rowstats.load_or_compute(ck, streams=a)
+    assert first.corpus == corpus_fingerprint(list(a.values()))
+    monkeypatch.setattr(rowstats, "compute_row_stats", lambda *a, **k: pytest.fail("computed again"))
+    assert np.array_equal(rowstats.load_or_compute(ck, streams=a).alpha, first.alpha)  # the cached copy
+    monkeypatch.undo()
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
+    other = rowstats.load_or_compute(ck, streams=b)
+    assert other.corpus == corpus_fingerprint(list(b.values())) != first.corpus
+    assert not np.array_equal(other.alpha, first.alpha)
