@@ -11,8 +11,8 @@ import re
 import gradio as gr
 
 from engram_core.knockout import parse_knockout
-from engram_inspect.capture import Trace
-from engram_inspect.summary import knockout_summary, trace_summary
+from engram_inspect.text.capture import Trace
+from engram_inspect.text.summary import knockout_summary, trace_summary
 
 from .session import MAX_CHARS, MAX_NEIGHBOURS, Session, clean_input
 
@@ -31,8 +31,8 @@ def user_trace(session: Session, text: str, mask: str | None, mode: str | None =
 
 
 def attribution_records(session: Session, text: str, position: int, method: str, mode: str | None) -> list[dict]:
-    """Memory reads behind the prediction at a token position, strongest first (engram_inspect.attribution)."""
-    from engram_inspect.attribution import attribute
+    """Memory reads behind the prediction at a token position, strongest first (engram_inspect.text.attribution)."""
+    from engram_inspect.text.attribution import attribute
 
     try:
         text = clean_input(text)
@@ -52,8 +52,8 @@ def neighbour_rows(
     """Nearest rows of a row ("L:N:K:R") or of the rows an N-gram's text reads, in value space (any head,
     any layer) or in raw-row space (the query's own head only)."""
     from engram_core.addresses import RowAddress
-    from engram_inspect.collisions import ngram_text
-    from engram_inspect.neighbours import ngram_neighbours, row_neighbours
+    from engram_inspect.memory.collisions import ngram_text
+    from engram_inspect.memory.neighbours import ngram_neighbours, row_neighbours
 
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("type an N-gram or a row L:N:K:R")

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["app"] and env is not None:  # before torch is imported, unlike cmd_app
         os.execve(sys.executable, [sys.executable, "-m", "app", *argv[1:]], env)
     from engram_core.cli import main as core_main
-    from engram_inspect.cli import add_commands as inspect_commands
+    from engram_inspect.commands import add_commands as inspect_commands
 
     return core_main(argv, adders=(inspect_commands, add_commands))
 

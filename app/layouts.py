@@ -81,7 +81,7 @@ class Layouts:
 
     def stats(self, start: bool = False):
         """The scan's statistics, or None while the default sample is being scanned (started if `start`)."""
-        from engram_inspect.layout_summary import ScanStats
+        from engram_inspect.corpus.layout_summary import ScanStats
 
         with self._lock:
             if "stats" in self._cache:
@@ -100,7 +100,7 @@ class Layouts:
             return None
 
     def _scan_sample(self, folder: Path) -> None:
-        from engram_inspect.scan import scan
+        from engram_inspect.corpus.scan import scan
 
         def tick(p: dict) -> None:
             self.progress = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engram_core import Checkpoint, KnockOut, load_checkpoint
-from engram_inspect.capture import MAX_TOKENS, Trace, capture
+from engram_inspect.text.capture import MAX_TOKENS, Trace, capture
 
 MAX_CHARS = 20_000  # longest text the app takes; longer pastes get a message, not a capture
 # every request's work is bounded (docs/api.md, Limits): k = 10,000 neighbours already takes ~10 s
@@ -77,23 +77,23 @@ class Session:
             return self._cache[key]
 
     def collisions(self):
-        from engram_inspect.collisions import load_or_build
+        from engram_inspect.memory.collisions import load_or_build
 
         return self._lazy("collisions", lambda: load_or_build(self.ck))
 
     def value_index(self):
-        """Exact value-space kNN over every row (engram_inspect.valuespace.ValueIndex), built once (~1 s)."""
-        from engram_inspect.valuespace import ValueIndex
+        """Exact value-space kNN over every row (engram_inspect.memory.valuespace.ValueIndex), built once (~1 s)."""
+        from engram_inspect.memory.valuespace import ValueIndex
 
         return self._lazy("value-index", lambda: ValueIndex(self.ck))
 
     def projection(self, method: str):
         """A cached map of memory rows; UMAP only when precomputed (no JIT wait in the app)."""
-        from engram_inspect.projection import compute_projection
+        from engram_inspect.memory.projection import compute_projection
 
         def build():
             if method == "umap":
-                from engram_inspect.cache import find_file
+                from engram_inspect.base.cache import find_file
 
                 if not find_file(self.ck, "projection-umap-pooled", ".npz").is_file():
                     return None
@@ -103,12 +103,12 @@ class Session:
 
     def mean_gate(self):
         """Per flat row id, the mean alpha of held-out tokens that read it (NaN: none did)."""
-        from engram_inspect.mean_gate import load_or_compute
+        from engram_inspect.memory.mean_gate import load_or_compute
 
         return self._lazy("mean-gate", lambda: load_or_compute(self.ck, self._model_lock))
 
     def health(self) -> list[dict]:
-        from engram_inspect.health import health_table
+        from engram_inspect.memory.health import health_table
 
         return self._lazy("health", lambda: health_table(self.collisions()))
 

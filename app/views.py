@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from engram_inspect.capture import PAD_TEXT, Trace
-from engram_inspect.diff import KnockoutDiff
+from engram_inspect.text.capture import PAD_TEXT, Trace
+from engram_inspect.text.diff import KnockoutDiff
 
 PALETTE = "Viridis"
 
@@ -236,7 +236,7 @@ def row_labels(projection, layout) -> np.ndarray:
 
 def read_rows(trace: Trace, layout) -> list[int]:
     """Flat ids of every row the text reads."""
-    from engram_inspect.rows import RowAddress
+    from engram_inspect.memory.rows import RowAddress
 
     out = []
     for li, L in enumerate(trace.layers):

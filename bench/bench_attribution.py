@@ -28,7 +28,7 @@ from engram_core.cli import DEFAULT_CHECKPOINT
 from engram_core.data import HELD_OUT_PLAYS, plays_dir
 from engram_core.pipeline import heldout_streams
 from engram_core.tokenizer import encode
-from engram_inspect.attribution import approx_deltas, attribute, exact_deltas
+from engram_inspect.text.attribution import approx_deltas, attribute, exact_deltas
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

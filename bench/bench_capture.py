@@ -12,7 +12,7 @@ from engram_core import load_checkpoint
 from engram_core.cli import DEFAULT_CHECKPOINT
 from engram_core.data import HELD_OUT_PLAYS, plays_dir
 from engram_core.tokenizer import encode
-from engram_inspect.capture import capture
+from engram_inspect.text.capture import capture
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from bench.common import machine
 from engram_core import load_checkpoint
-from engram_inspect.collisions import CollisionIndex, build_collision_index, training_streams
-from engram_inspect.health import memory_health
+from engram_inspect.memory.collisions import CollisionIndex, build_collision_index, training_streams
+from engram_inspect.memory.health import memory_health
 
 
 def seconds(fn) -> tuple[float, object]:

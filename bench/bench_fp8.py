@@ -24,7 +24,7 @@ from engram_core.knockout import KnockOut
 from engram_core.model import EngramLM
 from engram_core.pipeline import card_losses, heldout_streams
 from engram_core.tables import dequantize_fp8
-from engram_inspect.collisions import build_index, training_streams
+from engram_inspect.memory.collisions import build_index, training_streams
 
 BUDGET = 40e6  # bytes: the weights budget of the shipped model (issue 12)
 MAX_CHANGE = 0.01  # nats/token allowed for the quantisation

@@ -21,9 +21,9 @@ import numpy as np
 
 from bench.common import machine
 from engram_core import load_checkpoint
-from engram_inspect.neighbours import NeighbourIndex, nearest_ngram, row_neighbours
-from engram_inspect.projection import MAX_POINTS, compute_projection
-from engram_inspect.rows import RowLayout, all_rows, row_vectors
+from engram_inspect.memory.neighbours import NeighbourIndex, nearest_ngram, row_neighbours
+from engram_inspect.memory.projection import MAX_POINTS, compute_projection
+from engram_inspect.memory.rows import RowLayout, all_rows, row_vectors
 
 
 def bench_queries(ck, n: int = 200, k: int = 10) -> None:
@@ -62,7 +62,7 @@ def bench_queries(ck, n: int = 200, k: int = 10) -> None:
 
 def bench_spaces(ck, n: int = 100, k: int = 10) -> None:
     """Single queries of `row_neighbours` in each space, as the endpoint and the command answer them."""
-    from engram_inspect.valuespace import ValueIndex
+    from engram_inspect.memory.valuespace import ValueIndex
 
     t0 = time.perf_counter()
     index = ValueIndex(ck)

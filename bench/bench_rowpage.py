@@ -23,10 +23,10 @@ from scipy.stats import spearmanr
 
 from bench.common import machine, timeit
 from engram_core import load_checkpoint
-from engram_inspect.rowpage import RowPages, exact_removal, row_page
-from engram_inspect.rows import RowLayout
-from engram_inspect.rowstats import SAMPLE_TOKENS, compute_row_stats, corpus_streams
-from engram_inspect.valuespace import neighbour_agreement, top_tokens
+from engram_inspect.memory.rowpage import RowPages, exact_removal, row_page
+from engram_inspect.memory.rows import RowLayout
+from engram_inspect.memory.rowstats import SAMPLE_TOKENS, compute_row_stats, corpus_streams
+from engram_inspect.memory.valuespace import neighbour_agreement, top_tokens
 
 
 def cpu_name() -> str:

@@ -19,7 +19,7 @@ from bench.bench_addressing import cpu_name
 from bench.bench_scan import DEFAULT
 from bench.common import machine
 from engram_core.layout import load_layout
-from engram_inspect.scan import scan
+from engram_inspect.corpus.scan import scan
 
 
 def collision_rates(summary: dict) -> dict[int, float]:

@@ -17,8 +17,8 @@ from pathlib import Path
 from bench.bench_addressing import cpu_name
 from bench.common import machine
 from engram_core.layout import load_layout
-from engram_inspect.scan import scan
-from engram_inspect.scan_ray import expand_part
+from engram_inspect.corpus.scan import scan
+from engram_inspect.corpus.scan_ray import expand_part
 
 DEFAULT = ("asyncio", "email", "json", "http", "logging", "unittest")
 

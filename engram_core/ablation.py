@@ -16,7 +16,7 @@ What each knock-out replaces, in every mode:
   again what all-zero reads give it.
 
 The replacements come from a `RowSource` per Engram layer, computed once per
-checkpoint from its training corpus (engram_inspect.ablation) and installed with
+checkpoint from its training corpus (engram_inspect.memory.ablation) and installed with
 `EngramLM.install_row_source`. This module holds no data of its own.
 
 B batch, T time, H heads of a layer, Dh row width, P pool size.

@@ -190,7 +190,7 @@ def _adder_key(add: Adder) -> str:
     """Where an adder is defined, the same whether it was loaded by name or run as `python -m`."""
     module = getattr(add, "__module__", None) or ""
     if module == "__main__":
-        # subtle: `python -m engram_inspect.cli` defines its adder again in __main__; its spec keeps the real name
+        # subtle: a module run as `python -m` defines its adder again in __main__; its spec keeps the real name
         spec = getattr(sys.modules.get("__main__"), "__spec__", None)
         module = spec.name if spec is not None else module
     return f"{module}.{getattr(add, '__qualname__', repr(add))}"

@@ -164,7 +164,7 @@ class Engram(nn.Module):
         if src is None:
             raise ValueError(
                 f"knock-out mode={ko.mode} needs this checkpoint's corpus row statistics: "
-                "install them with engram_inspect.ablation.install(checkpoint)"
+                "install them with engram_inspect.memory.ablation.install(checkpoint)"
             )
         if ko.mode == "mean":
             return src.mean_rows.to(self.table.weight).expand(*hash_ids.shape, -1)

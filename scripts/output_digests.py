@@ -39,14 +39,14 @@ def digests(tmp: Path) -> dict[str, str]:
     from engram_core.addresses import RowAddress
     from engram_core.addressing import address_text
     from engram_core.layout import load_layout
-    from engram_inspect.attribution import attribute
-    from engram_inspect.capture import capture
-    from engram_inspect.collisions import load_or_build
-    from engram_inspect.export import write
-    from engram_inspect.health import health_table
-    from engram_inspect.rowpage import RowPages, row_page
-    from engram_inspect.scan import scan
-    from engram_inspect.summary import knockout_summary, trace_summary
+    from engram_inspect.corpus.scan import scan
+    from engram_inspect.memory.collisions import load_or_build
+    from engram_inspect.memory.health import health_table
+    from engram_inspect.memory.rowpage import RowPages, row_page
+    from engram_inspect.text.attribution import attribute
+    from engram_inspect.text.capture import capture
+    from engram_inspect.text.export import write
+    from engram_inspect.text.summary import knockout_summary, trace_summary
 
     model = ROOT / "assets" / "default-model"
     ck = load_checkpoint(model)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 def main(folder: str = "assets/default-model") -> None:
     from engram_core import load_checkpoint
-    from engram_inspect import ablation, mean_gate, rowstats
-    from engram_inspect.cache import SHIPPED_FILES, checkpoint_cache, checkpoint_key
-    from engram_inspect.projection import compute_projection
-    from engram_inspect.rowpage import RowPages
-    from engram_inspect.valuemap import value_projection
+    from engram_inspect.base.cache import SHIPPED_FILES, checkpoint_cache, checkpoint_key
+    from engram_inspect.memory import ablation, mean_gate, rowstats
+    from engram_inspect.memory.projection import compute_projection
+    from engram_inspect.memory.rowpage import RowPages
+    from engram_inspect.memory.valuemap import value_projection
 
     ck = load_checkpoint(folder)
     key, cache = checkpoint_key(ck), checkpoint_cache(ck)

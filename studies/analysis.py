@@ -20,8 +20,9 @@ from engram_core import KnockOut, load_checkpoint
 from engram_core.cli import DEFAULT_CHECKPOINT
 from engram_core.pipeline import heldout_streams, prepare_corpus
 from engram_core.train import eval_windows
-from engram_inspect.activations import GATE, activations, lens_kl, memory_names, resid_names
-from engram_inspect.collisions import load_or_build, ngram_text, position_keys
+from engram_inspect.base.activations import GATE, activations, lens_kl, memory_names, resid_names
+from engram_inspect.memory.collisions import load_or_build, ngram_text
+from engram_inspect.memory.ngram_keys import position_keys
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "paper-checks"
 FREQUENT = 200  # a trigram seen this often in training counts as a fixed multi-token pattern

@@ -30,7 +30,7 @@ from engram_core.knockout import NO_KNOCKOUT
 from engram_core.pipeline import heldout_streams
 from engram_core.tokenizer import encode
 from engram_core.train import eval_windows
-from engram_inspect.ablation import install
+from engram_inspect.memory.ablation import install
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "paper-checks"

@@ -117,7 +117,7 @@ class CliResult:
 def engram_cli(capsys):
     """Run `engram ARGS...` in this process (exit status, stdout, stderr): for the bad-input tests,
     which end before any model loads; a subprocess would spend ~1.5 s importing for each."""
-    from engram_inspect.cli import main
+    from engram_inspect.commands import main
 
     def run(*args: str) -> CliResult:
         capsys.readouterr()

@@ -14,8 +14,8 @@ from engram_core import Checkpoint, KnockOut
 from engram_core.ablation import RowSource, resampled_rows
 from engram_core.knockout import format_knockout, parse_knockout
 from engram_core.tokenizer import encode
-from engram_inspect.ablation import install, load_sources, row_sources, save_sources
-from engram_inspect.collisions import build_collision_index
+from engram_inspect.memory.ablation import install, load_sources, row_sources, save_sources
+from engram_inspect.memory.collisions import build_collision_index
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "To be, or not to be, that is the question. I pray you, my lord, let me know not."
@@ -165,7 +165,7 @@ def test_install_uses_the_cache(ck, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="at least 2"):
         RowSource(torch.zeros(4, 8), torch.zeros(1, 4, dtype=torch.long))
     monkeypatch.setattr(
-        "engram_inspect.ablation.load_or_build",
+        "engram_inspect.memory.ablation.load_or_build",
         lambda c, progress=None: build_collision_index(c, [np.asarray(encode(c.tokenizer, CORPUS)[0])]),
     )
     install(ck)
@@ -176,7 +176,7 @@ def test_install_uses_the_cache(ck, tmp_path, monkeypatch):
     def no_build(*_a, **_k):
         raise AssertionError("the cached file should have been used")
 
-    monkeypatch.setattr("engram_inspect.ablation.load_or_build", no_build)
+    monkeypatch.setattr("engram_inspect.memory.ablation.load_or_build", no_build)
     install(ck)
     assert torch.equal(_logits(ck, KnockOut(all=True, mode="resample")), first)
 
@@ -184,9 +184,9 @@ def test_install_uses_the_cache(ck, tmp_path, monkeypatch):
 def test_cli_trace_and_attribute_take_an_ablation(ck, tmp_path, capsys):
     from engram_core import load_checkpoint, save_checkpoint
     from engram_core.checkpoint import checkpoint_key
-    from engram_inspect.attribution import attribute
-    from engram_inspect.cli import main
-    from engram_inspect.export import from_json
+    from engram_inspect.commands import main
+    from engram_inspect.text.attribution import attribute
+    from engram_inspect.text.export import from_json
 
     folder = save_checkpoint(tmp_path / "ck", ck.model, ck.tokenizer)
     saved = load_checkpoint(folder)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from engram_core import KnockOut
-from engram_inspect.activations import GATE, HASH_IDS, activations, lens_kl, memory_names, resid_names
+from engram_inspect.base.activations import GATE, HASH_IDS, activations, lens_kl, memory_names, resid_names
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,7 @@ def test_parse_and_format_round_trip():
 def test_cli_trace_refuses_bad_knockouts(tmp_path, tiny_model, tiny_tokenizer, capsys, mask):
     """`trace` is the one subcommand that takes a mask: exit 2 and one line, no traceback."""
     from engram_core import save_checkpoint
-    from engram_inspect.cli import main
+    from engram_inspect.commands import main
 
     ck = save_checkpoint(tmp_path / "ck", tiny_model, tiny_tokenizer)
     assert main(["trace", "to be or not", "--knockout", mask, "--checkpoint", str(ck)]) == 2

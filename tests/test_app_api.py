@@ -14,9 +14,9 @@ from gradio_client import Client  # noqa: E402
 
 from app.session import MAX_CHARS  # noqa: E402
 from engram_core import KnockOut  # noqa: E402
-from engram_inspect.capture import capture  # noqa: E402
-from engram_inspect.diff import knockout_diff  # noqa: E402
-from engram_inspect.export import read  # noqa: E402
+from engram_inspect.text.capture import capture  # noqa: E402
+from engram_inspect.text.diff import knockout_diff  # noqa: E402
+from engram_inspect.text.export import read  # noqa: E402
 
 TEXT = "I pray you, my lord, let me know your pleasure."
 
@@ -52,8 +52,8 @@ def test_knockout_matches_diff(served):
 
 
 def test_neighbours_of_a_row_and_an_ngram(served):
-    from engram_inspect.neighbours import row_neighbours
-    from engram_inspect.rows import RowAddress
+    from engram_inspect.memory.neighbours import row_neighbours
+    from engram_inspect.memory.rows import RowAddress
 
     session, client, _ = served
     rows = client.predict("1:2:0:99", 1, 2, 0, 5, api_name="/neighbours")  # value space by default

@@ -7,9 +7,9 @@ gr = pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
 from engram_core import KnockOut  # noqa: E402
-from engram_inspect.attribution import attribute  # noqa: E402
-from engram_inspect.capture import capture  # noqa: E402
-from engram_inspect.diff import knockout_diff  # noqa: E402
+from engram_inspect.text.attribution import attribute  # noqa: E402
+from engram_inspect.text.capture import capture  # noqa: E402
+from engram_inspect.text.diff import knockout_diff  # noqa: E402
 from tests.serving import serve  # noqa: E402
 
 TEXT = "I pray you, my lord, let me know your pleasure."

@@ -17,7 +17,7 @@ def served():
 
 
 def test_row_api_matches_the_collision_index_and_the_page(served):
-    from engram_inspect.rowpage import row_page
+    from engram_inspect.memory.rowpage import row_page
 
     session, client = served
     got = client.predict("1:2:0:8615", False, api_name="/row")
@@ -45,7 +45,7 @@ def test_row_api_exact_cost_under_each_mode(served):
     import numpy as np
 
     from app.tabs.rows import pages
-    from engram_inspect.rowpage import row_page
+    from engram_inspect.memory.rowpage import row_page
 
     session, client = served
     p = pages(session)
@@ -70,7 +70,7 @@ def test_map_neighbours_in_value_space(served):
     import numpy as np
 
     from app.tabs.memory_map import value_neighbour_rows
-    from engram_inspect.valuespace import value_vector
+    from engram_inspect.memory.valuespace import value_vector
 
     session, _ = served
     got = value_neighbour_rows(session, "1:2:0:8615", 1, 2, 5)

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from engram_core import Checkpoint, KnockOut
 from engram_core.tokenizer import encode
-from engram_inspect.ablation import row_sources
-from engram_inspect.attribution import approx_deltas, attribute, conv_reach, exact_deltas
-from engram_inspect.capture import PAD_TEXT
-from engram_inspect.collisions import build_collision_index
+from engram_inspect.memory.ablation import row_sources
+from engram_inspect.memory.collisions import build_collision_index
+from engram_inspect.text.attribution import approx_deltas, attribute, conv_reach, exact_deltas
+from engram_inspect.text.capture import PAD_TEXT
 
 TEXT = "To be, or not to be, that is the question. I pray you, my lord, let me know not."
 
@@ -173,7 +173,7 @@ def test_cli_json_equals_python(tmp_path, tiny_model, tiny_tokenizer, capsys):
     import json
 
     from engram_core import load_checkpoint, save_checkpoint
-    from engram_inspect.cli import main
+    from engram_inspect.commands import main
 
     ckdir = str(save_checkpoint(tmp_path / "ck", tiny_model, tiny_tokenizer))
     for mode in ("exact", "approx"):

@@ -16,8 +16,8 @@ import pytest
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from engram_core import KnockOut  # noqa: E402
-from engram_inspect.capture import capture  # noqa: E402
-from engram_inspect.export import read  # noqa: E402
+from engram_inspect.text.capture import capture  # noqa: E402
+from engram_inspect.text.export import read  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = Path(os.environ.get("ENGRAM_SCREENSHOTS", ROOT / "build" / "screenshots"))

@@ -47,6 +47,6 @@ def test_shipped_keys_unchanged():
 
 
 def test_inspect_re_exports_the_core_key():
-    from engram_inspect import cache
+    from engram_inspect.base import cache
 
     assert cache.checkpoint_key is checkpoint_key

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from engram_core import Checkpoint, KnockOut
 from engram_core.tokenizer import encode
-from engram_inspect.capture import capture
-from engram_inspect.diff import diff_traces, knockout_diff
+from engram_inspect.text.capture import capture
+from engram_inspect.text.diff import diff_traces, knockout_diff
 
 TEXT = "To be, or not to be, that is the question. I pray you, my lord."
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ def test_same_trace_across_processes():
     code = (
         "import json, sys, hashlib, numpy as np\n"
         "from engram_core import load_checkpoint\n"
-        "from engram_inspect.capture import capture\n"
+        "from engram_inspect.text.capture import capture\n"
         "tr = capture(load_checkpoint('assets/default-model'), 'Good night, sweet prince: def __init__(self):')\n"
         "out = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in vars(tr).items()"
         " if isinstance(v, np.ndarray)}\n"
@@ -144,8 +144,8 @@ def test_same_trace_across_processes():
 
 
 def test_http_summaries_are_plain_json(ck):
-    """engram_inspect.summary builds what /trace and /knockout return: JSON types only, NaN as None."""
-    from engram_inspect.summary import knockout_summary, trace_summary
+    """engram_inspect.text.summary builds what /trace and /knockout return: JSON types only, NaN as None."""
+    from engram_inspect.text.summary import knockout_summary, trace_summary
 
     tr = capture(ck, TEXT, mask=KnockOut(layers={1}))
     s, k = trace_summary(tr), knockout_summary(tr)

@@ -62,12 +62,12 @@ def test_entry_points_add_the_layers_subcommands(tmp_path, tiny_model, tiny_toke
     from engram_core import save_checkpoint
 
     eps = [
-        EntryPoint(name="inspect", value="engram_inspect.cli:add_commands", group=cli.COMMAND_GROUP),
+        EntryPoint(name="inspect", value="engram_inspect.commands:add_commands", group=cli.COMMAND_GROUP),
         EntryPoint(name="app", value="app.cli:add_commands", group=cli.COMMAND_GROUP),
     ]
     parser = cli.build_parser(*cli.command_adders(eps))
     from app.cli import cmd_app
-    from engram_inspect.cli import cmd_trace
+    from engram_inspect.commands.text import cmd_trace
 
     assert parser.parse_args(["trace", "hi"]).fn is cmd_trace
     assert parser.parse_args(["app", "--port", "8080"]).fn is cmd_app
@@ -127,16 +127,16 @@ def _subcommands(parser) -> list[str]:
 
 
 def test_adder_reached_by_python_m_and_by_entry_point_adds_once(monkeypatch):
-    """`python -m engram_inspect.cli` passes its adder from `__main__`; the entry point loads it by name."""
+    """`python -m engram_inspect.commands` passes its adder from `__main__`; the entry point loads it by name."""
     from importlib.metadata import EntryPoint
 
     import engram_core.cli as cli
-    import engram_inspect.cli as inspect_cli
+    import engram_inspect.commands as inspect_cli
 
-    ep = EntryPoint(name="inspect", value="engram_inspect.cli:add_commands", group=cli.COMMAND_GROUP)
-    again = _as_run_with_m(inspect_cli.add_commands, monkeypatch, "engram_inspect.cli")
+    ep = EntryPoint(name="inspect", value="engram_inspect.commands:add_commands", group=cli.COMMAND_GROUP)
+    again = _as_run_with_m(inspect_cli.add_commands, monkeypatch, "engram_inspect.commands")
     assert again is not inspect_cli.add_commands
-    assert cli._adder_key(again) == cli._adder_key(inspect_cli.add_commands) == "engram_inspect.cli.add_commands"
+    assert cli._adder_key(again) == cli._adder_key(inspect_cli.add_commands) == "engram_inspect.commands.add_commands"
     names = _subcommands(cli.build_parser(again, *cli.command_adders([ep])))
     assert names.count("trace") == 1 and len(names) == len(set(names))
     assert {"trace", "stats", "neighbours", "project", "demo"} <= set(names)
@@ -145,7 +145,7 @@ def test_adder_reached_by_python_m_and_by_entry_point_adds_once(monkeypatch):
 def test_adder_key_without_a_main_spec_differs(monkeypatch):
     """The key reads `__main__.__spec__`: without one (`python file.py`) the two adders count as two."""
     import engram_core.cli as cli
-    import engram_inspect.cli as inspect_cli
+    import engram_inspect.commands as inspect_cli
 
     again = _as_run_with_m(inspect_cli.add_commands, monkeypatch, None)
     assert cli._adder_key(again) == "__main__.add_commands" != cli._adder_key(inspect_cli.add_commands)

@@ -8,19 +8,17 @@ import pytest
 import torch
 
 from engram_core import Checkpoint, HashSpec, hash_ids
-from engram_inspect.cache import checkpoint_key
-from engram_inspect.collisions import (
+from engram_inspect.base.cache import checkpoint_key
+from engram_inspect.memory.collisions import (
     CollisionIndex,
     CollisionIndexError,
     build_collision_index,
     build_index,
-    check_packable,
     load_or_build,
     ngram_text,
-    pack_ngram,
     representatives,
-    unpack_keys,
 )
+from engram_inspect.memory.ngram_keys import check_packable, corpus_fingerprint, pack_ngram, unpack_keys
 
 SPEC = HashSpec(vocab_size=50, table_sizes=(31, 37), max_ngram=3, heads_per_ngram=2, layer_ids=(0, 1), pad_id=0)
 IDENTITY = np.arange(SPEC.vocab_size)
@@ -223,7 +221,7 @@ def test_shipped_model_rows_match_hooks():
 
 def test_an_index_of_another_training_corpus_is_rebuilt(tiny_model, tiny_parts, tmp_path, monkeypatch):
     """A shared cache may hold the index another interpreter built from its standard library."""
-    from engram_inspect import collisions
+    from engram_inspect.memory import collisions
 
     tok = tiny_parts[0]
     monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
@@ -234,4 +232,4 @@ def test_an_index_of_another_training_corpus_is_rebuilt(tiny_model, tiny_parts, 
     first = load_or_build(ck)
     assert load_or_build(ck, progress=lambda *_: pytest.fail("rebuilt instead of loading")).corpus == first.corpus
     monkeypatch.setattr(collisions, "training_streams", lambda _ck: b)
-    assert load_or_build(ck).corpus == collisions.corpus_fingerprint(b) != first.corpus
+    assert load_or_build(ck).corpus == corpus_fingerprint(b) != first.corpus

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from engram_core import Checkpoint, KnockOut
-from engram_inspect.capture import SCHEMA, Trace, capture
-from engram_inspect.export import (
+from engram_inspect.text.capture import SCHEMA, Trace, capture
+from engram_inspect.text.export import (
     ARRAY_FIELDS,
     FORMATS,
     META_FIELDS,
@@ -319,7 +319,7 @@ def test_write_table_csv_and_parquet(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from engram_inspect.export import write_table
+    from engram_inspect.text.export import write_table
 
     rows = [{"layer": 1, "order": 2, "usage": 0.5, "name": 'a,"b"'}, {"layer": 2, "order": 3, "usage": 1.0, "name": ""}]
     write_table(rows, tmp_path / "t.csv")
@@ -337,16 +337,16 @@ def test_export_modules_import_one_way():
     """trace_schema <- long_table <- export: neither lower module imports a higher one, and each stays small."""
     import ast
 
-    pkg = Path(__file__).resolve().parent.parent / "engram_inspect"
+    pkg = Path(__file__).resolve().parent.parent / "engram_inspect" / "text"
     order = ["trace_schema", "long_table", "export"]
 
     def local_imports(name: str) -> set[str]:
         tree = ast.parse((pkg / f"{name}.py").read_text())
         found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
         found |= {
-            n.module.removeprefix("engram_inspect.")
+            n.module.removeprefix("engram_inspect.text.")
             for n in ast.walk(tree)
-            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("engram_inspect.")
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("engram_inspect.text.")
         }
         return found
 

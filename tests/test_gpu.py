@@ -82,7 +82,7 @@ def test_capture_on_cuda_matches_cpu(tiny_model, tiny_tokenizer):
     import numpy as np
 
     from engram_core import Checkpoint
-    from engram_inspect.capture import capture
+    from engram_inspect.text.capture import capture
 
     ck = Checkpoint(model=tiny_model, tokenizer=tiny_tokenizer, meta={})
     text = "To be, or not to be, that is the question."

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engram_core import Checkpoint, HashSpec
-from engram_inspect.collisions import build_index
-from engram_inspect.health import (
+from engram_inspect.memory.collisions import build_index
+from engram_inspect.memory.health import (
     TableHealth,
     gate_weighted_hits,
     gini,
@@ -172,7 +172,7 @@ def test_mean_gate_per_row_against_a_direct_loop(tiny_parts, tiny_model):
     import torch
 
     from engram_core import Checkpoint
-    from engram_inspect.health import mean_gate_per_row
+    from engram_inspect.memory.health import mean_gate_per_row
 
     tok = tiny_parts[0]
     ck = Checkpoint(model=tiny_model, tokenizer=tok, meta={})
@@ -190,7 +190,7 @@ def test_mean_gate_per_row_against_a_direct_loop(tiny_parts, tiny_model):
 
 
 def test_mhc_check_reports_the_checkpoints_own_sinkhorn(tiny_parts, tiny_model):
-    from engram_inspect.health import mhc_check
+    from engram_inspect.memory.health import mhc_check
 
     tok = tiny_parts[0]
     ids = np.array(tok.encode("To be, or not to be, that is the question.").ids)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from engram_core import load_checkpoint, save_checkpoint
-from engram_inspect.capture import capture
-from engram_inspect.cli import main
-from engram_inspect.export import from_json, read
+from engram_inspect.commands import main
+from engram_inspect.text.capture import capture
+from engram_inspect.text.export import from_json, read
 from tests.conftest import TINY_TEXT
 
 TEXT = "I pray you, my lord, let me know."
@@ -81,7 +81,7 @@ def test_stats_and_neighbours_on_a_corpus_file(ckdir, tmp_path, capsys):
 def test_neighbours_prints_k_rows(ckdir, capsys, monkeypatch, tmp_path):
     # the tiny model's "training corpus" is the tiny text: tokenizing the real corpus with the
     # tiny tokenizer would take minutes and proves nothing about the command's output
-    from engram_inspect import collisions
+    from engram_inspect.memory import collisions
 
     monkeypatch.setattr(collisions, "training_streams", lambda ck: [np.asarray(ck.tokenizer.encode(TINY_TEXT).ids)])
     monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))  # that index must not land in the user's cache
@@ -105,9 +105,9 @@ def test_caches_never_go_beside_a_read_only_checkpoint(ckdir, tmp_path, monkeypa
     import stat
     from pathlib import Path
 
-    from engram_inspect.cache import checkpoint_key
-    from engram_inspect.collisions import load_or_build
-    from engram_inspect.projection import compute_projection
+    from engram_inspect.base.cache import checkpoint_key
+    from engram_inspect.memory.collisions import load_or_build
+    from engram_inspect.memory.projection import compute_projection
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("ENGRAM_CACHE", str(cache))
@@ -137,9 +137,9 @@ def test_caches_never_go_beside_a_read_only_checkpoint(ckdir, tmp_path, monkeypa
 
 def test_neighbours_spaces(ckdir, capsys, monkeypatch, tmp_path):
     """--space raw lists rows of the query's own head only; the default, value space, equals row_neighbours."""
-    from engram_inspect import collisions
-    from engram_inspect.neighbours import row_neighbours
-    from engram_inspect.rows import RowAddress
+    from engram_inspect.memory import collisions
+    from engram_inspect.memory.neighbours import row_neighbours
+    from engram_inspect.memory.rows import RowAddress
 
     monkeypatch.setattr(collisions, "training_streams", lambda ck: [np.asarray(ck.tokenizer.encode(TINY_TEXT).ids)])
     monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))

@@ -28,16 +28,16 @@ def cli(*args, spawn: bool = False):
     """`engram ARGS` as a shell sees it (exit status, stdout, stderr).
 
     In this process by default: a fresh interpreter per call cost ~5 s of imports on
-    2 cores, a dozen times. `spawn=True` runs the real `python -m engram_inspect.cli`.
+    2 cores, a dozen times. `spawn=True` runs the real `python -m engram_inspect.commands`.
     """
     if spawn:
         return subprocess.run(
-            [sys.executable, "-m", "engram_inspect.cli", *args], capture_output=True, text=True, cwd=ROOT
+            [sys.executable, "-m", "engram_inspect.commands", *args], capture_output=True, text=True, cwd=ROOT
         )
     import contextlib
     import io
 
-    from engram_inspect.cli import main
+    from engram_inspect.commands import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -11,8 +11,8 @@ import pytest
 
 from engram_core.addressing import address, address_text, local_rows, look_back
 from engram_core.layout import load_layout
-from engram_inspect.layout_summary import ScanStats, lookup_rows, padded, token_ngrams
-from engram_inspect.scan import scan
+from engram_inspect.corpus.layout_summary import ScanStats, lookup_rows, padded, token_ngrams
+from engram_inspect.corpus.scan import scan
 
 CORPUS = ("To be, or not to be, that is the question. " * 6) + "def f(x):\n    return x + 1\n"
 TEXT = "To be, or not to be, that is it."

@@ -6,8 +6,8 @@ import torch
 
 from engram_core import Checkpoint, HashSpec
 from engram_core.tokenizer import encode
-from engram_inspect.neighbours import NeighbourIndex, nearest_ngram, ngram_rows
-from engram_inspect.rows import RowAddress, RowLayout, all_rows, layer_table, row_vectors
+from engram_inspect.memory.neighbours import NeighbourIndex, nearest_ngram, ngram_rows
+from engram_inspect.memory.rows import RowAddress, RowLayout, all_rows, layer_table, row_vectors
 
 SPEC = HashSpec(vocab_size=50, table_sizes=(40, 60), max_ngram=3, heads_per_ngram=2, layer_ids=(3, 0))
 
@@ -237,7 +237,7 @@ def test_index_errors(tiny_ck):
 
 def _value_cosines(ck, flat: int) -> np.ndarray:
     """Cosine of every row's value vector (W_V slice of its head times the row) with row `flat`'s, by numpy."""
-    from engram_inspect.valuespace import value_vectors
+    from engram_inspect.memory.valuespace import value_vectors
 
     layout = RowLayout.of(ck)
     vecs = value_vectors(ck, np.arange(layout.total)).astype(np.float64)
@@ -246,8 +246,8 @@ def _value_cosines(ck, flat: int) -> np.ndarray:
 
 
 def test_value_space_neighbours_equal_brute_force_cosine_and_cross_heads(tiny_ck):
-    from engram_inspect.neighbours import row_neighbours
-    from engram_inspect.valuespace import ValueIndex
+    from engram_inspect.memory.neighbours import row_neighbours
+    from engram_inspect.memory.valuespace import ValueIndex
 
     layout = RowLayout.of(tiny_ck)
     index = ValueIndex(tiny_ck)
@@ -267,7 +267,7 @@ def test_value_space_neighbours_equal_brute_force_cosine_and_cross_heads(tiny_ck
 
 
 def test_raw_space_neighbours_stay_in_the_querys_head(tiny_ck):
-    from engram_inspect.neighbours import row_neighbours
+    from engram_inspect.memory.neighbours import row_neighbours
 
     layout = RowLayout.of(tiny_ck)
     a = RowAddress(1, 3, 1, 5)
@@ -283,7 +283,7 @@ def test_raw_space_neighbours_stay_in_the_querys_head(tiny_ck):
 
 
 def test_ngram_neighbours_are_each_heads_row_neighbours(tiny_ck):
-    from engram_inspect.neighbours import ngram_neighbours, row_neighbours
+    from engram_inspect.memory.neighbours import ngram_neighbours, row_neighbours
 
     spec = tiny_ck.model.cfg.memory.hash_spec
     for space in ("value", "raw"):

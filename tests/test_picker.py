@@ -119,7 +119,7 @@ def test_v41_panels_read_the_scan_and_tables(tiny_session, v41, tmp_path):
 
     from app.layouts import Layouts
     from app.main import build_app
-    from engram_inspect.scan import scan
+    from engram_inspect.corpus.scan import scan
 
     # three documents in one shard (one cache replay), so every row this text reads is read three times
     (tmp_path / "c.jsonl").write_text(f'{{"text": {json.dumps(TEXT)}}}\n' * 3)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from engram_core import Checkpoint
-from engram_inspect import projection as proj
-from engram_inspect.projection import (
+from engram_inspect.memory import projection as proj
+from engram_inspect.memory.projection import (
     MAX_POINTS,
     compute_projection,
     parse_scope,
@@ -18,7 +18,7 @@ from engram_inspect.projection import (
     scope_name,
     umap_fit,
 )
-from engram_inspect.rows import RowLayout, all_rows, row_vectors
+from engram_inspect.memory.rows import RowLayout, all_rows, row_vectors
 
 
 @pytest.fixture()
@@ -141,7 +141,7 @@ def test_cache_round_trip(tiny_ck, tmp_path, monkeypatch):
 
 
 def test_default_cache_lives_in_the_cache_dir_and_shipped_files_are_read(tiny_parts, tiny_model, tmp_path, monkeypatch):
-    from engram_inspect.cache import checkpoint_key
+    from engram_inspect.base.cache import checkpoint_key
 
     monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
     (tmp_path / "ck").mkdir()
@@ -183,7 +183,7 @@ def test_bad_projection_inputs(tiny_ck, tmp_path, kwargs, match):
 
 def test_importing_engram_inspect_does_not_import_umap():
     code = (
-        "import sys, engram_inspect.projection, engram_inspect.neighbours, engram_inspect.rows; "
+        "import sys, engram_inspect.memory.projection, engram_inspect.memory.neighbours, engram_inspect.memory.rows; "
         "assert 'umap' not in sys.modules and 'numba' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

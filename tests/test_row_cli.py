@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from engram_core import save_checkpoint
-from engram_inspect.cli import main
+from engram_inspect.commands import main
 
 SHIPPED = str(Path(__file__).resolve().parent.parent / "assets" / "default-model")
 
@@ -47,7 +47,7 @@ def test_row_page_of_the_shipped_model(capsys):
     from engram_core import load_checkpoint
     from engram_core.addressing import address_text
     from engram_core.layout import load_layout
-    from engram_inspect.collisions import load_or_build
+    from engram_inspect.memory.collisions import load_or_build
 
     # the row that layer 1, head 0 of the bigrams reads for " my lord", the plays' commonest bigram
     layout = load_layout(SHIPPED)
@@ -71,9 +71,9 @@ def test_row_exact_cost_resampled_on_the_shipped_model(capsys):
     import numpy as np
 
     from engram_core import load_checkpoint
-    from engram_inspect.ablation import install
-    from engram_inspect.rowpage import RowPages, row_page
-    from engram_inspect.rows import RowAddress
+    from engram_inspect.memory.ablation import install
+    from engram_inspect.memory.rowpage import RowPages, row_page
+    from engram_inspect.memory.rows import RowAddress
 
     ck = load_checkpoint(SHIPPED)
     pages = RowPages.load(ck)

@@ -6,11 +6,11 @@ import torch
 
 from engram_core import Checkpoint, KnockOut
 from engram_core.tokenizer import encode
-from engram_inspect.collisions import build_collision_index
-from engram_inspect.rowpage import RowPages, exact_removal, parse_row, row_page
-from engram_inspect.rows import RowAddress, RowLayout, layer_table
-from engram_inspect.rowstats import compute_row_stats, grad_times_input
-from engram_inspect.valuespace import (
+from engram_inspect.memory.collisions import build_collision_index
+from engram_inspect.memory.rowpage import RowPages, exact_removal, parse_row, row_page
+from engram_inspect.memory.rows import RowAddress, RowLayout, layer_table
+from engram_inspect.memory.rowstats import compute_row_stats, grad_times_input
+from engram_inspect.memory.valuespace import (
     ValueIndex,
     direct_logits,
     neighbour_agreement,
@@ -231,7 +231,7 @@ def test_planted_crowded_row(tiny_ck):
     the row of (pad, a), read once, is not."""
     spec = tiny_ck.model.cfg.memory.hash_spec
     comp = tiny_ck.model.compression.numpy()
-    from engram_inspect.collisions import ngram_rows
+    from engram_inspect.memory.ngram_keys import ngram_rows
 
     raw = {}
     for r, c in enumerate(comp):
@@ -283,8 +283,8 @@ def test_row_page_rejects_rows_outside_the_model(tiny_ck, tiny_pages):
 
 
 def test_value_pca_equals_pca_of_the_value_vectors(tiny_ck, tmp_path):
-    from engram_inspect.projection import pca_axes
-    from engram_inspect.valuemap import value_pca_axes, value_projection
+    from engram_inspect.memory.projection import pca_axes
+    from engram_inspect.memory.valuemap import value_pca_axes, value_projection
 
     layout = RowLayout.of(tiny_ck)
     vecs = value_vectors(tiny_ck, np.arange(layout.total))
@@ -305,13 +305,13 @@ def test_value_pca_equals_pca_of_the_value_vectors(tiny_ck, tmp_path):
      (" lord", "other"), ("42", "other")],
 )  # fmt: skip
 def test_token_kinds(text, kind):
-    from engram_inspect.valuemap import token_kind
+    from engram_inspect.memory.valuemap import token_kind
 
     assert token_kind(text) == kind
 
 
 def test_row_colours_agree_with_the_pages(tiny_ck, tiny_pages):
-    from engram_inspect.valuemap import DOMAINS, row_colours
+    from engram_inspect.memory.valuemap import DOMAINS, row_colours
 
     layout = tiny_pages.layout
     mean_alpha = np.full(layout.total, np.nan)
@@ -361,7 +361,7 @@ def test_page_neighbours_value_space_and_same_head_raw(tiny_ck, tiny_pages):
 def test_mean_mode_removal_of_a_read_equal_to_its_heads_mean_costs_nothing(tiny_ck, tiny_pages):
     """A read replaced by a row equal to itself changes no log p: mode=mean with that row as the head's mean."""
     from engram_core.ablation import RowSource
-    from engram_inspect.rowpage import _substitutes
+    from engram_inspect.memory.rowpage import _substitutes
 
     layout, T = tiny_pages.layout, tiny_pages.stats.sample.length
     model = tiny_ck.model
@@ -423,7 +423,7 @@ def test_resample_removal_is_seeded_averaged_and_batch_free(tiny_parts, tiny_pag
     a read's draw does not depend on the batch it shares."""
     import copy
 
-    from engram_inspect.ablation import row_sources
+    from engram_inspect.memory.ablation import row_sources
 
     def fresh_pages():
         ck = Checkpoint(model=make_tiny_model(tiny_parts), tokenizer=tiny_parts[0], meta={})
@@ -450,7 +450,7 @@ def test_resample_removal_is_seeded_averaged_and_batch_free(tiny_parts, tiny_pag
 
 
 def test_resample_on_a_head_whose_rows_are_all_equal_changes_nothing(tiny_ck, tiny_pages):
-    from engram_inspect.ablation import row_sources
+    from engram_inspect.memory.ablation import row_sources
 
     layout = tiny_pages.layout
     model = tiny_ck.model
@@ -511,7 +511,7 @@ def test_resample_with_a_planted_pool_is_the_knockout_by_that_row(tiny_ck, tiny_
 
 
 def test_row_page_reports_the_mode_of_its_exact_cost(tiny_ck, tiny_pages):
-    from engram_inspect.ablation import row_sources
+    from engram_inspect.memory.ablation import row_sources
 
     a, w, t, _ = _row_read_once(tiny_pages)
     tiny_ck.model.install_row_source(row_sources(tiny_ck, tiny_pages.index))
@@ -535,8 +535,8 @@ def test_stats_of_another_interpreters_corpus_are_computed_again(tiny_ck, tmp_pa
     interpreter are other text, so stats name their corpus and are not reused for another one."""
     import dataclasses
 
-    from engram_inspect import rowstats
-    from engram_inspect.collisions import corpus_fingerprint
+    from engram_inspect.memory import rowstats
+    from engram_inspect.memory.ngram_keys import corpus_fingerprint
 
     monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
     ck = dataclasses.replace(tiny_ck, path=tmp_path / "ck")

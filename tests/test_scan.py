@@ -11,9 +11,10 @@ import pytest
 
 from engram_core.addressing import address
 from engram_core.layout import load_layout
-from engram_inspect.scan import _load, plan_shards, scan
-from engram_inspect.scan_sample import shard_caps
-from engram_inspect.traffic import unpack
+from engram_inspect.corpus.scan import scan
+from engram_inspect.corpus.scan_sample import shard_caps
+from engram_inspect.corpus.shards import _load, plan_shards
+from engram_inspect.corpus.traffic import unpack
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "assets" / "default-model"
@@ -68,7 +69,7 @@ def same_counts_close_gates(a: Path, b: Path) -> bool:
 
 def cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "engram_inspect.cli", *args],
+        [sys.executable, "-m", "engram_inspect.commands", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -219,7 +220,7 @@ def direct_gates(ckdir, texts):
     import torch
 
     from engram_core import load_checkpoint
-    from engram_inspect.activations import GATE, activations, memory_names
+    from engram_inspect.base.activations import GATE, activations, memory_names
 
     model, lay = load_checkpoint(ckdir).model.eval(), load_layout(ckdir)
     T = model.cfg.backbone.block_size

@@ -73,7 +73,7 @@ def test_gates_are_sane(ck):
 
 def test_precomputed_files_are_those_of_these_weights(ck):
     """After a retrain every shipped file is regenerated under the new key (scripts/ship_derived.py)."""
-    from engram_inspect.cache import SHIPPED_FILES, checkpoint_key
+    from engram_inspect.base.cache import SHIPPED_FILES, checkpoint_key
 
     key = checkpoint_key(ck)
     assert {p.name for p in MODEL.glob("*.npz")} == {f"{name}-{key}.npz" for name in SHIPPED_FILES} | {HELDOUT}

@@ -9,16 +9,8 @@ from engram_core.addressing import address
 from engram_core.compression import Compression
 from engram_core.hashing import HashSpec
 from engram_core.layout import MemoryLayout
-from engram_inspect.traffic import (
-    corpus_traffic,
-    lru_hits,
-    pack,
-    previous_access,
-    static_from_hist,
-    static_hits,
-    unpack,
-    zipf_curve,
-)
+from engram_inspect.corpus.reuse import lru_hits, previous_access, static_from_hist, static_hits, zipf_curve
+from engram_inspect.corpus.traffic import corpus_traffic, pack, unpack
 
 
 def tiny_layout(vocab: int = 50) -> MemoryLayout:
@@ -121,7 +113,7 @@ def cli(*args):
 
     root = Path(__file__).resolve().parent.parent
     return subprocess.run(
-        [sys.executable, "-m", "engram_inspect.cli", "traffic", *args], capture_output=True, text=True, cwd=root
+        [sys.executable, "-m", "engram_inspect.commands", "traffic", *args], capture_output=True, text=True, cwd=root
     )
 
 

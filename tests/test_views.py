@@ -8,7 +8,7 @@ import pytest
 gr = pytest.importorskip("gradio")
 
 from app import views  # noqa: E402
-from engram_inspect.capture import capture  # noqa: E402
+from engram_inspect.text.capture import capture  # noqa: E402
 
 
 def _component(demo, elem_id):
@@ -51,7 +51,7 @@ def test_token_strip_legend_runs_from_0_to_1(tiny_session, tiny_demo):
 
 def test_collision_table_has_named_columns(tiny_session, tiny_demo, monkeypatch, tmp_path):
     """Bug 7: the Health tab's collision table showed columns named 1..7."""
-    from engram_inspect.collisions import build_collision_index
+    from engram_inspect.memory.collisions import build_collision_index
 
     tr = capture(tiny_session.ck, "I pray you, my lord. " * 5)
     head_table = build_collision_index(tiny_session.ck, [tr.token_ids]).head_table()
@@ -136,7 +136,7 @@ def test_gate_choices_carry_values_not_labels(tiny_session):
 def test_row_page_tab_has_a_mode_selector_beside_the_exact_cost(tiny_session, tiny_demo):
     from app.tabs.rows import page_of, summary
     from engram_core.addresses import RowAddress
-    from engram_inspect.rowpage import RowPage
+    from engram_inspect.memory.rowpage import RowPage
 
     mode = _component(tiny_demo, "row-page-mode")
     assert [v for _, v in mode.choices] == ["zero", "mean", "resample"] and mode.value == "zero"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engram_inspect.export import FORMATS, sidecar_path, write
+from engram_inspect.text.export import FORMATS, sidecar_path, write
 
 from .. import views
 from ..context import Ctx
@@ -35,7 +35,7 @@ def export_file(trace, fmt: str) -> list[str]:
 def figure_file(trace, which: str) -> str:
     if trace is None:
         raise gr.Error("run a text first: there is no figure to export")
-    from engram_inspect.diff import knockout_diff
+    from engram_inspect.text.diff import knockout_diff
 
     fig = {
         "gate heatmap": lambda: views.gate_heatmap(trace),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engram_inspect.health import mhc_check
+from engram_inspect.memory.health import mhc_check
 
 from .. import views
 from ..context import Ctx

@@ -99,7 +99,7 @@ def build(ctx: Ctx) -> None:
     def views_of(trace):
         if trace is None:
             return None, "", [], "", ""
-        from engram_inspect.diff import knockout_diff
+        from engram_inspect.text.diff import knockout_diff
 
         d = knockout_diff(trace)
         lost = ", ".join(f"{views.show(x.target)} ({x.delta_logprob:+.2f})" for x in d.biggest_losses[:5])

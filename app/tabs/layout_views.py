@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 import plotly.graph_objects as go
 
-from engram_inspect.layout_summary import LAYER_COLUMNS, LOOKUP_COLUMNS, lookup_rows, token_ngrams
+from engram_inspect.corpus.layout_summary import LAYER_COLUMNS, LOOKUP_COLUMNS, lookup_rows, token_ngrams
 
 from .. import views
 from ..context import Ctx
@@ -98,7 +98,7 @@ def _scan_note(lay, stats) -> str:
 
 def _table_rows(lay, addresses, p: int, k: int = 3) -> list[list]:
     """Norm and nearest rows (among the rows this text reads) of each row the token reads."""
-    from engram_inspect.table_views import neighbours, row_norms
+    from engram_inspect.corpus.table_views import neighbours, row_norms
 
     tables = lay.tables()
     out = []

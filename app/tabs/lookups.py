@@ -64,6 +64,6 @@ def build(ctx: Ctx) -> None:
 
 
 def _ngram_text(session, gram) -> str:
-    from engram_inspect.collisions import ngram_text
+    from engram_inspect.memory.collisions import ngram_text
 
     return views.show(ngram_text(session.ck, gram))

@@ -12,7 +12,7 @@ import gradio as gr
 from .. import views
 from ..context import Ctx
 
-# colour name -> key of RowPages.colours(); kinds and domains are codes (engram_inspect.valuemap.KINDS, DOMAINS)
+# colour name -> key of RowPages.colours(); kinds and domains are codes (engram_inspect.memory.valuemap.KINDS, DOMAINS)
 ROW_COLOURS = {
     "promoted kind (0 punct., 1 name, 2 keyword, 3 other)": "kind",
     "N-gram domain (0 plays, 1 code)": "domain",
@@ -51,7 +51,7 @@ def build(ctx: Ctx) -> None:
         if p is None:
             gr.Warning("UMAP is not precomputed for this model: showing PCA (run `engram project`)")
             p = _value_projection(s, "pca") if sp == "value" else s.projection("pca")
-        from engram_inspect.rows import RowLayout
+        from engram_inspect.memory.rows import RowLayout
 
         if c in ROW_COLOURS:
             from .rows import pages
@@ -94,8 +94,8 @@ def build(ctx: Ctx) -> None:
 def _hits(session):
     import numpy as np
 
-    from engram_inspect.health import table_hits
-    from engram_inspect.rows import RowAddress, RowLayout
+    from engram_inspect.memory.health import table_hits
+    from engram_inspect.memory.rows import RowAddress, RowLayout
 
     def build():
         index, layout = session.collisions(), RowLayout.of(session.ck)
@@ -114,8 +114,8 @@ def _hits(session):
 
 def _value_projection(session, method: str):
     """The value-space map; UMAP only when precomputed (no JIT wait in the app)."""
-    from engram_inspect.cache import find_file
-    from engram_inspect.valuemap import SCOPE, value_projection
+    from engram_inspect.base.cache import find_file
+    from engram_inspect.memory.valuemap import SCOPE, value_projection
 
     def build():
         if method == "umap" and not find_file(session.ck, f"projection-umap-{SCOPE}", ".npz").is_file():
@@ -129,9 +129,9 @@ def value_neighbour_rows(session, query: str, layer: int, order: int, k: int) ->
     """Nearest rows in value space of a row "L:N:K:R", or of the rows an N-gram's text reads on every head
     of `order` in `layer`: [similarity, layer, order, head, row, corpus N-grams] per neighbour."""
     from engram_core.addresses import RowAddress
-    from engram_inspect.collisions import ngram_text
-    from engram_inspect.neighbours import ngram_rows
-    from engram_inspect.rows import RowLayout
+    from engram_inspect.memory.collisions import ngram_text
+    from engram_inspect.memory.neighbours import ngram_rows
+    from engram_inspect.memory.rows import RowLayout
 
     if not isinstance(query, str) or not query.strip():
         raise gr.Error("type an N-gram or a row L:N:K:R")

@@ -1,4 +1,4 @@
-"""Row page: everything known about one memory row L:N:K:R (engram_inspect.rowpage), and the /row API.
+"""Row page: everything known about one memory row L:N:K:R (engram_inspect.memory.rowpage), and the /row API.
 
 Opened by typing an address, by a deep link `?row=L:N:K:R`, or by clicking a point
 of the memory map. The slow parts (the corpus-sample statistics) load once per
@@ -20,7 +20,7 @@ CONTEXT_HEADERS = ["alpha", "before", "token", "after", "where", "Δ log p (esti
 
 def pages(session):
     """The session's RowPages, loaded (or computed, minutes) on first use; the pass runs under the model lock."""
-    from engram_inspect.rowpage import RowPages
+    from engram_inspect.memory.rowpage import RowPages
 
     return session._lazy("row-pages", lambda: session.run_model(lambda _m: RowPages.load(session.ck)))
 
@@ -33,9 +33,9 @@ def page_of(session, query: str, exact: bool = False, mode: str | None = "zero")
     """A RowPage for an address typed as text; gr.Error (one line) for anything that is not a row of this model
     or a mode that is not zero, mean or resample. `mode` says what replaces each read in the exact cost."""
     from engram_core import KnockOut
-    from engram_inspect.ablation import install
-    from engram_inspect.rowpage import row_page
-    from engram_inspect.rows import RowAddress, RowLayout
+    from engram_inspect.memory.ablation import install
+    from engram_inspect.memory.rowpage import row_page
+    from engram_inspect.memory.rows import RowAddress, RowLayout
 
     try:
         how = KnockOut(mode=mode or "zero")  # checked even without `exact`: a typo is never silently ignored

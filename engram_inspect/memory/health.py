@@ -23,7 +23,7 @@ import torch
 
 from engram_core import Checkpoint, HashSpec
 
-from .activations import GATE, HASH_IDS, activations, memory_names
+from ..base.activations import GATE, HASH_IDS, activations, memory_names
 from .collisions import CollisionIndex
 
 GATE_TOKENS = 65_536  # default token budget of gate_weighted_hits: 256 windows of 256 tokens

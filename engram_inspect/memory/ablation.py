@@ -6,7 +6,7 @@
 - a resampling pool: the rows that POOL N-grams of each order, drawn in proportion
   to their training counts (so, corpus positions), read on every head.
 
-Computed once from the collision index (`engram_inspect.collisions`) and cached as
+Computed once from the collision index (`engram_inspect.memory.collisions`) and cached as
 `ablation.npz` in the checkpoint's cache folder; a copy named `ablation-<key>.npz`
 beside a checkpoint's weights (shipped with the default model) is used first.
 `install(ck)` gives them to the model; `engram_core.ablation` says what each mode does.

@@ -34,9 +34,9 @@ from engram_core import Checkpoint
 from engram_core.hashing import hash_all
 from engram_core.hooks import engram_hook
 
-from .activations import activations
-from .cache import cache_file, checkpoint_key, find_file
-from .collisions import corpus_fingerprint
+from ..base.activations import activations
+from ..base.cache import cache_file, checkpoint_key, find_file
+from .ngram_keys import corpus_fingerprint
 
 FORMAT = "engram-rowstats/1"
 SAMPLE_TOKENS = 1 << 20  # tokens of the gate pass: 4,096 windows of 256
@@ -111,7 +111,7 @@ class RowStats:
     """What the pass measured at every sample position (see the module docstring)."""
 
     key: str  # checkpoint key
-    corpus: str  # fingerprint of the streams sampled (collisions.corpus_fingerprint)
+    corpus: str  # fingerprint of the streams sampled (ngram_keys.corpus_fingerprint)
     sample: Sample
     alpha: np.ndarray  # (W, T, L) uint8: round(255 * alpha), alpha the mean over branches
     delta_windows: np.ndarray  # (Wd,) indices into the sample's windows that have delta

@@ -42,7 +42,7 @@ def window_alpha(model, docs: list[np.ndarray]) -> dict[int, np.ndarray]:
     """Per Engram layer, alpha (mean over branches) at every position of the concatenated docs, (T,)."""
     import torch
 
-    from .activations import GATE, activations, memory_names
+    from ..base.activations import GATE, activations, memory_names
 
     T = model.cfg.backbone.block_size
     lens = [len(d) for d in docs]

@@ -22,7 +22,8 @@ import numpy as np
 
 from engram_core import Checkpoint
 
-from .collisions import CollisionIndex, position_keys
+from .collisions import CollisionIndex
+from .ngram_keys import position_keys
 from .projection import MAX_POINTS, Progress, Projection, _meta, cached_projection, check_request, sample_rows, umap_fit
 from .rows import RowAddress, RowLayout, layer_table
 from .valuespace import head_slice, value_vectors

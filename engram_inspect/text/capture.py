@@ -25,9 +25,9 @@ from engram_core.hashing import head_index, suffix_ngrams
 from engram_core.hooks import COMPRESSED_IDS, engram_hook
 from engram_core.tokenizer import encode
 
-from .ablation import install
-from .activations import GATE, GATE_SCORE, HASH_IDS, OUT, activations, lens_kl, memory_names, on_cpu, resid_names
-from .cache import checkpoint_key
+from ..base.activations import GATE, GATE_SCORE, HASH_IDS, OUT, activations, lens_kl, memory_names, on_cpu, resid_names
+from ..base.cache import checkpoint_key
+from ..memory.ablation import install
 
 SCHEMA = "engram-trace/1"
 MAX_TOKENS = 4096  # longest text a capture takes, in tokens (sliding windows past the context)

@@ -28,8 +28,9 @@ from engram_core import Checkpoint, KnockOut
 from engram_core.ablation import sample_seeds
 from engram_core.hooks import engram_hook
 
-from .cache import cache_file, find_file
-from .collisions import CollisionIndex, load_or_build, ngram_text, pack_ngram
+from ..base.cache import cache_file, find_file
+from .collisions import CollisionIndex, load_or_build, ngram_text
+from .ngram_keys import pack_ngram
 from .rows import RowAddress, RowLayout
 from .rowstats import Progress, RowStats, corpus_streams, load_or_compute
 from .valuemap import lookup_counts, plays_counts, row_colours
@@ -303,7 +304,7 @@ def exact_removal(pages: RowPages, address: RowAddress, w: np.ndarray, t: np.nda
     mean row, or (`resample`) the row a random other corpus N-gram of the same order reads on the
     same head, drawn as `KnockOut(mode="resample", seed=s)` draws on that window alone, for
     s = seed .. seed + samples - 1; the result is then the mean delta over those runs. Modes mean
-    and resample need the row sources (`engram_inspect.ablation.install`).
+    and resample need the row sources (`engram_inspect.memory.ablation.install`).
 
     Returns (window total, own prediction), each (n,): the change in sum_t' log p(x_{t'+1})
     over the whole window, and at the reading position only (0 at a window's last position,

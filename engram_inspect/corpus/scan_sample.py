@@ -31,7 +31,7 @@ def shard_caps(sample_tokens: int | None, n_shards: int) -> list[int | None]:
 def tokenize_capped(layout, texts: list[str], cap: int | None, batch: int = 64) -> list[np.ndarray]:
     """The shard's documents as token ids, at most `cap` tokens in all: whole documents first,
     the last one cut at a token boundary. Tokenises a batch at a time, so a small cap stops early."""
-    from .traffic_cli import tokenize
+    from .texts import tokenize
 
     if cap is None:
         return tokenize(layout, texts)

@@ -12,7 +12,7 @@ import numpy as np
 
 from engram_core import Checkpoint
 
-from .cache import cache_file, find_file
+from ..base.cache import cache_file, find_file
 from .health import mean_gate_per_row
 from .rows import RowAddress, RowLayout
 

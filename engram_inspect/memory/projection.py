@@ -25,7 +25,7 @@ import numpy as np
 
 from engram_core import Checkpoint
 
-from .cache import cache_file, find_file
+from ..base.cache import cache_file, find_file
 from .rows import RowLayout, row_vectors
 
 MAX_POINTS = 50_000  # rows per projection; larger scopes are sampled (seeded) down to this

@@ -39,7 +39,7 @@ from engram_core.knockout import NO_KNOCKOUT
 from engram_core.layers import apply_rope
 from engram_core.tokenizer import encode
 
-from .ablation import install
+from ..memory.ablation import install
 from .capture import _decode_each, _ngram_texts
 
 METHODS = ("exact", "approx")

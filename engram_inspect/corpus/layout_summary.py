@@ -65,7 +65,7 @@ class ScanStats:
 
     def ngram_count(self, layout: MemoryLayout, compressed: list[int], order: int) -> int | None:
         """Occurrences of one compressed N-gram (oldest first, padded) in the corpus; None without parts/."""
-        from .scan import fold_parts
+        from .shards import fold_parts
         from .traffic import _bits, pack
 
         if self._ngrams is None:

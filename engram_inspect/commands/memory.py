@@ -1,124 +1,37 @@
-"""The `engram` command's analysis subcommands: trace, stats, neighbours, project, row, attribute.
-
-Bad input (missing file, empty text, unknown format, a checkpoint that does not
-load) gets one clear line on stderr and exit status 2, never a traceback.
-"""
+"""`engram stats`, `neighbours`, `project` and `row`: what a checkpoint's memory holds (engram_inspect.memory)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from engram_core.cli import DEFAULT_CHECKPOINT, UserError
-from engram_core.cli import main as core_main
 
-
-def _checkpoint(args: argparse.Namespace):
-    from engram_core import load_checkpoint
-
-    return load_checkpoint(args.checkpoint)
-
-
-def _read_text(args: argparse.Namespace) -> str:
-    if args.file is not None:
-        try:
-            return Path(args.file).read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            raise UserError(f"cannot read {args.file}: {e.strerror}") from e
-    if args.text is None:
-        raise UserError("give a TEXT or --file F")
-    return args.text
-
-
-def cmd_trace(args: argparse.Namespace) -> None:
-    from .capture import capture
-    from .export import FORMATS, to_json, write
-
-    fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "json")
-    if fmt not in FORMATS:
-        raise UserError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if fmt != "json" and not args.output:
-        raise UserError(f"--format {fmt} writes a binary or tabular file: give -o OUT")
-    text = _read_text(args)
-    try:
-        mask = _with_ablation(args.knockout or "all", args)
-        ck = _checkpoint(args)
-        mask.validate(ck.model.cfg)  # before any forward pass
-        trace = capture(ck, text, mask=mask, top_k=args.top_k)
-    except ValueError as e:
-        raise UserError(str(e)) from e
-    if args.output:
-        write(trace, args.output, fmt)
-        print(f"wrote {args.output} ({fmt}, {trace.n_tokens} tokens)", file=sys.stderr)
-    else:
-        sys.stdout.write(to_json(trace) + "\n")
-
-
-def _with_ablation(spec: str, args: argparse.Namespace):
-    """The mask `spec` with --ablation/--samples/--seed joined to its items (a flag and an item that
-    disagree are refused: ValueError)."""
-    from engram_core.knockout import parse_knockout
-
-    return parse_knockout(spec, mode=args.ablation, samples=args.samples, seed=args.seed)
-
-
-def _add_ablation_flags(s: argparse.ArgumentParser) -> None:
-    s.add_argument(
-        "--ablation",
-        choices=["zero", "mean", "resample"],
-        help="what replaces removed rows: zeros (default), the head's mean row, another corpus N-gram's row",
-    )
-    s.add_argument("--samples", type=int, help="resample: runs averaged (default 1)")
-    s.add_argument("--seed", type=int, help="resample: seed of the first run (default 0)")
-
-
-def _progress(desc: str):
-    """A progress(done, total, message) callback drawing a tqdm bar on stderr, from its first call."""
-    from tqdm import tqdm
-
-    bars: list = []
-
-    def update(done: int, total: int, message: str) -> None:
-        if not bars:
-            bars.append(tqdm(desc=desc, total=max(total, 1), leave=False, dynamic_ncols=True))
-        bar = bars[0]
-        bar.total = max(total, 1)
-        bar.n = done
-        bar.set_postfix_str(message[:60])
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return update
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.3f}" if isinstance(x, float) else str(x)
+from .common import add_ablation_flags, checkpoint, fmt, progress_bar, read_text_file, with_ablation
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
     from engram_core.tokenizer import encode
 
-    from .collisions import load_or_build
-    from .export import write_table
-    from .health import gate_weighted_hits, health_table
+    from ..memory.collisions import load_or_build
+    from ..memory.health import gate_weighted_hits, health_table
+    from ..text.export import write_table
 
     if args.scan_dir:
-        from .scan import print_scan
+        from .corpus import print_scan
 
         return print_scan(args.scan_dir)
-    ck = _checkpoint(args)
+    ck = checkpoint(args)
     if ck.model.cfg.memory is None:
         raise UserError("this checkpoint has no Engram memory")
     streams = None
     if args.corpus:
         import numpy as np
 
-        streams = [np.asarray(encode(ck.tokenizer, _read_text_file(f))[0], dtype=np.int64) for f in args.corpus]
+        streams = [np.asarray(encode(ck.tokenizer, read_text_file(f))[0], dtype=np.int64) for f in args.corpus]
         if not any(len(s) for s in streams):
             raise UserError("the corpus files hold no text")
-    index = load_or_build(ck, streams, progress=_progress("collision index"))
+    index = load_or_build(ck, streams, progress=progress_bar("collision index"))
     gate_hits = None
     if args.gate_tokens > 0:
         gate_streams = streams if streams is not None else _val_streams(ck)
@@ -130,43 +43,36 @@ def cmd_stats(args: argparse.Namespace) -> None:
     print(" ".join(f"{c:>11}" for c in [*cols, "collisions"]))
     for r in health:
         rate = heads[(r["layer"], r["order"], r["head"])]["collision_rate"]
-        print(" ".join(f"{_fmt(r[c]):>11}" for c in cols) + f" {rate:11.3f}")
+        print(" ".join(f"{fmt(r[c]):>11}" for c in cols) + f" {rate:11.3f}")
     if args.output:
         for name, rows in (("health", health), ("collisions", index.head_table())):
             path = write_table(rows, f"{args.output}-{name}.{args.format}")
             print(f"wrote {path}", file=sys.stderr)
 
 
-def _read_text_file(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from e
-
-
 def _val_streams(ck):
-    from .mean_gate import held_out_streams
+    from ..memory.mean_gate import held_out_streams
 
     return held_out_streams(ck)
 
 
 def _labels(ck):
     """The training corpus's collision index, or None (with a note) where that corpus is not this model's."""
-    from .collisions import load_or_build
+    from ..memory.collisions import load_or_build
 
     try:
-        return load_or_build(ck, progress=_progress("collision index"))
+        return load_or_build(ck, progress=progress_bar("collision index"))
     except ValueError as e:
         print(f"note: neighbours shown without their corpus N-grams ({e})", file=sys.stderr)
         return None
 
 
 def cmd_neighbours(args: argparse.Namespace) -> None:
-    from .collisions import ngram_text
-    from .neighbours import ngram_neighbours, row_neighbours
-    from .rows import RowAddress, RowLayout
+    from ..memory.collisions import ngram_text
+    from ..memory.neighbours import ngram_neighbours, row_neighbours
+    from ..memory.rows import RowAddress, RowLayout
 
-    ck = _checkpoint(args)
+    ck = checkpoint(args)
     if ck.model.cfg.memory is None:
         raise UserError("this checkpoint has no Engram memory")
     layer = ck.model.engram_layers[0] if args.layer is None else args.layer
@@ -199,18 +105,18 @@ def cmd_neighbours(args: argparse.Namespace) -> None:
 
 
 def cmd_project(args: argparse.Namespace) -> None:
-    from .projection import compute_projection
+    from ..memory.projection import compute_projection
 
-    ck = _checkpoint(args)
+    ck = checkpoint(args)
     if ck.model.cfg.memory is None:
         raise UserError("this checkpoint has no Engram memory")
     try:
         if args.space == "value":
-            from .valuemap import value_projection
+            from ..memory.valuemap import value_projection
 
-            p = value_projection(ck, args.method, progress=_progress(args.method), recompute=True)
+            p = value_projection(ck, args.method, progress=progress_bar(args.method), recompute=True)
         else:
-            p = compute_projection(ck, args.method, args.scope, progress=_progress(args.method), recompute=True)
+            p = compute_projection(ck, args.method, args.scope, progress=progress_bar(args.method), recompute=True)
     except ValueError as e:
         raise UserError(str(e)) from e
     print(f"{args.method} of {len(p.rows):,} rows ({p.scope}) cached beside the checkpoint")
@@ -261,19 +167,19 @@ def _exact_mode(page) -> str:
 def cmd_row(args: argparse.Namespace) -> None:
     import json
 
-    from .rowpage import RowPages, parse_row, row_page
-    from .rows import RowLayout
+    from ..memory.rowpage import RowPages, parse_row, row_page
+    from ..memory.rows import RowLayout
 
     try:
         address = parse_row(args.row)
-        ck = _checkpoint(args)
+        ck = checkpoint(args)
         RowLayout.of(ck).check(address)  # a bad address fails before the slow parts load
-        how = _with_ablation("none", args)  # a bad --samples or --seed fails before the slow parts load
-        pages = RowPages.load(ck, progress=_progress("row statistics"))
+        how = with_ablation("none", args)  # a bad --samples or --seed fails before the slow parts load
+        pages = RowPages.load(ck, progress=progress_bar("row statistics"))
         if args.exact and how.mode != "zero":
-            from .ablation import install
+            from ..memory.ablation import install
 
-            install(ck, progress=_progress("row sources"))
+            install(ck, progress=progress_bar("row sources"))
         page = row_page(ck, address, pages, exact=args.exact, mode=how.mode, samples=how.samples, seed=how.seed)
     except ValueError as e:
         raise UserError(str(e)) from e
@@ -283,49 +189,7 @@ def cmd_row(args: argparse.Namespace) -> None:
         _print_page(ck, page)
 
 
-def cmd_attribute(args: argparse.Namespace) -> None:
-    import json
-
-    from .attribution import attribute
-
-    text = _read_text(args)
-    try:
-        how = _with_ablation("none", args)
-        records = attribute(
-            _checkpoint(args), text, args.position, args.mode, how.mode, samples=how.samples, seed=how.seed
-        )
-    except ValueError as e:
-        raise UserError(str(e)) from e
-    if args.json:
-        sys.stdout.write(json.dumps(records, ensure_ascii=False) + "\n")
-        return
-    shown = records if args.top is None else records[: args.top]
-    print(f"{'delta logp':>10} layer order head  pos    row  ngram")
-    for r in shown:
-        print(
-            f"{r['delta_logprob']:+10.4f} {r['layer']:>5} {r['order']:>5} {r['head']:>4} "
-            f"{r['position_read']:>4} {r['row']:>6}  {r['ngram']!r}"
-        )
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    from .address_cli import add_address_command
-    from .scan import add_scan_command
-    from .traffic_cli import add_traffic_command
-
-    add_address_command(sub)
-    add_traffic_command(sub)
-    add_scan_command(sub)
-    s = sub.add_parser("trace", help="capture what the memory does for a text and export it")
-    s.add_argument("text", nargs="?", help="the text (or use --file)")
-    s.add_argument("--file", help="read the text from this file")
-    s.add_argument("--format", help="json, csv, parquet or npz (default: from -o's suffix, else json)")
-    s.add_argument("-o", "--output", help="file to write (json goes to stdout without -o)")
-    s.add_argument("--knockout", help="mask to compare with, e.g. all, layer=1, order=3, head=1:2:0, row=1:2:0:99")
-    s.add_argument("--top-k", type=int, default=5)
-    _add_ablation_flags(s)
-    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    s.set_defaults(fn=cmd_trace)
+def add_memory_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("stats", help="memory health and collision rates of every table")
     s.add_argument("scan_dir", nargs="?", metavar="OUT_DIR", help="print a finished `engram scan` instead")
     s.add_argument("--corpus", nargs="*", help="text files to index instead of the training corpus")
@@ -364,29 +228,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("row", help="L:N:K:R (layer, order, head, row)")
     s.add_argument("--json", action="store_true", help="print the page as JSON")
     s.add_argument("--exact", action="store_true", help="also measure the exact removal cost (seconds)")
-    _add_ablation_flags(s)  # with --exact: what replaces each removed read
+    add_ablation_flags(s)  # with --exact: what replaces each removed read
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     s.set_defaults(fn=cmd_row)
-    s = sub.add_parser("attribute", help="which memory reads carried the prediction at one position")
-    s.add_argument("text", nargs="?", help="the text (or use --file)")
-    s.add_argument("--file", help="read the text from this file")
-    s.add_argument("--position", type=int, required=True, help="token index P: attributes the prediction of P+1")
-    s.add_argument(
-        "--mode",
-        choices=["exact", "approx"],
-        default="exact",
-        help="removals in the conv's reach, or gradient x input for every read",
-    )
-    s.add_argument("--top", type=int, help="print only the strongest N reads (the JSON has all)")
-    s.add_argument("--json", action="store_true", help="print the records as JSON")
-    _add_ablation_flags(s)
-    s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    s.set_defaults(fn=cmd_attribute)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return core_main(argv, adders=(add_commands,))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -46,7 +46,7 @@ def start(address: str | None, workers: int):
 
 def run_ray(layout_name: str, shards, parts, rate, progress, address: str | None, workers: int) -> None:
     """The map steps as a Ray Data pipeline: one shard per batch, `workers` concurrent tasks."""
-    from .scan import Shard, run_map
+    from .shards import Shard, run_map
 
     ray = start(address, workers)
 
@@ -101,8 +101,8 @@ def _lines(kind: int, layer, order, head, row, doc=None, **cols) -> dict:
 
 def expand_part(layout: MemoryLayout, path: Path) -> dict:
     """A part's partial counts as lines keyed by (layer, order, head, row): the map side of the shuffle."""
-    from .scan import _load, load_gates
     from .scan_gates import head_of_rows
+    from .shards import _load, load_gates
 
     counts, _ = _load(path)
     spec, bits, blocks = layout.spec, _bits(layout), []
