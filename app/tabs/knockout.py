@@ -112,9 +112,16 @@ def build(ctx: Ctx) -> None:
         on, off = greedy(s, ids, KnockOut()), greedy(s, ids, trace.mask)
         return views.delta_figure(trace, d), md, views.topk_rows(trace, d), on, off
 
+    def apply_switches(text, *values):
+        # subtle: one function from the switches to the views: a chained event read the mask box back
+        # from the page, where a compose of an earlier switch change could still be landing
+        mask = compose(*values)
+        return mask, *rerun(text, mask)
+
     hidden = {"api_visibility": "private"}  # the HTTP API is /knockout (app.api)
     gr.on([w.change for w in switches], compose, switches, [ctx.mask], show_progress="hidden", **hidden)
-    apply.click(compose, switches, [ctx.mask], **hidden).success(
-        rerun, [ctx.text, ctx.mask], [ctx.trace, *outputs], **hidden
+    # always_last: a click while the last one still runs is kept (the default drops it), and runs last
+    apply.click(
+        apply_switches, [ctx.text, *switches], [ctx.mask, ctx.trace, *outputs], trigger_mode="always_last", **hidden
     )
     ctx.view("knockout", views_of, [ctx.trace], outputs)
