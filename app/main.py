@@ -7,6 +7,7 @@ Nothing loads at import time; the model and its indexes load once per process
 from __future__ import annotations
 
 import os
+import threading
 import urllib.parse
 from pathlib import Path
 
@@ -129,19 +130,50 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
     return demo
 
 
-def _run_event(ctx: Ctx, status, link):
+class Runs:
+    """The newest capture each browser session asked for, so a result for an older one never lands.
+
+    A run of the opening link and a run the user starts may overlap (two events, which Gradio
+    runs side by side); under load the older can finish last. Each run takes a number; its
+    result, and the views drawn from it, are dropped when the session has started a newer run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0
+        self._newest: dict[str, int] = {}
+
+    def start(self, request: gr.Request | None) -> int:
+        with self._lock:
+            self._next += 1
+            self._newest[_session_key(request)] = self._next
+            return self._next
+
+    def current(self, request: gr.Request | None, number: int | None) -> bool:
+        with self._lock:
+            return number is not None and self._newest.get(_session_key(request)) == number
+
+
+def _session_key(request: gr.Request | None) -> str:
+    return str(getattr(request, "session_hash", None) or "")
+
+
+def _run_event(ctx: Ctx, status, link, runs: Runs, run_id):
     def run(text, mask, model, request: gr.Request):
+        number = runs.start(request)
         base = str(request.request.base_url) if request is not None and request.request is not None else "/"
         if model != SHIPPED:  # an addressing-only model: rows, no trace
             addresses = layout_views.user_addresses(ctx, text, model)
             q = urllib.parse.urlencode({"text": text, "model": model})
-            return None, addresses, f"{len(addresses.ids)} tokens · {model} (addressing only)", f"{base}?{q}"
-        trace = api.user_trace(ctx.session, text, mask)
-        shown = format_knockout(trace.mask)
-        q = urllib.parse.urlencode({"text": text, "mask": shown, "model": model})
-        return trace, None, f"{trace.n_tokens} tokens · mask `{shown}`", f"{base}?{q}"
+            out = None, addresses, f"{len(addresses.ids)} tokens · {model} (addressing only)", f"{base}?{q}", number
+        else:
+            trace = api.user_trace(ctx.session, text, mask)
+            shown = format_knockout(trace.mask)
+            q = urllib.parse.urlencode({"text": text, "mask": shown, "model": model})
+            out = trace, None, f"{trace.n_tokens} tokens · mask `{shown}`", f"{base}?{q}", number
+        return out if runs.current(request, number) else tuple(gr.skip() for _ in out)
 
-    return run, [ctx.text, ctx.mask, ctx.model], [ctx.trace, ctx.addresses, status, link]
+    return run, [ctx.text, ctx.mask, ctx.model], [ctx.trace, ctx.addresses, status, link, run_id]
 
 
 def _wire_run(ctx: Ctx, triggers, loaded, status, link) -> None:
@@ -150,19 +182,25 @@ def _wire_run(ctx: Ctx, triggers, loaded, status, link) -> None:
     Every other tab draws when it is shown, so a Run never pays for views nobody sees
     (the Knock-out tab's two greedy continuations above all).
     """
-    fn, inputs, outputs = _run_event(ctx, status, link)
+    runs, run_id = Runs(), gr.State(None)
+    fn, inputs, outputs = _run_event(ctx, status, link, runs, run_id)
     hidden = {"api_visibility": "private"}  # the HTTP API is /trace (app.api)
     # gr.on cannot take a `.then` as a trigger: the link's capture follows the load instead
     captures = [gr.on(triggers, fn, inputs, outputs, **hidden), loaded.then(fn, inputs, outputs, **hidden)]
     ins, outs = _union(ctx, "inputs"), _union(ctx, "outputs")
 
-    def redraw_shown(shown, *values):
+    # subtle: the request first: Gradio puts it at its parameter's place among the inputs
+    def redraw_shown(request: gr.Request, number, shown, *values):
+        if not runs.current(request, number):  # a newer run is on its way: its own redraw follows
+            return [gr.skip() for _ in outs]
         by_id = {id(c): v for c, v in zip(ins, values, strict=True)}
         drawn = _draw(ctx, shown, by_id)
+        if not runs.current(request, number):  # overtaken while drawing: the newer run draws
+            return [gr.skip() for _ in outs]
         return [drawn.get(id(c), gr.skip()) for c in outs]
 
     for captured in captures:
-        captured.success(redraw_shown, [ctx.shown, *ins], outs, **hidden)
+        captured.success(redraw_shown, [run_id, ctx.shown, *ins], outs, **hidden)
     for tab_id, tab in ctx.tabs.items():
         view_ins, view_outs = _union(ctx, "inputs", tab_id), _union(ctx, "outputs", tab_id)
 

@@ -71,7 +71,7 @@ def test_link_round_trips_the_model(served_app):
 
     demo = served_app[1]
     run = next(fn for fn in demo.fns.values() if fn.name == "run")
-    trace, addresses, status, link = run.fn("O, I am fortune's fool!", "all", V41, None)
+    trace, addresses, status, link, _number = run.fn("O, I am fortune's fool!", "all", V41, None)
     assert trace is None and V41 in status and "model=deepseek-v4.1-flash" in link
 
     class Req:
@@ -183,3 +183,36 @@ def test_app_refuses_a_bad_scan_or_tables_folder(tmp_path):
     args.scan, args.tables = None, str(tmp_path / "nope")
     with pytest.raises(UserError, match="no such file or folder"):
         cmd_app(args)
+
+
+def test_a_run_overtaken_by_a_newer_one_lands_nothing(served_app, monkeypatch):
+    """The opening link's run and the user's own can overlap; under load the older finished last and
+    its text replaced the newer one on the page. Now the older result, and its redraw, are dropped."""
+    import gradio as gr
+
+    from app import main
+
+    demo = served_app[1]
+    run = next(fn for fn in demo.fns.values() if fn.name == "run")
+    runs = next(c.cell_contents for c in run.fn.__closure__ if isinstance(c.cell_contents, main.Runs))
+
+    class Req:
+        session_hash = "one-browser"
+        request = None
+
+    real = main.api.user_trace
+
+    def overtaken(*args, **kwargs):
+        runs.start(Req())  # the user pressed Enter while this run was computing
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(main.api, "user_trace", overtaken)
+    assert all(isinstance(x, type(gr.skip())) for x in run.fn("I pray you, my lord", "all", main.SHIPPED, Req()))
+    monkeypatch.setattr(main.api, "user_trace", real)
+    trace, _, status, _, number = run.fn("I pray you, my lord", "all", main.SHIPPED, Req())
+    assert trace is not None and "tokens" in status and runs.current(Req(), number)
+
+    class Other:
+        session_hash = "another-browser"
+
+    assert not runs.current(Other(), number)  # sessions never see each other's runs
