@@ -78,6 +78,7 @@ def test_api_lists_only_the_documented_endpoints(tiny_demo):
 
 def test_a_run_draws_only_the_tab_on_screen(tiny_session, tiny_demo, monkeypatch):
     """The Knock-out tab's two greedy continuations run when it is shown, not on every Run."""
+    from app.main import Runs
     from app.tabs import knockout
 
     calls = []
@@ -86,18 +87,29 @@ def test_a_run_draws_only_the_tab_on_screen(tiny_session, tiny_demo, monkeypatch
     assert len(runs) == 2  # Run/Enter (one event with two triggers) and opening a link
     redraw = _fn(tiny_demo, "redraw_shown")
     tr = capture(tiny_session.ck, "I pray you, my lord.")
-    assert isinstance(redraw.inputs[0], gr.State)  # the id of the tab on screen, then the views' inputs
-    values = [tr if isinstance(b, gr.State) else b.value for b in redraw.inputs[1:]]
-    out = dict(zip(_ids(redraw.outputs), redraw.fn("gates", *values), strict=True))
+    # the run's number and the id of the tab on screen, then the views' inputs
+    assert isinstance(redraw.inputs[0], gr.State) and isinstance(redraw.inputs[1], gr.State)
+    values = [tr if isinstance(b, gr.State) else b.value for b in redraw.inputs[2:]]
+    run_states = next(c.cell_contents for c in runs[0].fn.__closure__ if isinstance(c.cell_contents, Runs))
+
+    class Req:
+        session_hash = "a-browser"
+
+    number = run_states.start(Req())  # the newest run of this browser: its redraw draws
+    out = dict(zip(_ids(redraw.outputs), redraw.fn(Req(), number, "gates", *values), strict=True))
     assert calls == []
     assert out["gate-heatmap"] is not None and out["gate-heatmap"] != gr.skip()
     assert out["ko-summary"] == gr.skip() and out["token-strip"] == gr.skip()
-    out = dict(zip(_ids(redraw.outputs), redraw.fn("knockout", *values), strict=True))
+    out = dict(zip(_ids(redraw.outputs), redraw.fn(Req(), number, "knockout", *values), strict=True))
     assert len(calls) == 2 and "mean loss change" in out["ko-summary"] and out["gate-heatmap"] == gr.skip()
     # showing the tab draws it
     select = next(f for f in tiny_demo.fns.values() if f.name == "on_select" and "ko-summary" in _ids(f.outputs))
     shown, *drawn = select.fn(*[tr if isinstance(b, gr.State) else b.value for b in select.inputs])
     assert shown == "knockout" and len(calls) == 4
+    # a newer run of the same browser: the older run's redraw draws nothing
+    run_states.start(Req())
+    stale = redraw.fn(Req(), number, "gates", *values)
+    assert all(x == gr.skip() for x in stale)
 
 
 def _ids(blocks):
