@@ -23,6 +23,7 @@ from .context import Ctx  # noqa: E402
 from .layouts import MODELS, SHIPPED, Layouts, address_json  # noqa: E402
 from .session import MAX_CHARS, Session  # noqa: E402
 from .tabs import card, export, gates, health, knockout, layout_views, lookups, memory_map, paper, rows  # noqa: E402
+from .views import APP_CSS  # noqa: E402
 
 EXAMPLES = [
     "I pray you, my lord, let me know your pleasure.",
@@ -267,6 +268,7 @@ def launch(
         server_port=port,
         share=False,
         js=CLICK_JS,
+        css=APP_CSS,
         theme=gr.themes.Soft(),
         allowed_paths=[str(export.EXPORT_DIR)],
         **kw,

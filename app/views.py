@@ -41,9 +41,26 @@ def gate_values(trace: Trace, which: str) -> np.ndarray:
 
 
 # alpha lies in 0..1, but Gradio colours numeric scores on a fixed -1..+1 legend: so the strip
-# carries one of ten named bins instead, each with its own colour, and the legend reads 0..1
+# carries one of ten named bins instead, each with its own colour, and the legend reads 0..1.
+# subtle: Gradio draws a label's colour at half opacity and drops any alpha of its own (ten
+# opacities of one orange all came out as rgba(255, 140, 0, 0.5)), so the bins differ in colour:
+# ten steps of viridis, dark purple (closed) to yellow (open), ordered in lightness and hue alike
 GATE_BINS = [f"α {i / 10:.1f}–{(i + 1) / 10:.1f}" for i in range(10)]
-GATE_COLOURS = {name: f"rgba(255, 140, 0, {0.08 + 0.092 * i:.3f})" for i, name in enumerate(GATE_BINS)}
+VIRIDIS_10 = (
+    "#440154",
+    "#482878",
+    "#3e4989",
+    "#31688e",
+    "#26828e",
+    "#1f9e89",
+    "#35b779",
+    "#6ece58",
+    "#b5de2b",
+    "#fde725",
+)
+GATE_COLOURS = dict(zip(GATE_BINS, VIRIDIS_10, strict=True))
+# the strip's text: dark on the light blend of light mode, light on the dark blend of dark mode
+APP_CSS = ".dark #token-strip .token, .dark #token-strip .legend-item { color: #f5f5f5 !important; }"
 
 
 def gate_bin(alpha: float) -> str:

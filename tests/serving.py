@@ -21,5 +21,8 @@ def serve(**launch_kw):
     demo = build_app(session)
     demo.queue(default_concurrency_limit=4)
     port = free_port()
+    from app.views import APP_CSS
+
+    launch_kw.setdefault("css", APP_CSS)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kw)
     return session, demo, f"http://127.0.0.1:{port}/"

@@ -162,3 +162,42 @@ def test_link_opens_the_v41_picker(app_url, page):
     page.get_by_role("option", name="shipped model").click()
     sync_api.expect(page.locator("#status")).to_contain_text("mask all", timeout=60_000)
     sync_api.expect(page.locator("#backbone-notice")).to_have_text("", timeout=60_000)
+
+
+STRIP_COLOURS = """() => Array.from(document.querySelectorAll('#token-strip .token')).map(e => {
+  const s = getComputedStyle(e);
+  return [e.innerText, s.backgroundColor, s.color];
+})"""
+
+
+def test_the_strip_colours_follow_the_gate(app_url, page):
+    """What the browser draws: each token's background is its gate bin's colour (once every token was
+    the same orange), and the text is light in dark mode."""
+    import urllib.parse
+
+    from app import views
+
+    session, url = app_url
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
+    page.goto(f"{url}?{urllib.parse.urlencode({'text': text})}")
+    sync_api.expect(page.locator("#token-strip")).to_contain_text("whether", timeout=60_000)
+    drawn = page.evaluate(STRIP_COLOURS)
+    trace = capture(session.ck, text)
+    bins = [views.gate_bin(a) for a in views.gate_values(trace, "mean")]
+    assert len(drawn) == trace.n_tokens
+    rgb = {name: tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for name, c in views.GATE_COLOURS.items()}
+    for (token, background, _), name in zip(drawn, bins, strict=True):
+        got = tuple(int(x) for x in background[background.index("(") + 1 :].split(",")[:3])
+        assert got == rgb[name], (token, background, name)
+    assert len({b for _, b, _ in drawn}) >= 3  # the gate varies over this text, and so does the colour
+    page.locator("button", has_text="dark mode").click()
+    # the text's colour changes with a transition: wait for what the page settles on
+    page.wait_for_function(
+        "() => document.body.classList.contains('dark') && Array.from(document.querySelectorAll("
+        "'#token-strip .token')).every(e => getComputedStyle(e).color === 'rgb(245, 245, 245)')",
+        timeout=10_000,
+    )
+    light = page.evaluate(STRIP_COLOURS)
+    assert all(c == "rgb(245, 245, 245)" for _, _, c in light), light[:3]
+    page.locator("button", has_text="dark mode").click()  # back, for the tests after
+    page.wait_for_function("() => !document.body.classList.contains('dark')")

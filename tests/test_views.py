@@ -28,9 +28,12 @@ def test_gate_bins_by_hand():
     assert views.gate_bin(0.55) == "α 0.5–0.6"
     assert views.gate_bin(1.0) == "α 0.9–1.0"  # alpha = 1 belongs to the last bin, not an eleventh
     assert views.GATE_BINS[0].startswith("α 0.0") and views.GATE_BINS[-1].endswith("1.0")
-    # the colour deepens with alpha: opacities strictly increase bin by bin
-    opacity = [float(c.rsplit(",", 1)[1].rstrip(")")) for c in views.GATE_COLOURS.values()]
-    assert list(views.GATE_COLOURS) == views.GATE_BINS and opacity == sorted(set(opacity))
+    # ten distinct opaque colours (Gradio drops a colour's own alpha), lighter bin by bin
+    colours = list(views.GATE_COLOURS.values())
+    assert list(views.GATE_COLOURS) == views.GATE_BINS and len(set(colours)) == 10
+    assert all(c.startswith("#") and len(c) == 7 for c in colours)
+    light = [0.2126 * int(c[1:3], 16) + 0.7152 * int(c[3:5], 16) + 0.0722 * int(c[5:7], 16) for c in colours]
+    assert light == sorted(light)
 
 
 def test_token_strip_legend_runs_from_0_to_1(tiny_session, tiny_demo):
