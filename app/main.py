@@ -105,7 +105,7 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
             mask = gr.Textbox(label="knock-out mask (set in the Knock-out tab)", value="all", elem_id="mask", scale=2)
             link = gr.Textbox(label="link to this state", elem_id="share-link", scale=3)
         status = gr.Markdown(elem_id="status")
-        gr.Examples(EXAMPLES, inputs=[text], label="examples (held-out plays, code)")
+        examples = gr.Examples(EXAMPLES, inputs=[text], label="examples (held-out plays, code)")
         ctx = Ctx(session=session, trace=gr.State(None), text=text, mask=mask, shown=gr.State("lookups"))
         ctx.model, ctx.addresses, ctx.layouts = model, gr.State(None), layouts
         # the documented endpoints first, so no internal event can take their names
@@ -125,7 +125,8 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
             row_deep_link = rows.build(ctx)
         layout_views.notice(ctx, notice)
         loaded = demo.load(_from_url, None, [text, mask, model], api_visibility="private")
-        _wire_run(ctx, [run.click, text.submit, model.select], loaded, status, link)
+        # clicking an example fills the text (Gradio's own event), then runs it like Run
+        _wire_run(ctx, [run.click, text.submit, model.select], [loaded, examples.load_input_event], status, link)
         row_deep_link(demo, tabs)
         dark.click(None, js=DARK_JS)
     return demo
@@ -177,8 +178,9 @@ def _run_event(ctx: Ctx, status, link, runs: Runs, run_id):
     return run, [ctx.text, ctx.mask, ctx.model], [ctx.trace, ctx.addresses, status, link, run_id]
 
 
-def _wire_run(ctx: Ctx, triggers, loaded, status, link) -> None:
-    """Run and Enter (one event), and opening a link, capture the text; then the tab on screen redraws.
+def _wire_run(ctx: Ctx, triggers, after: list, status, link) -> None:
+    """Run and Enter (one event), opening a link and clicking an example (each after the event that sets
+    the text: `after`) capture the text; then the tab on screen redraws.
 
     Every other tab draws when it is shown, so a Run never pays for views nobody sees
     (the Knock-out tab's two greedy continuations above all).
@@ -186,8 +188,9 @@ def _wire_run(ctx: Ctx, triggers, loaded, status, link) -> None:
     runs, run_id = Runs(), gr.State(None)
     fn, inputs, outputs = _run_event(ctx, status, link, runs, run_id)
     hidden = {"api_visibility": "private"}  # the HTTP API is /trace (app.api)
-    # gr.on cannot take a `.then` as a trigger: the link's capture follows the load instead
-    captures = [gr.on(triggers, fn, inputs, outputs, **hidden), loaded.then(fn, inputs, outputs, **hidden)]
+    # gr.on cannot take a `.then` as a trigger: the link's and the example's captures follow their events
+    captures = [gr.on(triggers, fn, inputs, outputs, **hidden)]
+    captures += [event.then(fn, inputs, outputs, **hidden) for event in after]
     ins, outs = _union(ctx, "inputs"), _union(ctx, "outputs")
 
     # subtle: the request first: Gradio puts it at its parameter's place among the inputs

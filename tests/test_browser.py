@@ -8,6 +8,7 @@ $ENGRAM_SCREENSHOTS (default build/screenshots). `.ci/run` installs Chromium;
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -201,3 +202,16 @@ def test_the_strip_colours_follow_the_gate(app_url, page):
     assert all(c == "rgb(245, 245, 245)" for _, _, c in light), light[:3]
     page.locator("button", has_text="dark mode").click()  # back, for the tests after
     page.wait_for_function("() => !document.body.classList.contains('dark')")
+
+
+def test_clicking_an_example_runs_it(app_url, page):
+    """Once an example filled the text and every view kept the previous one."""
+    from app.main import EXAMPLES
+
+    _, url = app_url
+    page.goto(url)
+    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=60_000)
+    example = next(e for e in EXAMPLES if "fortune" in e)
+    page.get_by_text(example[:20], exact=False).first.click()
+    sync_api.expect(page.locator("#token-strip")).to_contain_text("fort", timeout=60_000)
+    sync_api.expect(page.locator("#share-link textarea")).to_have_value(re.compile("fortune"), timeout=60_000)

@@ -87,7 +87,7 @@ def test_a_run_draws_only_the_tab_on_screen(tiny_session, tiny_demo, monkeypatch
     calls = []
     monkeypatch.setattr(knockout, "greedy", lambda s, ids, mask, n=24: calls.append(mask) or "...")
     runs = [f for f in tiny_demo.fns.values() if f.name == "run"]
-    assert len(runs) == 2  # Run/Enter (one event with two triggers) and opening a link
+    assert len(runs) == 3  # Run/Enter/model (one event, three triggers), opening a link, clicking an example
     redraw = _fn(tiny_demo, "redraw_shown")
     tr = capture(tiny_session.ck, "I pray you, my lord.")
     # the run's number and the id of the tab on screen, then the views' inputs
