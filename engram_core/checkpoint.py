@@ -190,9 +190,9 @@ def save_heldout(folder: str | Path, tokenizer: Tokenizer, streams: dict[str, np
 def load_heldout(ck: Checkpoint) -> tuple[dict[str, np.ndarray], dict] | None:
     """(held-out streams, their facts) stored with the checkpoint, or None: no file, or one made
     with another tokenizer (its tokens would mean other text)."""
-    if ck.path is None or not (Path(ck.path) / HELDOUT).is_file():
+    path = None if ck.path is None else Path(ck.path) / HELDOUT
+    if path is None or not path.is_file():
         return None
-    path = Path(ck.path) / HELDOUT
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
