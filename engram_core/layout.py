@@ -82,6 +82,22 @@ class MemoryLayout:
             out[layer] = np.concatenate([[0], np.cumsum(p)[:-1]])
         return out
 
+    @cached_property
+    def digest(self) -> str:
+        """16 hex digits fixing which rows every text reads and what a row weighs (not the name)."""
+        import hashlib
+
+        spec = self.spec
+        facts = [
+            sorted((int(k), [int(p) for p in v]) for k, v in spec.primes.items()),
+            sorted((int(k), [int(m) for m in v]) for k, v in spec.multipliers.items()),
+            list(spec.layer_ids), spec.max_ngram, spec.heads_per_ngram, spec.pad_id, spec.vocab_size,
+            self.d_head, self.dtype, self.block_dead,
+        ]  # fmt: skip
+        h = hashlib.sha256(json.dumps(facts).encode())
+        h.update(np.ascontiguousarray(self.compression.table, np.int64).tobytes())
+        return h.hexdigest()[:16]
+
     def num_embeddings(self, layer: int) -> int:
         return int(sum(self.spec.primes[layer]))
 

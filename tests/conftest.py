@@ -129,3 +129,13 @@ def engram_cli(capsys):
         return CliResult(int(code or 0), out.out, out.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the session (the scan and cache-sim executors find it initialised)."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

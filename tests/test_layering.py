@@ -75,7 +75,8 @@ ROOMS = {
     "memory": {"base"},
     "text": {"base", "memory"},
     "corpus": {"base"},
-    "commands": {"base", "memory", "text", "corpus"},
+    "serving": {"base", "corpus"},
+    "commands": {"base", "memory", "text", "corpus", "serving"},
 }
 
 

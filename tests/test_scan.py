@@ -26,15 +26,6 @@ def layout():
     return load_layout(MODEL)
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def corpus(folder: Path, n: int = 6) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     src = (ROOT / "engram_core" / "hashing.py").read_text().splitlines()

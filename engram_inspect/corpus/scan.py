@@ -74,6 +74,8 @@ def finish(layout, shards, parts: Path, rate: float, summary: Summary) -> dict:
     pq.write_table(pa.Table.from_pylist(cache_curves(layout, summary, counts)), parts.parent / "cache.parquet")
     return {
         "model": layout.name,
+        "layout_digest": layout.digest,
+        "part_order": [s.key for s in shards],  # the corpus order of parts/<key>.npz
         "layers": list(layout.layers),
         "tokens": tokens,
         "documents": documents,

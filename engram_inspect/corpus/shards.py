@@ -132,9 +132,12 @@ def read_shard(shard: Shard) -> tuple[list[str], list[str], list[str]]:
     return docs, names, problems
 
 
-def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float, gates=None) -> None:
+def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float, gates=None, docs=()) -> None:
     gates, ctx, names = gates or ({}, {}, [])
     arrays = {
+        # the token stream itself (raw ids, document lengths): what `engram cache-sim` replays
+        "ids": np.concatenate(docs).astype(np.int32) if len(docs) else np.zeros(0, np.int32),
+        "doc_lens": np.array([len(d) for d in docs], np.int64),
         "meta": np.frombuffer(
             json.dumps(
                 {
@@ -147,7 +150,7 @@ def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float, 
                 }
             ).encode(),
             dtype=np.uint8,
-        )
+        ),
     }
     for n, (hi, lo, cnt) in counts.ngrams.items():
         arrays[f"ngrams{n}"] = np.stack([hi, lo, cnt])
@@ -158,6 +161,15 @@ def _save(path: Path, counts: ShardCounts, problems: list[str], seconds: float, 
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)  # atomic: a killed run never leaves a half-written part
+
+
+def load_stream(path: Path) -> list[np.ndarray] | None:
+    """A part's documents as raw-id arrays; None for a part written before streams were kept."""
+    with np.load(path) as z:
+        if "ids" not in z.files:
+            return None
+        ids, lens = z["ids"].astype(np.int64), z["doc_lens"]
+    return np.split(ids, np.cumsum(lens)[:-1]) if len(lens) else []
 
 
 def _load(path: Path) -> tuple[ShardCounts, dict]:
@@ -199,7 +211,7 @@ def run_map(layout: MemoryLayout, shard: Shard, parts: Path, rate: float) -> dic
         run = look_back(len(cids), None, np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(docs) else lens)
         gates = (*map_gates(layout, docs, cids, run), names)
     seconds = time.perf_counter() - t0
-    _save(out, counts, problems, seconds, gates)
+    _save(out, counts, problems, seconds, gates, docs)
     if os.environ.get("ENGRAM_SCAN_CRASH_AFTER") == shard.key:  # tests: a crash right after this shard
         os._exit(137)
     return {"shard": shard.key, "skipped": False, "tokens": counts.tokens, "documents": counts.documents}
