@@ -247,7 +247,9 @@ def from_checkpoint_folder(folder: Path) -> MemoryLayout:
     if cfg.memory is None:
         raise LayoutError(f"checkpoint {folder} has no Engram memory")
     compression = Compression(table=table, size=int(table.max()) + 1)
-    dtype = config.get("weights_dtype", "float32")
+    # what one stored row weighs: the table format when the tables are stored apart from the weights' dtype
+    stored = {"fp8": FP8_DTYPE, "bf16": "bfloat16", "fp32": "float32"}.get(config.get("table_format") or "")
+    dtype = stored or config.get("weights_dtype", "float32")
     mem = cfg.memory
     return MemoryLayout(str(folder), mem.hash_spec, compression, tokenizer, mem.d_head, dtype, False, True)
 

@@ -30,7 +30,7 @@ _DTYPES = {
     "F16": np.float16,
     "F32": np.float32,
 }
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.engram\.")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.engram\.")  # released shards: layers.<L>; ours: blocks.<L>
 
 
 def _e4m3_table() -> np.ndarray:

@@ -25,9 +25,20 @@ def cmd_trace(args: argparse.Namespace) -> None:
         mask = with_ablation(args.knockout or "all", args)
         ck = checkpoint(args)
         mask.validate(ck.model.cfg)  # before any forward pass
-        trace = capture(ck, text, mask=mask, top_k=args.top_k)
+        off = None
+        if args.tables_from_disk:
+            from ..serving.offload import offload
+
+            off = offload(ck, args.cache_mib, args.cache_policy, args.ways, prefetch=not args.no_prefetch)
+        try:
+            trace = capture(ck, text, mask=mask, top_k=args.top_k)
+        finally:
+            if off is not None:
+                off.close()
     except ValueError as e:
         raise UserError(str(e)) from e
+    if off is not None:
+        print(off.summary(), file=sys.stderr)
     if args.output:
         write(trace, args.output, fmt)
         print(f"wrote {args.output} ({fmt}, {trace.n_tokens} tokens)", file=sys.stderr)
@@ -70,6 +81,15 @@ def add_text_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--top-k", type=int, default=5)
     add_ablation_flags(s)
     s.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    s.add_argument(
+        "--tables-from-disk",
+        action="store_true",
+        help="read the Engram tables from the memory-mapped checkpoint through a row cache (reports hits and waits)",
+    )
+    s.add_argument("--cache-mib", type=float, default=64.0, help="with --tables-from-disk: cache per layer, MiB")
+    s.add_argument("--cache-policy", choices=["lru", "clock", "set-assoc"], default="lru")
+    s.add_argument("--ways", type=int, default=16, help="set-assoc: ways per set")
+    s.add_argument("--no-prefetch", action="store_true", help="read rows when each layer asks, not from the ids ahead")
     s.set_defaults(fn=cmd_trace)
     s = sub.add_parser("attribute", help="which memory reads carried the prediction at one position")
     s.add_argument("text", nargs="?", help="the text (or use --file)")
