@@ -76,7 +76,8 @@ class Layouts:
 
         from engram_core.data import cache_dir
 
-        key = hashlib.sha256("\n".join(f"{p} {os.path.getsize(p)}" for p in sample_paths()).encode()).hexdigest()[:12]
+        files = "\n".join(f"{p} {os.path.getsize(p)}" for p in sample_paths())
+        key = hashlib.sha256(f"parts keep token streams\n{files}".encode()).hexdigest()[:12]
         return cache_dir() / V41 / f"scan-sample-{key}"
 
     def stats(self, start: bool = False):

@@ -215,3 +215,21 @@ def test_clicking_an_example_runs_it(app_url, page):
     page.get_by_text(example[:20], exact=False).first.click()
     sync_api.expect(page.locator("#token-strip")).to_contain_text("fort", timeout=60_000)
     sync_api.expect(page.locator("#share-link textarea")).to_have_value(re.compile("fortune"), timeout=60_000)
+
+
+def test_cache_sizing_in_health(app_url, page):
+    """Health: pick a policy and streams, simulate, and read the capacities in words beside the curves."""
+    _, url = app_url
+    page.goto(url)
+    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=60_000)
+    tab(page, "Health")
+    page.get_by_text("Cache sizing: hot-row cache hit rates").click()
+    page.locator("#cache-streams").get_by_text("4", exact=True).click()
+    page.locator("#cache-simulate").click()
+    words = page.locator("#cache-words")
+    sync_api.expect(words).to_contain_text("the default corpus sample", timeout=120_000)
+    sync_api.expect(words).to_contain_text("the text shown, layer 2, 4 streams, rows", timeout=60_000)
+    assert "Per layer for 80% hits: lru" in words.inner_text()
+    # both curves are drawn: corpus and text, for both layers
+    sync_api.expect(page.locator("#cache-plot .scatterlayer .trace")).to_have_count(4, timeout=60_000)
+    shot(page, "cache-sizing")

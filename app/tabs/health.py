@@ -8,7 +8,7 @@ from engram_inspect.memory.health import mhc_check
 
 from .. import views
 from ..context import Ctx
-from . import layout_views
+from . import cache_sizing, layout_views
 
 HEALTH_COLUMNS = [
     "layer",
@@ -29,6 +29,7 @@ def build(ctx: Ctx) -> None:
     s = ctx.session
     with ctx.tab("health", gr.Tab("Health", id="health")):
         layout_views.health_panel(ctx)  # shown instead of what follows when an addressing-only model is picked
+        cache_sizing.build(ctx)  # every model: curves for the text shown and a corpus
         load = gr.Button("Load memory health and collisions (indexes the training corpus on first use)")
         health = gr.Dataframe(
             headers=HEALTH_COLUMNS, label="memory health per table (training corpus)", elem_id="health-table"

@@ -10,7 +10,6 @@ import time
 from engram_core.cli import UserError
 
 DEFAULT_CAPACITIES = "1MiB,4MiB,16MiB,64MiB,256MiB,1GiB"
-TARGETS = (0.80, 0.90, 0.95)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -65,27 +64,6 @@ def build(args: argparse.Namespace):
     return spec, layout, grid, docs, static, streams, grans
 
 
-def describe(records: list[dict]) -> list[str]:
-    """The figures a person sizing a cache quotes: the capacity each policy needs for 80/90/95 % hits."""
-    from ..serving.simulate import capacity_for
-
-    lines = []
-    for layer, streams, gran in sorted({(r["layer"], r["streams"], r["granularity"]) for r in records}):
-        rs = [r for r in records if (r["layer"], r["streams"], r["granularity"]) == (layer, streams, gran)]
-        most = max(r["capacity_mib"] for r in rs)
-        parts = []
-        for target in TARGETS:
-            found = capacity_for(rs, target)
-            reached = [f"{p} {r['capacity_mib']:,.1f} MiB" for (_, p, _, _), r in found.items() if r]
-            short = [p for (_, p, _, _), r in found.items() if r is None]
-            if short:
-                reached.append(f"{', '.join(short)} over {most:,.1f} MiB")
-            parts.append(f"{target:.0%} hits: " + ", ".join(reached))
-        head = f"layer {layer}, {streams} stream{'s' if streams > 1 else ''}, {gran}s"
-        lines.append(f"{head}. Per layer for " + "; ".join(parts))
-    return lines
-
-
 def table(records: list[dict]) -> str:
     cols = ("layer", "policy", "capacity", "MiB", "streams", "gran", "hit %", "miss/tok", "bytes/tok", "amp")
     out = ["  ".join(f"{c:>9}" for c in cols)]
@@ -126,6 +104,7 @@ def plot(records: list[dict], path: str) -> str:
 
 def cmd_cache_sim(args: argparse.Namespace) -> None:
     from ..serving.simulate import simulate
+    from ..serving.sizing import words
     from .common import progress_bar
 
     spec, layout, grid, docs, static, streams, grans = build(args)
@@ -150,7 +129,7 @@ def cmd_cache_sim(args: argparse.Namespace) -> None:
         raise UserError(str(e)) from e
     seconds = time.perf_counter() - t0
     print(table(records))
-    for line in describe(records):
+    for line in words(records):
         print(line)
     tokens = max((r["tokens"] for r in records), default=0)
     print(f"{layout.name}: {tokens:,} tokens a pass, {len(records)} caches simulated in {seconds:.1f} s")

@@ -262,6 +262,7 @@ def _record(
         "capacity": line.capacity.text,
         "capacity_units": line.units,
         "capacity_mib": line.units * unit_bytes / 2**20,
+        "table_units": -(-layout.num_embeddings(line.layer) * layout.row_bytes // unit_bytes),  # the whole table
         "streams": streams,
         "granularity": granularity,
         "lookahead": grid.lookahead if line.policy in DYNAMIC else 0,
