@@ -342,3 +342,17 @@ def test_ray_gives_the_local_records(tmp_path, ray_cluster, engram_cli):
 
     a, b = pq.read_table(tmp_path / "local.parquet"), pq.read_table(tmp_path / "ray.parquet")
     assert a.num_rows == 2 * 3 * 2 * 2 and a.equals(b)
+
+
+@pytest.mark.parametrize("policy,ref", [("lru", ref_lru), ("clock", ref_clock)])
+def test_caches_that_grow_their_slots_chunk_by_chunk_equal_the_reference(policy, ref):
+    """LRU and CLOCK start with 1,024 slots and grow as they fill: fed in small chunks, nothing changes."""
+    s = np.random.default_rng(3).integers(0, 9000, 30000)
+    c = Cache(policy, 5000)
+    hits = np.concatenate(
+        [
+            c.feed(s[i : i + 777], flat_ptr(len(s[i : i + 777]), 1), len(s[i : i + 777]))[0]
+            for i in range(0, len(s), 777)
+        ]
+    )
+    assert len(c.slot_key) == 5000 and (hits == ref(s, 5000)).all()

@@ -52,35 +52,50 @@ class Cache:
             raise CacheSimError(f"{self.policy} is not a dynamic policy")
         if self.look and self.bandwidth <= 0:
             raise CacheSimError("prefetch needs a bandwidth of at least one row per token")
-        m = 1
-        while m < 2 * self.capacity + 2:
-            m *= 2
-        hashed = self.policy != "set-assoc"
-        self.keys = np.full(m if hashed else 1, -1, np.int64)
-        self.vals = np.zeros(m if hashed else 1, np.int64)
-        self.slot_key = np.full(self.capacity, -1, np.int64)
-        self.a = np.full(self.capacity, -1, np.int64) if self.policy == "lru" else np.zeros(self.capacity, np.int64)
-        self.b = np.full(self.capacity, -1, np.int64)
         self.meta = np.array([0, -1, -1, 0, 0, 0, 0, 0], np.int64)
+        if self.policy == "set-assoc":  # slots are fixed by the sets: all of them from the start
+            self.tab = np.full((1, 2), -1, np.int64)
+            self.slot_key = np.full(self.capacity, -1, np.int64)
+            self.link = np.zeros((self.capacity, 1), np.int64)
+        else:
+            self.slot_key = np.zeros(0, np.int64)
+            self._grow(min(self.capacity, 1024))
         self.qrow = np.zeros(max(self.queue, 1), np.int64)
         self.qneed = np.zeros(max(self.queue, 1), np.int64)
         self.served = 0  # tokens served so far
 
-    def feed(self, units: np.ndarray, tok_ptr: np.ndarray, n_tok: int) -> tuple[np.ndarray, np.ndarray]:
+    def _grow(self, slots: int) -> None:
+        """Slot arrays of `slots` (<= capacity) entries, the hash table rebuilt at twice that."""
+        old = len(self.slot_key)
+        self.slot_key = np.concatenate([self.slot_key, np.full(slots - old, -1, np.int64)])
+        fill = -1 if self.policy == "lru" else 0  # LRU: no neighbour; CLOCK: reference bit clear
+        link = getattr(self, "link", np.zeros((0, 2), np.int64))
+        self.link = np.concatenate([link, np.full((slots - old, 2), fill, np.int64)])
+        m = 1
+        while m < 2 * slots + 2:
+            m *= 2
+        self.tab = np.full((m, 2), -1, np.int64)
+        kernels.rehash(self.slot_key, int(self.meta[0]), self.tab)
+
+    def feed(self, units: np.ndarray, tok_ptr: np.ndarray, n_tok: int, slots: bool = False):
         """Serve n_tok tokens; `tok_ptr` has n_tok + look + 1 offsets (the peeked tokens last).
 
-        Returns (hit, slot) per read of the served tokens.
+        Returns (hit, slot) per read of the served tokens (slot: None unless `slots`).
         """
         n = int(tok_ptr[n_tok])
-        hit = np.zeros(n, np.bool_)
-        slot = np.zeros(n, np.int64)
+        if self.policy != "set-assoc":  # room for every unit this chunk may bring in, prefetches too
+            need = min(self.capacity, int(self.meta[0]) + n + n_tok * self.bandwidth)
+            if need > len(self.slot_key):
+                self._grow(min(self.capacity, max(need, 2 * len(self.slot_key))))
+        hit = np.empty(n, np.bool_)
+        slot = np.empty(n if slots else 0, np.int64)
         kernels.run(
-            DYNAMIC[self.policy], max(self.ways, 1), units, tok_ptr, n_tok, self.served, self.look,
-            self.bandwidth, self.keys, self.vals, self.slot_key, self.a, self.b, self.meta,
+            DYNAMIC[self.policy], max(self.ways, 1), self.capacity, units, tok_ptr, n_tok, self.served,
+            self.look, self.bandwidth, self.tab, self.slot_key, self.link, self.meta,
             self.qrow, self.qneed, hit, slot, self.stats,
         )  # fmt: skip
         self.served += n_tok
-        return hit, slot
+        return hit, (slot if slots else None)
 
 
 def flat_ptr(n_tok: int, per_token: int) -> np.ndarray:
@@ -121,5 +136,7 @@ def belady_hits(stream: np.ndarray, capacity: int) -> np.ndarray:
     """Per-read hits of the optimal offline policy (MIN, with bypass) over a stream in memory."""
     stream = np.ascontiguousarray(stream, np.int64)
     hit = np.zeros(len(stream), np.bool_)
-    kernels.belady(stream, kernels.next_use(stream), capacity, hit)
+    # more slots than the stream has units change nothing: keep the arrays to what it reads
+    capacity = min(capacity, len(np.unique(stream))) if capacity > 1 << 16 else capacity
+    kernels.belady(stream, kernels.next_use(stream), max(capacity, 1), hit)
     return hit

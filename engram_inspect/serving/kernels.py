@@ -9,11 +9,14 @@ row cache of `offload.py` places rows with the same kernels, so a simulated hit 
 measured hit are the same event.
 
 State of a cache of C slots (`new_state`):
-- `keys`, `vals`: an open-addressing hash table unit -> slot (linear probing, backward-shift
-  deletion, -1 empty), 2^k >= 2C entries. Set-associative caches do not use it.
+- `tab` (2^k, 2): an open-addressing hash table of (unit, slot) pairs (linear probing,
+  backward-shift deletion, -1 empty), 2^k >= 2 x slots; a pair shares a cache line.
+  Set-associative caches do not use it.
+- LRU and CLOCK fill slots in order, so their slot arrays start small and grow (doubling,
+  `rehash`) until they reach C: a 8 GiB cache over a short trace holds what the trace read.
 - `slot_key` (C,): the unit in each slot, -1 empty.
-- `a`, `b` (C,): LRU's prev/next links; CLOCK's reference bit in `a`; set-associative's
-  last-use stamp in `a`.
+- `link` (C, 2): LRU's prev/next links; CLOCK's reference bit and set-associative's
+  last-use stamp in column 0.
 - `meta`: [count, head (MRU), tail (LRU), hand, tick, queue head, queue length, 0].
 - `qrow`, `qneed`: the prefetch queue, a ring of (unit, token that needs it).
 
@@ -37,134 +40,117 @@ def _hash(key):
 
 
 @numba.njit(inline="always")
-def _find(keys, key):
+def _find(tab, key):
     """The entry holding `key`, or the empty entry where it would go."""
-    mask = len(keys) - 1
+    mask = tab.shape[0] - 1
     i = _hash(key) & mask
-    while keys[i] != -1 and keys[i] != key:
+    while tab[i, 0] != -1 and tab[i, 0] != key:
         i = (i + 1) & mask
     return i
 
 
 @numba.njit(inline="always")
-def _delete(keys, vals, i):
+def _delete(tab, i):
     """Empty entry i, shifting back the entries of its probe run (no tombstones)."""
-    mask = len(keys) - 1
+    mask = tab.shape[0] - 1
     j = i
     while True:
         j = (j + 1) & mask
-        if keys[j] == -1:
+        if tab[j, 0] == -1:
             break
-        home = _hash(keys[j]) & mask
-        # leave keys[j] where it is when its home lies cyclically in (i, j]
+        home = _hash(tab[j, 0]) & mask
+        # leave entry j where it is when its home lies cyclically in (i, j]
         if (i <= j and i < home <= j) or (i > j and (home > i or home <= j)):
             continue
-        keys[i] = keys[j]
-        vals[i] = vals[j]
+        tab[i, 0] = tab[j, 0]
+        tab[i, 1] = tab[j, 1]
         i = j
-    keys[i] = -1
+    tab[i, 0] = -1
 
 
 @numba.njit(inline="always")
-def _unlink(a, b, meta, s):
-    p, n = a[s], b[s]
+def _unlink(link, head, tail, s):
+    """Take slot s out of the LRU list: (head, tail)."""
+    p, n = link[s, 0], link[s, 1]
     if p >= 0:
-        b[p] = n
+        link[p, 1] = n
     else:
-        meta[1] = n
+        head = n
     if n >= 0:
-        a[n] = p
+        link[n, 0] = p
     else:
-        meta[2] = p
+        tail = p
+    return head, tail
 
 
 @numba.njit(inline="always")
-def _push_front(a, b, meta, s):
-    a[s] = -1
-    b[s] = meta[1]
-    if meta[1] >= 0:
-        a[meta[1]] = s
-    meta[1] = s
-    if meta[2] < 0:
-        meta[2] = s
+def _push_front(link, head, tail, s):
+    """Make slot s the most recent: (head, tail)."""
+    link[s, 0] = -1
+    link[s, 1] = head
+    if head >= 0:
+        link[head, 0] = s
+    return s, (s if tail < 0 else tail)
 
 
 @numba.njit(inline="always")
-def _access(policy, ways, key, keys, vals, slot_key, a, b, meta):
-    """One read of `key`: (hit, slot it now occupies)."""
-    cap = len(slot_key)
+def _access(policy, ways, cap, key, tab, slot_key, link, count, head, tail, hand, tick):
+    """One read of `key`: (hit, slot it now occupies, count, head, tail, hand, tick).
+
+    The scalars of the state travel as values, not through an array, so they stay in registers.
+    """
     if policy == SET_ASSOC:
         sets = cap // ways
         base = (_hash(key) & 0x7FFFFFFFFFFFFFFF) % sets * ways
-        meta[4] += 1
+        tick += 1
         victim, oldest = base, NEVER
         for s in range(base, base + ways):
             if slot_key[s] == key:
-                a[s] = meta[4]
-                return True, s
-            stamp = a[s] if slot_key[s] != -1 else -1  # an empty way goes first
+                link[s, 0] = tick
+                return True, s, count, head, tail, hand, tick
+            stamp = link[s, 0] if slot_key[s] != -1 else -1  # an empty way goes first
             if stamp < oldest:
                 victim, oldest = s, stamp
         slot_key[victim] = key
-        a[victim] = meta[4]
-        return False, victim
-    i = _find(keys, key)
-    if keys[i] == key:
-        s = vals[i]
+        link[victim, 0] = tick
+        return False, victim, count, head, tail, hand, tick
+    i = _find(tab, key)
+    if tab[i, 0] == key:
+        s = tab[i, 1]
         if policy == LRU:
-            if meta[1] != s:
-                _unlink(a, b, meta, s)
-                _push_front(a, b, meta, s)
+            if head != s:
+                head, tail = _unlink(link, head, tail, s)
+                head, tail = _push_front(link, head, tail, s)
         else:
-            a[s] = 1
-        return True, s
-    if meta[0] < cap:
-        s = meta[0]
-        meta[0] += 1
+            link[s, 0] = 1
+        return True, s, count, head, tail, hand, tick
+    if count < cap:
+        s = count
+        count += 1
     else:
         if policy == LRU:
-            s = meta[2]
-            _unlink(a, b, meta, s)
+            s = tail
+            head, tail = _unlink(link, head, tail, s)
         else:  # CLOCK: the hand clears reference bits until it meets a clear one
-            while a[meta[3]] == 1:
-                a[meta[3]] = 0
-                meta[3] = (meta[3] + 1) % cap
-            s = meta[3]
-            meta[3] = (meta[3] + 1) % cap
-        _delete(keys, vals, _find(keys, slot_key[s]))
-        i = _find(keys, key)  # the deletion may have moved entries
-    keys[i] = key
-    vals[i] = s
+            while link[hand, 0] == 1:
+                link[hand, 0] = 0
+                hand = (hand + 1) % cap
+            s = hand
+            hand = (hand + 1) % cap
+        _delete(tab, _find(tab, slot_key[s]))
+        i = _find(tab, key)  # the deletion may have moved entries
+    tab[i, 0] = key
+    tab[i, 1] = s
     slot_key[s] = key
     if policy == LRU:
-        _push_front(a, b, meta, s)
+        head, tail = _push_front(link, head, tail, s)
     else:
-        a[s] = 1  # a unit enters referenced (second chance)
-    return False, s
+        link[s, 0] = 1  # a unit enters referenced (second chance)
+    return False, s, count, head, tail, hand, tick
 
 
 @numba.njit(nogil=True)
-def run(
-    policy,
-    ways,
-    units,
-    tok_ptr,
-    n_tok,
-    base,
-    look,
-    bandwidth,
-    keys,
-    vals,
-    slot_key,
-    a,
-    b,
-    meta,
-    qrow,
-    qneed,
-    hit,
-    slot,
-    stats,
-):
+def run(policy, ways, cap, units, tok_ptr, n_tok, base, look, bandwidth, tab, slot_key, link, meta, qrow, qneed, hit, slot, stats):  # fmt: skip  # noqa: E501
     """Serve tokens 0..n_tok-1 of a chunk; token t reads units[tok_ptr[t]:tok_ptr[t+1]].
 
     With look > 0 the chunk carries `look` more tokens to peek at: after token t is served,
@@ -173,11 +159,16 @@ def run(
     `base` is the chunk's first token in the whole stream. stats += [prefetched, dropped].
     """
     qcap = len(qrow)
+    keep_slots = len(slot) > 0  # the row cache of offload.py wants them; a simulation does not
+    count, head, tail, hand, tick = meta[0], meta[1], meta[2], meta[3], meta[4]
     for t in range(n_tok):
         for u in range(tok_ptr[t], tok_ptr[t + 1]):
-            h, s = _access(policy, ways, units[u], keys, vals, slot_key, a, b, meta)
+            h, s, count, head, tail, hand, tick = _access(
+                policy, ways, cap, units[u], tab, slot_key, link, count, head, tail, hand, tick
+            )
             hit[u] = h
-            slot[u] = s
+            if keep_slots:
+                slot[u] = s
         if look == 0:
             continue
         need = base + t + look
@@ -197,10 +188,22 @@ def run(
             meta[6] -= 1
             if qneed[j] <= base + t:
                 continue  # its token was already served
-            h, s = _access(policy, ways, qrow[j], keys, vals, slot_key, a, b, meta)
+            h, s, count, head, tail, hand, tick = _access(
+                policy, ways, cap, qrow[j], tab, slot_key, link, count, head, tail, hand, tick
+            )
             if not h:
                 budget -= 1
                 stats[0] += 1
+    meta[0], meta[1], meta[2], meta[3], meta[4] = count, head, tail, hand, tick
+
+
+@numba.njit(nogil=True)
+def rehash(slot_key, count, tab):
+    """Fill an empty hash table with the units of slots 0..count-1 (after the slot arrays grew)."""
+    for s in range(count):
+        i = _find(tab, slot_key[s])
+        tab[i, 0] = slot_key[s]
+        tab[i, 1] = s
 
 
 @numba.njit(nogil=True)
@@ -210,17 +213,16 @@ def next_use(stream):
     cap = 1
     while cap < 2 * n + 2:
         cap *= 2
-    keys = np.full(cap, -1, np.int64)
-    last = np.empty(cap, np.int64)
+    tab = np.full((cap, 2), -1, np.int64)  # unit, its latest read so far (from the end)
     out = np.empty(n, np.int64)
     for i in range(n - 1, -1, -1):
-        k = _find(keys, stream[i])
-        if keys[k] == stream[i]:
-            out[i] = last[k]
+        k = _find(tab, stream[i])
+        if tab[k, 0] == stream[i]:
+            out[i] = tab[k, 1]
         else:
-            keys[k] = stream[i]
+            tab[k, 0] = stream[i]
             out[i] = NEVER
-        last[k] = i
+        tab[k, 1] = i
     return out
 
 
@@ -259,8 +261,7 @@ def belady(stream, nxt, cap, hit):
     m = 1
     while m < 2 * cap + 2:
         m *= 2
-    keys = np.full(m, -1, np.int64)
-    vals = np.empty(m, np.int64)
+    tab = np.full((m, 2), -1, np.int64)
     slot_key = np.full(cap, -1, np.int64)
     slot_next = np.empty(cap, np.int64)
     heap = np.empty(cap, np.int64)  # slots, the farthest next use on top
@@ -268,10 +269,10 @@ def belady(stream, nxt, cap, hit):
     n = 0
     for i in range(len(stream)):
         key = stream[i]
-        k = _find(keys, key)
-        if keys[k] == key:
+        k = _find(tab, key)
+        if tab[k, 0] == key:
             hit[i] = True
-            s = vals[k]
+            s = tab[k, 1]
             slot_next[s] = nxt[i]
             _sift_up(heap, slot_next, pos, pos[s])
             _sift_down(heap, slot_next, pos, pos[s], n)
@@ -288,10 +289,10 @@ def belady(stream, nxt, cap, hit):
             s = heap[0]
             if slot_next[s] <= nxt[i]:
                 continue  # every cached unit is read again sooner: bypass
-            _delete(keys, vals, _find(keys, slot_key[s]))
-            k = _find(keys, key)
-        keys[k] = key
-        vals[k] = s
+            _delete(tab, _find(tab, slot_key[s]))
+            k = _find(tab, key)
+        tab[k, 0] = key
+        tab[k, 1] = s
         slot_key[s] = key
         slot_next[s] = nxt[i]
         _sift_up(heap, slot_next, pos, pos[s])

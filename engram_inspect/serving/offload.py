@@ -85,7 +85,7 @@ class DiskRows(nn.Module):
 
     def place(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, int]:
         """Read `rows` through the cache: (values (k, d) float32, hit per read, seconds on disk, rows read)."""
-        hit, slot = self.cache.feed(rows, flat_ptr(len(rows), 1), len(rows))
+        hit, slot = self.cache.feed(rows, flat_ptr(len(rows), 1), len(rows), slots=True)
         uniq, first, inv = np.unique(rows, return_index=True, return_inverse=True)
         cached = hit[first]  # a row whose first read hit sat in its slot since before this batch
         data = np.empty((len(uniq), self.buffer.shape[1]), np.float32)
