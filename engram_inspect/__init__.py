@@ -13,5 +13,7 @@ tests/test_layering.py holds them to it:
   knock-out diffs, attribution of a prediction to memory reads.
 - `corpus` (imports base): corpora under any memory layout, released models'
   included: traffic and cache curves, scans (in-process or Ray Data), tables on disk.
+- `serving` (imports base, corpus): hot-row caches and prefetch simulated over real
+  traffic (`engram cache-sim`), and a checkpoint reading its tables from disk through a cache.
 - `commands` (imports every room): the `engram` subcommands of this package.
 """
