@@ -178,7 +178,7 @@ def address(layout: MemoryLayout, raw_ids, dead_ids=()) -> Addresses:
     if dead_set.size and not layout.block_dead:
         raise LayoutError(f"{layout.name} does not block N-grams at dead tokens: --dead-ids applies to V4.1 layouts")
     dead = np.isin(raw, dead_set)
-    run = look_back(len(ids), dead)
+    run = look_back(len(ids), dead, layout.starts(raw))
     return Addresses(layout, raw, ids, dead, local_rows(ids, run, layout))
 
 

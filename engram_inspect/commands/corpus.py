@@ -13,7 +13,7 @@ from pathlib import Path
 from engram_core.cli import DEFAULT_CHECKPOINT, UserError
 
 from ..corpus.shards import DEFAULT_SAMPLE_RATE, SHARD_BYTES, ScanError
-from .common import read_text_file
+from .common import model_help, read_text_file
 
 REPORT_MIB = (64, 1024, 16384)  # cache sizes printed in the summary; the files hold the whole curve
 
@@ -76,7 +76,7 @@ def add_address_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("text", nargs="?", help="the text (or --file, or --ids)")
     s.add_argument("--file", help="read the text from this file")
     s.add_argument("--ids", help="raw token ids instead of text: 0,671,4787")
-    s.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="deepseek-v4.1-flash or a checkpoint folder")
+    s.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help=model_help())
     s.add_argument("--dead-ids", help="raw ids of dead tokens (image placeholders...) that block N-grams")
     s.add_argument("--format", help="json, csv or parquet (default: from -o's suffix, else json)")
     s.add_argument("-o", "--output", help="file to write (json goes to stdout without -o)")
@@ -186,7 +186,7 @@ def cmd_traffic(args: argparse.Namespace) -> None:
 
 def add_traffic_command(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("traffic", help="rows read, collisions and hot-row cache curves of a corpus, per domain")
-    s.add_argument("--model", default="deepseek-v4.1-flash", help="deepseek-v4.1-flash or a checkpoint folder")
+    s.add_argument("--model", default="deepseek-v4.1-flash", help=model_help())
     s.add_argument("--domains", default="plays,code", help="training-corpus domains: plays, code ('' for none)")
     s.add_argument("--corpus", nargs="*", help="user text files, scanned as the domain 'user'")
     s.add_argument("--sample-rate", type=float, help="LRU replay sample rate (default: about 4M reads a layer)")
@@ -283,7 +283,7 @@ def print_scan(out_dir: str) -> None:
 def add_scan_command(sub) -> None:
     s = sub.add_parser("scan", help="corpus statistics of a memory layout into OUT_DIR (in-process, or on Ray)")
     s.add_argument("paths", nargs="+", metavar="PATH", help="folders of .txt/.md/.py, .jsonl (text), .parquet (text)")
-    s.add_argument("--model", default="deepseek-v4.1-flash", help="deepseek-v4.1-flash or a checkpoint folder")
+    s.add_argument("--model", default="deepseek-v4.1-flash", help=model_help())
     s.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
     s.add_argument("--ray", action="store_true", help="run the map steps on a local Ray cluster")
     s.add_argument("--ray-address", help="join an existing Ray cluster at HOST:PORT")

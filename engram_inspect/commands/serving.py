@@ -9,6 +9,8 @@ import time
 
 from engram_core.cli import UserError
 
+from .common import model_help
+
 DEFAULT_CAPACITIES = "1MiB,4MiB,16MiB,64MiB,256MiB,1GiB"
 
 
@@ -147,7 +149,7 @@ def add_cache_sim_command(sub: argparse._SubParsersAction) -> None:
         "cache-sim",
         help="hit rates of hot-row cache policies over real traffic (capacity, streams, pages, prefetch)",
     )
-    s.add_argument("--model", default="deepseek-v4.1-flash", help="deepseek-v4.1-flash or a checkpoint folder")
+    s.add_argument("--model", default="deepseek-v4.1-flash", help=model_help())
     src = s.add_mutually_exclusive_group()
     src.add_argument("--scan", metavar="OUT_DIR", help="replay the token streams an `engram scan` kept")
     src.add_argument("--corpus", nargs="+", metavar="PATH", help="folders, .txt/.md/.py, .jsonl or .parquet files")

@@ -32,8 +32,9 @@ def document_rows(layout: MemoryLayout, docs: list[np.ndarray]) -> list[np.ndarr
     if not docs:
         return []
     lens = np.array([len(d) for d in docs], np.int64)
-    cids = layout.compress(np.concatenate(docs))
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    raw = np.concatenate(docs)
+    cids = layout.compress(raw)
+    starts = layout.starts(raw, np.concatenate([[0], np.cumsum(lens)[:-1]]))
     rows = local_rows(cids, look_back(len(cids), None, starts), layout)  # (L, T, H)
     rows = rows + np.stack([layout.offsets[layer] for layer in layout.layers])[:, None, :]
     return np.split(rows, np.cumsum(lens)[:-1], axis=1)
