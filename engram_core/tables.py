@@ -81,6 +81,10 @@ class TableTensor:
     def n_rows(self) -> int:
         return self.values.shape[0]
 
+    @property
+    def width(self) -> int:
+        return self.values.shape[1]
+
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Dequantised float32 rows (k, d): reads those rows' bytes only."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -95,6 +99,41 @@ class TableTensor:
         if self.dtype == "BF16":
             return (raw.astype(np.uint32) << 16).view(np.float32)
         return raw.astype(np.float32)
+
+
+@dataclass
+class ShardedTable:
+    """One layer's table stored as row shards (Qwen: `ngram_embedding.shard_<i>.weight`, 128 of them),
+    read as one: global row r lives in the shard whose first row is the largest at or below r."""
+
+    layer: int
+    name: str
+    dtype: str
+    shards: list[TableTensor]  # in shard order
+    first: np.ndarray  # (shards + 1,) first global row of each shard, then the total
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.first[-1])
+
+    @property
+    def width(self) -> int:
+        return self.shards[0].width
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            bad = int(rows.max() if rows.max() >= self.n_rows else rows.min())
+            raise LayoutError(f"row {bad} outside layer {self.layer}'s table of {self.n_rows:,} rows")
+        out = np.empty((len(rows), self.width), np.float32)
+        which = np.searchsorted(self.first, rows, side="right") - 1
+        for i in np.unique(which):
+            pick = which == i
+            out[pick] = self.shards[i].read(rows[pick] - self.first[i])
+        return out
+
+
+_SHARD = re.compile(r"(?:^|\.)layers\.(\d+)\.ple\.ple_embedding\.ngram_embedding\.shard_(\d+)\.weight$")
 
 
 def _memmap(path: Path, start: int, name: str, meta: dict) -> np.ndarray:
@@ -129,16 +168,24 @@ def _scales(path: Path, start: int, header: dict, name: str, values: np.ndarray)
     return _memmap(path, start, scale_name, meta)
 
 
-def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[int, TableTensor]:
+def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[int, TableTensor | ShardedTable]:
     """Every Engram table in any subset of safetensors files of a folder (or one file)."""
     folder = Path(folder)
     files = [folder] if folder.is_file() else sorted(folder.glob("*.safetensors"))
     if not files:
         raise LayoutError(f"no .safetensors files in {folder}")
-    found: dict[int, TableTensor] = {}
+    found: dict[int, TableTensor | ShardedTable] = {}
+    shards: dict[int, dict[int, TableTensor]] = {}
     for path in files:
         header, start = read_header(path)
         for name, meta in header.items():
+            sm = _SHARD.search(name)
+            if sm and len(meta.get("shape", ())) == 2:
+                layer, index = int(sm.group(1)), int(sm.group(2))
+                shards.setdefault(layer, {})[index] = TableTensor(
+                    layer, name, meta["dtype"], _memmap(path, start, name, meta), None
+                )
+                continue
             m = _LAYER.search(name)
             if not m or "scale" in name or len(meta.get("shape", ())) != 2:
                 continue
@@ -149,17 +196,36 @@ def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[
             values = _memmap(path, start, name, meta)
             scales = _scales(path, start, header, name, values) if meta["dtype"] == "F8_E4M3" else None
             found[layer] = TableTensor(layer, name, meta["dtype"], values, scales)
+    for layer, parts in shards.items():
+        order = sorted(parts)
+        if order != list(range(len(order))):
+            missing = sorted(set(range(max(order) + 1)) - set(order))
+            raise LayoutError(
+                f"layer {layer}'s table lacks shard {missing[0]} of its {max(order) + 1}+ shards in {folder}"
+            )
+        tabs = [parts[i] for i in order]
+        if len({(t.dtype, t.width) for t in tabs}) != 1:
+            raise LayoutError(f"layer {layer}'s table shards differ in dtype or width in {folder}")
+        first = np.concatenate([[0], np.cumsum([t.n_rows for t in tabs])]).astype(np.int64)
+        name = tabs[0].name.rsplit(".shard_", 1)[0] + ".shard_*.weight"
+        found[layer] = ShardedTable(layer, name, tabs[0].dtype, tabs, first)
     if not found:
-        raise LayoutError(f"no Engram table tensors (layers.<L>.engram...) in {folder}")
+        raise LayoutError(f"no Engram table tensors (layers.<L>.engram... or ...ngram_embedding.shard_<i>) in {folder}")
     if layout is not None:
         for layer, t in found.items():
-            if layer in layout.layers and t.n_rows != layout.num_embeddings(layer):
+            if layer in layout.layers and t.n_rows not in (layout.num_embeddings(layer), layout.stored_rows(layer)):
+                pad = layout.stored_rows(layer) != layout.num_embeddings(layer)
                 raise LayoutError(
                     f"{t.name} has {t.n_rows:,} rows but the layout gives layer {layer} "
-                    f"{layout.num_embeddings(layer):,}"
+                    f"{layout.stored_rows(layer) if pad else layout.num_embeddings(layer):,}"
+                    + (
+                        f" ({layout.num_embeddings(layer):,} padded to a multiple of {layout.row_multiple})"
+                        if pad
+                        else ""
+                    )
                 )
-            if t.values.shape[1] != layout.d_head:
-                raise LayoutError(f"{t.name} rows are {t.values.shape[1]} wide, the layout says {layout.d_head}")
+            if t.width != layout.d_head:
+                raise LayoutError(f"{t.name} rows are {t.width} wide, the layout says {layout.d_head}")
     return found
 
 
@@ -210,3 +276,28 @@ def write_mini_shard(path: str | Path, tables: dict[int, np.ndarray]) -> Path:
         state[f"layers.{layer}.engram.embed.scale"] = torch.from_numpy(s).view(torch.float8_e8m0fnu)
     save_file(state, str(path))
     return Path(path)
+
+
+def write_sparse_shards(
+    path: str | Path, names: list[str], shape: tuple[int, int], dtype: str, rows: dict[int, np.ndarray] | None = None
+) -> Path:
+    """A safetensors file holding one tensor of `shape` per name, back to back, as a sparse file:
+    only the header and the given (global) rows are written, every other byte reads zero. A full-size
+    released table (~100 GB) costs a few kilobytes of disk; tests and benches read it row by row."""
+    item = np.dtype(_DTYPES[dtype]).itemsize
+    size = shape[0] * shape[1] * item
+    header = {
+        n: {"dtype": dtype, "shape": list(shape), "data_offsets": [i * size, (i + 1) * size]}
+        for i, n in enumerate(names)
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        start = f.tell()
+        for r, values in sorted((rows or {}).items()):
+            f.seek(start + r * shape[1] * item)
+            f.write(np.ascontiguousarray(values, dtype=_DTYPES[dtype]).tobytes())
+        f.truncate(start + len(names) * size)
+    return path

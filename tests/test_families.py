@@ -132,3 +132,31 @@ def test_traffic_scan_and_cache_sim_run_on_a_released_folder(tmp_path, engram_cl
     rows = pq.read_table(tmp_path / "out" / "rows.parquet").to_pydict()
     assert max(rows["row"]) < lay.num_embeddings(1) and len(set(rows["head"])) == 8
     assert np.sum(rows["hits"]) == s["tokens"] * 16
+
+
+def test_qwen_tables_are_read_row_by_row_from_their_128_shards(tmp_path, preset):
+    """The released storage: `ngram_embedding.shard_<i>.weight`, 128 shards of 2,500,012 rows x 160 bf16
+    (~102 GB, here a sparse file): rows in any shard read back, and a count that is off is refused."""
+    from engram_core.tables import open_tables, write_sparse_shards
+
+    per = preset.stored_rows(1) // 128
+    names = [f"model.language_model.layers.1.ple.ple_embedding.ngram_embedding.shard_{i}.weight" for i in range(128)]
+    rows = {
+        0: np.full(160, 0x3F80),
+        per - 1: np.full(160, 0x4000),
+        per: np.full(160, 0x4040),
+        127 * per + 5: np.arange(160) + 0x3F80,
+    }
+    path = write_sparse_shards(tmp_path / "model-00001.safetensors", names, (per, 160), "BF16", rows)
+    assert path.stat().st_size > 100 * 10**9
+    table = open_tables(tmp_path, preset)[1]
+    got = table.read(np.array([per, 0, 127 * per + 5, per - 1, 17]))
+    assert got[0].tolist() == [3.0] * 160 and got[1].tolist() == [1.0] * 160 and got[3].tolist() == [2.0] * 160
+    assert got[2][0] == 1.0 and not got[4].any()
+    assert table.n_rows == preset.stored_rows(1) == 320_001_536
+    write_sparse_shards(tmp_path / "model-00001.safetensors", names, (per - 1, 160), "BF16")
+    with pytest.raises(LayoutError, match="padded to a multiple of 128"):
+        open_tables(tmp_path, preset)
+    write_sparse_shards(tmp_path / "model-00001.safetensors", names[:5] + names[6:], (per, 160), "BF16")
+    with pytest.raises(LayoutError, match="lacks shard 5"):
+        open_tables(tmp_path, preset)

@@ -40,7 +40,7 @@ def neighbours(table: TableTensor, queries: np.ndarray, pool: np.ndarray, k: int
     pool = np.unique(np.asarray(pool, dtype=np.int64))
     if pool.size == 0:
         return [[] for _ in queries]
-    index = faiss.IndexFlatIP(table.values.shape[1])
+    index = faiss.IndexFlatIP(table.width)
     index.add(unit(table.read(pool)).astype(np.float32))
     q = unit(table.read(np.asarray(queries, dtype=np.int64))).astype(np.float32)
     sims, idx = index.search(q, min(k + 1, pool.size))

@@ -73,9 +73,9 @@ class DiskRows(nn.Module):
             capacity -= capacity % ways
         self.source = table
         self.cache = Cache(policy, max(capacity, 1), ways if policy == "set-assoc" else 0)
-        self.buffer = np.zeros((self.cache.capacity, table.values.shape[1]), np.float32)  # slot -> row values
+        self.buffer = np.zeros((self.cache.capacity, table.width), np.float32)  # slot -> row values
         # what code asking for the table's dtype and device finds (no rows: they are on disk)
-        self.register_buffer("weight", torch.empty(0, table.values.shape[1], dtype=dtype), persistent=False)
+        self.register_buffer("weight", torch.empty(0, table.width, dtype=dtype), persistent=False)
         self.lock = threading.Lock()  # the prefetcher and the forward never place rows at once
         self.stats = RowStats()
 
