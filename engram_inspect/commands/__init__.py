@@ -19,7 +19,7 @@ from engram_core.cli import main as core_main
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from .corpus import add_address_command, add_scan_command, add_traffic_command
+    from .corpus import add_address_command, add_audit_command, add_scan_command, add_traffic_command
     from .memory import add_memory_commands
     from .serving import add_cache_sim_command
     from .text import add_text_commands
@@ -27,6 +27,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_address_command(sub)
     add_traffic_command(sub)
     add_scan_command(sub)
+    add_audit_command(sub)
     add_text_commands(sub)
     add_memory_commands(sub)
     add_cache_sim_command(sub)

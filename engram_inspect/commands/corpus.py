@@ -296,3 +296,65 @@ def add_scan_command(sub) -> None:
         help="scan about N tokens spread evenly over the corpus (each shard keeps its first N/shards tokens)",
     )
     s.set_defaults(fn=cmd_scan)
+
+
+def cmd_audit(args) -> None:
+    import json as _json
+
+    from engram_core.data import cache_dir
+    from engram_core.layout import LayoutError, load_layout
+
+    from ..corpus.audit import audit, worst_ngrams
+    from .common import progress_bar
+
+    try:
+        layout = load_layout(args.model)
+        state = None if args.no_resume else cache_dir() / "audit"
+        if args.restart and state is not None:
+            for f in state.glob("audit-*.pkl"):
+                f.unlink()
+        bar = progress_bar("auditing rows")
+        report = audit(layout, args.tables, args.reference, args.scan, state, lambda d, t: bar(d, t, f"{d:,} rows"))
+    except (LayoutError, ValueError) as e:
+        raise UserError(str(e)) from e
+    for f in report.findings:
+        print(f.line())
+    for layer, s in sorted(report.layers.items()):
+        for h in s["heads"]:
+            err = ""
+            if h["mean_error"] is not None:
+                err = f", error mean {h['mean_error']:.4f} max {h['max_error']:.4f}"
+                if h["read_weighted_error"] is not None:
+                    err += f", read-weighted {h['read_weighted_error']:.4f}"
+            head = f"  layer {layer} head {h['order']}:{h['head']}"
+            print(f"{head}: {h['rows']:,} rows, median norm {h['median_norm']:.4g}{err}")
+        grams = worst_ngrams(args.scan, layer, [w["row"] for w in s["worst"]]) if args.scan and s["worst"] else {}
+        for w in s["worst"]:
+            reads = f", {w['reads']:,} reads" if args.scan else ""
+            ngrams = ""
+            if w["row"] in grams:
+                n, kept = grams[w["row"]]
+                ngrams = f", {n} N-gram{'s' if n != 1 else ''}" + (f": {kept[:3]}" if kept else "")
+                w["ngrams"] = kept
+            print(f"  layer {layer} worst row {w['row']} (head {w['head']}): error {w['error']:.4f}{reads}{ngrams}")
+    resumed = f" (resumed at row {report.resumed_from:,})" if report.resumed_from else ""
+    verdict = f"{len(report.findings)} findings" if report.broken else "no findings"
+    print(f"{report.layout}: {report.rows:,} rows audited{resumed}, {verdict}")
+    if args.json:
+        Path(args.json).write_text(
+            _json.dumps({"findings": [f.__dict__ for f in report.findings], "layers": report.layers}, indent=1)
+        )
+    if report.broken:
+        raise SystemExit(1)
+
+
+def add_audit_command(sub) -> None:
+    s = sub.add_parser("audit", help="check a released table row by row: NaN, zero rows, bad scales, counts, norms")
+    s.add_argument("--tables", required=True, help="folder (or file) of safetensors shards holding the tables")
+    s.add_argument("--model", default="deepseek-v4.1-flash", help=model_help())
+    s.add_argument("--reference", help="another copy of the same tables (say the bf16 original): per-row error")
+    s.add_argument("--scan", metavar="OUT_DIR", help="weight the errors by how often a scanned corpus reads each row")
+    s.add_argument("--json", metavar="FILE", help="also write the findings and per-head figures as JSON")
+    s.add_argument("--restart", action="store_true", help="forget a saved partial pass and start over")
+    s.add_argument("--no-resume", action="store_true", help="neither resume nor save the pass's state")
+    s.set_defaults(fn=cmd_audit)
