@@ -143,7 +143,8 @@ def test_static_on_its_own_stream_is_the_best_static_set():
 
 
 def ref_lru_prefetch(tokens, cap, look, bw):
-    """LRU with a prefetcher, token by token: after token t, the rows of token t + look are queued;
+    """LRU with a prefetcher, token by token: after token t, the rows of token t + look are queued
+    (after token 0, those of tokens 1..look);
     up to `bw` queued rows still ahead are fetched (a cached one is touched for free)."""
     cache, queue, misses, fetched = OrderedDict(), [], 0, 0
 
@@ -159,8 +160,9 @@ def ref_lru_prefetch(tokens, cap, look, bw):
 
     for t, rows in enumerate(tokens):
         misses += sum(not touch(x) for x in rows)
-        if t + look < len(tokens):
-            queue += [(x, t + look) for x in tokens[t + look]]
+        for k in range(1 if t == 0 else look, look + 1):  # after the first token, tokens 1..look are known
+            if t + k < len(tokens):
+                queue += [(x, t + k) for x in tokens[t + k]]
         budget = bw
         while budget and queue:
             x, need = queue.pop(0)
@@ -243,7 +245,7 @@ def test_prefetch_takes_misses_off_the_critical_path(layout, docs):
     base = simulate(layout, lambda: docs, g)
     fetched = simulate(layout, lambda: docs, replace(g, lookahead=1, bandwidth=layout.spec.heads_per_layer))
     for b, f in zip(base, fetched, strict=True):
-        assert f["misses_per_token"] < 0.01 * b["misses_per_token"]
+        assert f["misses_per_token"] == 0.0 < b["misses_per_token"]  # every read fetched a token ahead
         assert f["prefetched"] > 0
 
 

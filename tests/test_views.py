@@ -74,7 +74,16 @@ def test_api_lists_only_the_documented_endpoints(tiny_demo):
     from pathlib import Path
 
     documented = set(re.findall(r"^## (/\w+)$", (Path(__file__).parent.parent / "docs" / "api.md").read_text(), re.M))
-    assert documented == {"/trace", "/knockout", "/attribution", "/neighbours", "/export", "/row", "/address"}
+    assert documented == {
+        "/trace",
+        "/knockout",
+        "/attribution",
+        "/neighbours",
+        "/export",
+        "/row",
+        "/address",
+        "/cache_sizing",
+    }
     info = tiny_demo.get_api_info()
     assert set(info["named_endpoints"]) == documented and not info["unnamed_endpoints"]
 

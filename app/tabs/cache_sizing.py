@@ -112,13 +112,13 @@ def build(ctx: Ctx) -> None:
             return None if trace is None else trace.token_ids
         return None if addresses is None else addresses.ids.tolist()
 
-    def run(model, trace, addresses, pol, s, g, progress=gr.Progress()):  # noqa: B008 - Gradio injects it
+    def cache_curves(model, trace, addresses, pol, s, g, progress=gr.Progress()):  # noqa: B008 - Gradio injects it
         progress(0, desc="replaying the corpus through the cache (first time for these settings)")
         records, lines = sizing(ctx, text_ids(model, trace, addresses), model, pol, s, g)
         return figure(records), "\n".join(f"- {line}" for line in lines)
 
     go_button.click(
-        run, [ctx.model, ctx.trace, ctx.addresses, policy, streams, gran], [plot, words], api_visibility="private"
+        cache_curves, [ctx.model, ctx.trace, ctx.addresses, policy, streams, gran], [plot, words], api_visibility="private"
     )
 
     def api(text: str, model: str = SHIPPED, policy: str = "lru", streams: str = "1", granularity: str = "row") -> dict:

@@ -154,7 +154,8 @@ def run(policy, ways, cap, units, tok_ptr, n_tok, base, look, bandwidth, tab, sl
     """Serve tokens 0..n_tok-1 of a chunk; token t reads units[tok_ptr[t]:tok_ptr[t+1]].
 
     With look > 0 the chunk carries `look` more tokens to peek at: after token t is served,
-    the rows of token t + look join the prefetch queue, and up to `bandwidth` queued units
+    the rows of token t + look join the prefetch queue (after the stream's first token, those
+    of tokens 1..look), and up to `bandwidth` queued units
     still ahead of the reader are fetched (a unit already cached is touched for free).
     `base` is the chunk's first token in the whole stream. stats += [prefetched, dropped].
     """
@@ -171,16 +172,18 @@ def run(policy, ways, cap, units, tok_ptr, n_tok, base, look, bandwidth, tab, sl
                 slot[u] = s
         if look == 0:
             continue
-        need = base + t + look
-        for u in range(tok_ptr[t + look], tok_ptr[t + look + 1]):
-            if meta[6] == qcap:  # full: the oldest request is dropped (it would come too late)
-                meta[5] = (meta[5] + 1) % qcap
-                meta[6] -= 1
-                stats[1] += 1
-            j = (meta[5] + meta[6]) % qcap
-            qrow[j] = units[u]
-            qneed[j] = need
-            meta[6] += 1
+        # after the stream's first token every token up to t + look is known; later, one more a step
+        for k in range(1 if base + t == 0 else look, look + 1):
+            need = base + t + k
+            for u in range(tok_ptr[t + k], tok_ptr[t + k + 1]):
+                if meta[6] == qcap:  # full: the oldest request is dropped (it would come too late)
+                    meta[5] = (meta[5] + 1) % qcap
+                    meta[6] -= 1
+                    stats[1] += 1
+                j = (meta[5] + meta[6]) % qcap
+                qrow[j] = units[u]
+                qneed[j] = need
+                meta[6] += 1
         budget = bandwidth
         while budget > 0 and meta[6] > 0:
             j = meta[5]
