@@ -245,7 +245,8 @@ def test_prefetch_takes_misses_off_the_critical_path(layout, docs):
     base = simulate(layout, lambda: docs, g)
     fetched = simulate(layout, lambda: docs, replace(g, lookahead=1, bandwidth=layout.spec.heads_per_layer))
     for b, f in zip(base, fetched, strict=True):
-        assert f["misses_per_token"] == 0.0 < b["misses_per_token"]  # every read fetched a token ahead
+        # every read after the first token's was fetched a token ahead; nothing is known before the first
+        assert f["reads"] - f["hits"] == layout.spec.heads_per_layer < b["reads"] - b["hits"]
         assert f["prefetched"] > 0
 
 
