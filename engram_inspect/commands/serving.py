@@ -107,7 +107,6 @@ def plot(records: list[dict], path: str) -> str:
 def cmd_cache_sim(args: argparse.Namespace) -> None:
     from ..serving.simulate import simulate
     from ..serving.sizing import words
-    from .common import progress_bar
 
     spec, layout, grid, docs, static, streams, grans = build(args)
     t0 = time.perf_counter()
@@ -120,13 +119,17 @@ def cmd_cache_sim(args: argparse.Namespace) -> None:
         else:
             for s in streams:
                 for g in grans:
-                    bar = progress_bar(f"{s} stream{'s' if s > 1 else ''}, {g}s")
-                    total = grid.max_tokens or 0
+                    from tqdm import tqdm
 
-                    def tick(done: int, bar=bar, total=total) -> None:
-                        bar(done, max(total, done + 1), f"{done:,} tokens")
+                    # tokens replayed; the total is known only for a prefix (--max-tokens)
+                    bar = tqdm(desc=f"{s} stream{'s' if s > 1 else ''}, {g}s", total=grid.max_tokens, unit="tok",
+                               leave=False, dynamic_ncols=True)  # fmt: skip
+
+                    def tick(done: int, bar=bar) -> None:
+                        bar.update(done - bar.n)
 
                     records += simulate(layout, docs, grid, s, g, static, tick)
+                    bar.close()
     except ValueError as e:
         raise UserError(str(e)) from e
     seconds = time.perf_counter() - t0
