@@ -30,17 +30,21 @@ def streams():
 # -- slow, obvious references ------------------------------------------------------------------
 
 
+def lru_touch(cache: OrderedDict, x, cap: int) -> bool:
+    """One read of x through an LRU cache of `cap` entries (the OrderedDict's first is least recent)."""
+    hit = x in cache
+    if hit:
+        cache.move_to_end(x)
+    else:
+        cache[x] = True
+        if len(cache) > cap:
+            cache.popitem(last=False)
+    return hit
+
+
 def ref_lru(s, cap):
-    cache, out = OrderedDict(), []
-    for x in s.tolist():
-        out.append(x in cache)
-        if x in cache:
-            cache.move_to_end(x)
-        else:
-            cache[x] = True
-            if len(cache) > cap:
-                cache.popitem(last=False)
-    return np.array(out)
+    cache = OrderedDict()
+    return np.array([lru_touch(cache, x, cap) for x in s.tolist()])
 
 
 def ref_clock(s, cap):
@@ -67,17 +71,8 @@ def ref_set_assoc(s, cap, ways):
     from engram_inspect.serving.kernels import _hash
 
     sets = [OrderedDict() for _ in range(cap // ways)]
-    out = []
-    for x in s.tolist():
-        ways_of = sets[(_hash(np.int64(x)) & 0x7FFFFFFFFFFFFFFF) % len(sets)]
-        out.append(x in ways_of)
-        if x in ways_of:
-            ways_of.move_to_end(x)
-        else:
-            ways_of[x] = True
-            if len(ways_of) > ways:
-                ways_of.popitem(last=False)
-    return np.array(out)
+    pick = lambda x: sets[(_hash(np.int64(x)) & 0x7FFFFFFFFFFFFFFF) % len(sets)]  # noqa: E731
+    return np.array([lru_touch(pick(x), x, ways) for x in s.tolist()])
 
 
 def ref_belady(s, cap):
@@ -149,14 +144,7 @@ def ref_lru_prefetch(tokens, cap, look, bw):
     cache, queue, misses, fetched = OrderedDict(), [], 0, 0
 
     def touch(x):
-        hit = x in cache
-        if hit:
-            cache.move_to_end(x)
-        else:
-            cache[x] = True
-            if len(cache) > cap:
-                cache.popitem(last=False)
-        return hit
+        return lru_touch(cache, x, cap)
 
     for t, rows in enumerate(tokens):
         misses += sum(not touch(x) for x in rows)
