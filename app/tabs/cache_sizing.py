@@ -118,7 +118,10 @@ def build(ctx: Ctx) -> None:
         return figure(records), "\n".join(f"- {line}" for line in lines)
 
     go_button.click(
-        cache_curves, [ctx.model, ctx.trace, ctx.addresses, policy, streams, gran], [plot, words], api_visibility="private"
+        cache_curves,
+        [ctx.model, ctx.trace, ctx.addresses, policy, streams, gran],
+        [plot, words],
+        api_visibility="private",
     )
 
     def api(text: str, model: str = SHIPPED, policy: str = "lru", streams: str = "1", granularity: str = "row") -> dict:
