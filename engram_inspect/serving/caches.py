@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..corpus.reuse import previous_access
 from . import kernels
 
 DYNAMIC = {"lru": kernels.LRU, "clock": kernels.CLOCK, "set-assoc": kernels.SET_ASSOC}
@@ -132,11 +133,19 @@ class StaticSet:
         return (self.units[i] == units) if len(self.units) else np.zeros(len(units), np.bool_)
 
 
+def next_use(stream: np.ndarray) -> np.ndarray:
+    """Per read, the index of the next read of the same unit (NEVER when there is none): the previous
+    read of the reversed stream (`reuse.previous_access`), turned around."""
+    n = len(stream)
+    prev = previous_access(np.ascontiguousarray(stream[::-1]))[::-1]
+    return np.where(prev < 0, kernels.NEVER, n - 1 - prev)
+
+
 def belady_hits(stream: np.ndarray, capacity: int) -> np.ndarray:
     """Per-read hits of the optimal offline policy (MIN, with bypass) over a stream in memory."""
     stream = np.ascontiguousarray(stream, np.int64)
     hit = np.zeros(len(stream), np.bool_)
     # more slots than the stream has units change nothing: keep the arrays to what it reads
     capacity = min(capacity, len(np.unique(stream))) if capacity > 1 << 16 else capacity
-    kernels.belady(stream, kernels.next_use(stream), max(capacity, 1), hit)
+    kernels.belady(stream, next_use(stream), max(capacity, 1), hit)
     return hit

@@ -209,26 +209,6 @@ def rehash(slot_key, count, tab):
         tab[i, 1] = s
 
 
-@numba.njit(nogil=True)
-def next_use(stream):
-    """Per read, the index of the next read of the same unit (NEVER when there is none)."""
-    n = len(stream)
-    cap = 1
-    while cap < 2 * n + 2:
-        cap *= 2
-    tab = np.full((cap, 2), -1, np.int64)  # unit, its latest read so far (from the end)
-    out = np.empty(n, np.int64)
-    for i in range(n - 1, -1, -1):
-        k = _find(tab, stream[i])
-        if tab[k, 0] == stream[i]:
-            out[i] = tab[k, 1]
-        else:
-            tab[k, 0] = stream[i]
-            out[i] = NEVER
-        tab[k, 1] = i
-    return out
-
-
 @numba.njit(inline="always")
 def _sift_up(heap, nxt, pos, i):
     while i > 0:
