@@ -102,8 +102,13 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
         with gr.Row():
             model = gr.Dropdown(list(MODELS), value=SHIPPED, label="model", elem_id="model", scale=1, min_width=220)
             run = gr.Button("Run", variant="primary", elem_id="run")
-            mask = gr.Textbox(label="knock-out mask (set in the Knock-out tab)", value="all", elem_id="mask", scale=2)
-            link = gr.Textbox(label="link to this state", elem_id="share-link", scale=3)
+            mask = gr.Textbox(
+                label="knock-out mask (type one and Run, or set it in the Knock-out tab)",
+                value="all",
+                elem_id="mask",
+                scale=2,
+            )
+            link = gr.Textbox(label="link to this state", elem_id="share-link", scale=3, buttons=["copy"])
         status = gr.Markdown(elem_id="status")
         examples = gr.Examples(EXAMPLES, inputs=[text], label="examples (held-out plays, code)")
         ctx = Ctx(session=session, trace=gr.State(None), text=text, mask=mask, shown=gr.State("lookups"))
@@ -124,9 +129,7 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
                 tab.build(ctx)
             row_deep_link = rows.build(ctx)
         layout_views.notice(ctx, notice)
-        loaded = demo.load(_from_url, None, [text, mask, model], api_visibility="private")
-        # clicking an example fills the text (Gradio's own event), then runs it like Run
-        _wire_run(ctx, [run.click, text.submit, model.select], [loaded, examples.load_input_event], status, link)
+        _wire_state(ctx, demo, [run.click, text.submit, model.select], examples, status, link)
         row_deep_link(demo, tabs)
         dark.click(None, js=DARK_JS)
     return demo
@@ -160,38 +163,80 @@ def _session_key(request: gr.Request | None) -> str:
     return str(getattr(request, "session_hash", None) or "")
 
 
-def _run_event(ctx: Ctx, status, link, runs: Runs, run_id):
-    def run(text, mask, model, request: gr.Request):
+def _link(base: str, text: str, model: str, mask: str | None) -> str:
+    params = {"text": text, "mask": mask, "model": model} if mask else {"text": text, "model": model}
+    return f"{base}?{urllib.parse.urlencode(params)}"
+
+
+def _wire_state(ctx: Ctx, demo: gr.Blocks, triggers: list, examples: gr.Examples, status, link) -> None:
+    """Every change of the state on screen (text, model, mask) in one event that runs it and redraws from it.
+
+    Run, Enter and the picker take the text and mask in their boxes; an opening link takes
+    its own; Apply and the map's "Knock out these rows" (ctx.mask_sources) compute a mask
+    from their controls. Each event computes the new state, runs it, and sets the mask box,
+    the switches, the status line and the link from what ran: the trace's own mask, in
+    its canonical spelling. Then only the tab on screen redraws (every other tab draws
+    when shown, so a Run never pays for views nobody sees). A result for an older state
+    than the session's newest is dropped whole (Runs), and a click while a run is under
+    way is kept and runs after it (trigger_mode="always_last").
+    """
+    from .tabs.knockout import knockout_switches
+
+    runs, run_id = Runs(), gr.State(None)
+    outputs = [ctx.text, ctx.model, ctx.mask, *ctx.switches, ctx.trace, ctx.addresses, status, link, run_id]
+    keep = [gr.skip() for _ in ctx.switches]
+
+    def commit(request: gr.Request | None, text, model, mask, opened: bool = False) -> tuple:
         number = runs.start(request)
         base = str(request.request.base_url) if request is not None and request.request is not None else "/"
-        if model != SHIPPED:  # an addressing-only model: rows, no trace
+        boxes = (text, model) if opened else (gr.skip(), gr.skip())
+        if model != SHIPPED:  # an addressing-only model: rows, no trace; the mask waits for the shipped model
             addresses = layout_views.user_addresses(ctx, text, model)
-            q = urllib.parse.urlencode({"text": text, "model": model})
-            out = None, addresses, f"{len(addresses.ids)} tokens · {model} (addressing only)", f"{base}?{q}", number
+            shown = None if (mask or "all") == "all" else mask
+            state = (mask if opened else gr.skip(), *keep, None, addresses)
+            words = f"{len(addresses.ids)} tokens · {model} (addressing only)"
         else:
             trace = api.user_trace(ctx.session, text, mask)
             shown = format_knockout(trace.mask)
-            q = urllib.parse.urlencode({"text": text, "mask": shown, "model": model})
-            out = trace, None, f"{trace.n_tokens} tokens · mask `{shown}`", f"{base}?{q}", number
+            switches = knockout_switches(trace.mask) if ctx.switches else ()
+            state, words = (shown, *switches, trace, None), f"{trace.n_tokens} tokens · mask `{shown}`"
+        out = (*boxes, *state, words, _link(base, text, model, shown), number)
         return out if runs.current(request, number) else tuple(gr.skip() for _ in out)
 
-    return run, [ctx.text, ctx.mask, ctx.model], [ctx.trace, ctx.addresses, status, link, run_id]
+    def run(request: gr.Request, text, model, mask):
+        return commit(request, text, model, mask)
+
+    def opened(request: gr.Request):
+        text, mask, model = _from_url(request)
+        try:
+            return commit(request, text, model, mask, opened=True)
+        except gr.Error as e:  # the link's text and mask stay in their boxes to be mended
+            gr.Warning(f"the link's state did not run: {e.message}")
+            words = f"not run: {e.message}"
+            return (text, model, mask, *keep, None, None, words, gr.skip(), None)
+
+    def source(fn):
+        def run_source(request: gr.Request, text, model, mask, *values):
+            return commit(request, text, model, fn(*values, mask))
+
+        return run_source
+
+    state = [ctx.text, ctx.model, ctx.mask]
+    hidden = {"api_visibility": "private", "trigger_mode": "always_last"}  # the HTTP API is /trace (app.api)
+    # gr.on cannot take a `.then` as a trigger: the example's run follows the event that fills the text
+    events = [
+        gr.on(triggers, run, state, outputs, **hidden),
+        examples.load_input_event.then(run, state, outputs, api_visibility="private"),
+    ]
+    events.append(demo.load(opened, None, outputs, api_visibility="private"))
+    events += [gr.on(t, source(fn), state + inputs, outputs, **hidden) for t, fn, inputs in ctx.mask_sources]
+    _wire_redraw(ctx, events, runs, run_id)
 
 
-def _wire_run(ctx: Ctx, triggers, after: list, status, link) -> None:
-    """Run and Enter (one event), opening a link and clicking an example (each after the event that sets
-    the text: `after`) capture the text; then the tab on screen redraws.
-
-    Every other tab draws when it is shown, so a Run never pays for views nobody sees
-    (the Knock-out tab's two greedy continuations above all).
-    """
-    runs, run_id = Runs(), gr.State(None)
-    fn, inputs, outputs = _run_event(ctx, status, link, runs, run_id)
-    hidden = {"api_visibility": "private"}  # the HTTP API is /trace (app.api)
-    # gr.on cannot take a `.then` as a trigger: the link's and the example's captures follow their events
-    captures = [gr.on(triggers, fn, inputs, outputs, **hidden)]
-    captures += [event.then(fn, inputs, outputs, **hidden) for event in after]
+def _wire_redraw(ctx: Ctx, events: list, runs: Runs, run_id: gr.State) -> None:
+    """After each state change the tab on screen redraws; every tab draws when it is shown."""
     ins, outs = _union(ctx, "inputs"), _union(ctx, "outputs")
+    hidden = {"api_visibility": "private"}
 
     # subtle: the request first: Gradio puts it at its parameter's place among the inputs
     def redraw_shown(request: gr.Request, number, shown, *values):
@@ -203,8 +248,8 @@ def _wire_run(ctx: Ctx, triggers, after: list, status, link) -> None:
             return [gr.skip() for _ in outs]
         return [drawn.get(id(c), gr.skip()) for c in outs]
 
-    for captured in captures:
-        captured.success(redraw_shown, [run_id, ctx.shown, *ins], outs, **hidden)
+    for event in events:
+        event.success(redraw_shown, [run_id, ctx.shown, *ins], outs, **hidden)
     for tab_id, tab in ctx.tabs.items():
         view_ins, view_outs = _union(ctx, "inputs", tab_id), _union(ctx, "outputs", tab_id)
 

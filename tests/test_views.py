@@ -95,14 +95,15 @@ def test_a_run_draws_only_the_tab_on_screen(tiny_session, tiny_demo, monkeypatch
 
     calls = []
     monkeypatch.setattr(knockout, "greedy", lambda s, ids, mask, n=24: calls.append(mask) or "...")
-    runs = [f for f in tiny_demo.fns.values() if f.name == "run"]
-    assert len(runs) == 3  # Run/Enter/model (one event, three triggers), opening a link, clicking an example
+    runs = [f for f in tiny_demo.fns.values() if f.name in ("run", "opened", "run_source")]
+    # Run/Enter/model (one event, three triggers), clicking an example, opening a link, Apply, the map's rows
+    assert len(runs) == 5
     redraw = _fn(tiny_demo, "redraw_shown")
     tr = capture(tiny_session.ck, "I pray you, my lord.")
     # the run's number and the id of the tab on screen, then the views' inputs
     assert isinstance(redraw.inputs[0], gr.State) and isinstance(redraw.inputs[1], gr.State)
     values = [tr if isinstance(b, gr.State) else b.value for b in redraw.inputs[2:]]
-    run_states = next(c.cell_contents for c in runs[0].fn.__closure__ if isinstance(c.cell_contents, Runs))
+    run_states = next(c.cell_contents for c in redraw.fn.__closure__ if isinstance(c.cell_contents, Runs))
 
     class Req:
         session_hash = "a-browser"

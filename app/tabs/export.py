@@ -50,7 +50,7 @@ def figure_file(trace, which: str) -> str:
 
 
 def build(ctx: Ctx) -> None:
-    with ctx.tab("export", gr.Tab("Export", id="export")):
+    with ctx.tab("export", gr.Tab("Export", id="export")), ctx.backbone("export"):
         fmt = gr.Radio(list(FORMATS), value="json", label="trace format")
         go = gr.Button("Export trace", elem_id="export-trace")
         out = gr.File(label="trace file (CSV: with its .json sidecar)", file_count="multiple", elem_id="export-file")

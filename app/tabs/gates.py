@@ -9,7 +9,7 @@ from ..context import Ctx
 
 
 def build(ctx: Ctx) -> None:
-    with ctx.tab("gates", gr.Tab("Gates", id="gates")):
+    with ctx.tab("gates", gr.Tab("Gates", id="gates")), ctx.backbone("gates"):
         heat = gr.Plot(label="gate heatmap", elem_id="gate-heatmap")
         top = gr.Dataframe(headers=["pos", "token", "N-gram", "mean alpha"], label="top-gated tokens of this text")
 

@@ -30,18 +30,19 @@ def build(ctx: Ctx) -> None:
     with ctx.tab("health", gr.Tab("Health", id="health")):
         layout_views.health_panel(ctx)  # shown instead of what follows when an addressing-only model is picked
         cache_sizing.build(ctx)  # every model: curves for the text shown and a corpus
-        load = gr.Button("Load memory health and collisions (indexes the training corpus on first use)")
-        health = gr.Dataframe(
-            headers=HEALTH_COLUMNS, label="memory health per table (training corpus)", elem_id="health-table"
-        )
-        # a Dataframe without headers names its columns 1..N
-        collisions = gr.Dataframe(
-            headers=views.COLLISION_COLUMNS, label="collisions per table", elem_id="collision-table"
-        )
-        mhc = gr.Markdown(elem_id="mhc-check")
-        with gr.Row():
-            hist = gr.Plot(label="gate distribution")
-            lens = gr.Plot(label="logit lens")
+        with ctx.backbone("health"):
+            load = gr.Button("Load memory health and collisions (indexes the training corpus on first use)")
+            health = gr.Dataframe(
+                headers=HEALTH_COLUMNS, label="memory health per table (training corpus)", elem_id="health-table"
+            )
+            # a Dataframe without headers names its columns 1..N
+            collisions = gr.Dataframe(
+                headers=views.COLLISION_COLUMNS, label="collisions per table", elem_id="collision-table"
+            )
+            mhc = gr.Markdown(elem_id="mhc-check")
+            with gr.Row():
+                hist = gr.Plot(label="gate distribution")
+                lens = gr.Plot(label="logit lens")
 
     def tables(progress=gr.Progress()):  # noqa: B008 - how Gradio injects a progress bar
         progress(0, desc="indexing the training corpus (first use only)")

@@ -16,7 +16,6 @@ from engram_core.addresses import HeadAddress
 from engram_core.knockout import format_knockout, parse_knockout
 
 from .. import views
-from ..api import user_trace
 from ..context import Ctx
 
 CONTINUATION_TOKENS = 24
@@ -48,15 +47,25 @@ def greedy(session, ids: list[int], mask: KnockOut, n: int = CONTINUATION_TOKENS
     return session.run_model(run)
 
 
+def knockout_switches(ko: KnockOut) -> tuple:
+    """The switch values that describe `ko` (the inverse of switches_knockout, for the switches to follow
+    the state); typed rows come back as "L:N:K:R" items."""
+    rows = ", ".join(f"{L}:{n}:{h}:{r}" for L, n, h, r in sorted(ko.rows))
+    heads = [str(HeadAddress(*h)) for h in sorted(ko.heads)]
+    return ko.all, sorted(ko.layers), sorted(ko.orders), heads, sorted(ko.branches), rows, ko.mode
+
+
 def build(ctx: Ctx) -> None:
     s = ctx.session
     spec = s.ck.model.cfg.memory.hash_spec
-    with ctx.tab("knockout", gr.Tab("Knock-out", id="knockout")):
+    with ctx.tab("knockout", gr.Tab("Knock-out", id="knockout")), ctx.backbone("knockout"):
         with gr.Row():
             all_off = gr.Checkbox(label="all memory off", value=True, elem_id="ko-all")
-            layers = gr.CheckboxGroup([(f"layer {L}", L) for L in s.layers], label="layers off")
-            orders = gr.CheckboxGroup([(f"order {n}", n) for n in spec.orders], label="orders off")
-            branches = gr.CheckboxGroup([(f"branch {m}", m) for m in range(s.n_branches)], label="branches off")
+            layers = gr.CheckboxGroup([(f"layer {L}", L) for L in s.layers], label="layers off", elem_id="ko-layers")
+            orders = gr.CheckboxGroup([(f"order {n}", n) for n in spec.orders], label="orders off", elem_id="ko-orders")
+            branches = gr.CheckboxGroup(
+                [(f"branch {m}", m) for m in range(s.n_branches)], label="branches off", elem_id="ko-branches"
+            )
         heads = gr.CheckboxGroup(
             [
                 (f"L{L} n{n} h{h}", str(HeadAddress(L, n, h)))
@@ -65,8 +74,11 @@ def build(ctx: Ctx) -> None:
                 for h in range(spec.heads_per_ngram)
             ],
             label="heads off",
+            elem_id="ko-heads",
         )
-        rows = gr.Textbox(label="rows off (L:N:K:R, comma-separated)", placeholder="1:2:0:44404, 2:3:1:42")
+        rows = gr.Textbox(
+            label="rows off (L:N:K:R, comma-separated)", placeholder="1:2:0:44404, 2:3:1:42", elem_id="ko-rows"
+        )
         mode = gr.Radio(
             [("zeros", "zero"), ("head's mean row", "mean"), ("another N-gram's row", "resample")],
             value="zero",
@@ -76,13 +88,16 @@ def build(ctx: Ctx) -> None:
         apply = gr.Button("Apply knock-out", variant="primary", elem_id="ko-apply")
         delta = gr.Plot(label="Δ log p per token", elem_id="ko-delta")
         summary = gr.Markdown(elem_id="ko-summary")
-        topk = gr.Dataframe(headers=views.TOPK_HEADERS, label="top-k, memory on vs masked", wrap=True)
+        topk = gr.Dataframe(
+            headers=views.TOPK_HEADERS, label="top-k, memory on vs masked", wrap=True, elem_id="ko-topk"
+        )
         with gr.Row():
             cont_on = gr.Textbox(label="greedy continuation, memory on", lines=3)
             cont_off = gr.Textbox(label="greedy continuation, masked", lines=3)
 
     switches = [all_off, layers, orders, heads, branches, rows, mode]
     outputs = [delta, summary, topk, cont_on, cont_off]
+    ctx.switches = switches
 
     def compose(*values) -> str:
         try:
@@ -91,10 +106,6 @@ def build(ctx: Ctx) -> None:
         except ValueError as e:
             raise gr.Error(str(e)) from e
         return format_knockout(ko)  # the mask box shows the mask as a user would type it
-
-    def rerun(text, mask):
-        trace = user_trace(s, text, mask)
-        return trace, *views_of(trace)
 
     def views_of(trace):
         if trace is None:
@@ -112,16 +123,11 @@ def build(ctx: Ctx) -> None:
         on, off = greedy(s, ids, KnockOut()), greedy(s, ids, trace.mask)
         return views.delta_figure(trace, d), md, views.topk_rows(trace, d), on, off
 
-    def apply_switches(text, *values):
-        # subtle: one function from the switches to the views: a chained event read the mask box back
-        # from the page, where a compose of an earlier switch change could still be landing
-        mask = compose(*values)
-        return mask, *rerun(text, mask)
-
+    # a switch a user changes shows its mask in the box at once (`input`: not when the state redraws them);
+    # Apply sets the state to the switches' mask and runs it, in one event (app.main), never reading the box back
     hidden = {"api_visibility": "private"}  # the HTTP API is /knockout (app.api)
-    gr.on([w.change for w in switches], compose, switches, [ctx.mask], show_progress="hidden", **hidden)
-    # always_last: a click while the last one still runs is kept (the default drops it), and runs last
-    apply.click(
-        apply_switches, [ctx.text, *switches], [ctx.mask, ctx.trace, *outputs], trigger_mode="always_last", **hidden
-    )
+    # (typed rows when the box is left or Enter pressed: a half-typed row is no error)
+    edits = [w.input for w in switches if w is not rows] + [rows.blur, rows.submit]
+    gr.on(edits, compose, switches, [ctx.mask], show_progress="hidden", **hidden)
+    ctx.mask_source([apply.click], lambda *values: compose(*values[:-1]), switches)
     ctx.view("knockout", views_of, [ctx.trace], outputs)

@@ -24,7 +24,7 @@ NEIGHBOUR_HEADERS = ["similarity", "layer", "order", "head", "row", "corpus N-gr
 
 def build(ctx: Ctx) -> None:
     s = ctx.session
-    with ctx.tab("memory-map", gr.Tab("Memory map", id="memory-map")):
+    with ctx.tab("memory-map", gr.Tab("Memory map", id="memory-map")), ctx.backbone("memory-map"):
         with gr.Row():
             space = gr.Radio(
                 ["value", "raw"],
@@ -82,12 +82,14 @@ def build(ctx: Ctx) -> None:
             raise gr.Error(str(e)) from e
         # gradio hands the table over as a pandas frame: columns similarity, layer, order, head, row, ...
         picked = {tuple(int(x) for x in r[1:5]) for r in rows.values.tolist()} if len(rows) else set()
+        if not picked:
+            raise gr.Error("no rows listed: find the nearest rows first")
         return format_knockout(dataclasses.replace(base, all=False, rows=base.rows | picked))
 
     hidden = {"api_visibility": "private"}  # the HTTP API is /neighbours (app.api)
     gr.on([space.change, method.change, colour.change], redraw, [ctx.trace, space, method, colour], [plot], **hidden)
     gr.on([find.click, query.submit], find_rows, [query, space, layer, order, k], [table], **hidden)
-    send.click(to_mask, [table, ctx.mask], [ctx.mask], **hidden)
+    ctx.mask_source([send.click], to_mask, [table])  # the rows join the state's mask, and the text runs under it
     ctx.view("memory-map", redraw, [ctx.trace, space, method, colour], [plot])
 
 

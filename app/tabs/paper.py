@@ -27,7 +27,7 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _sweep_figure(sw: dict | None, x_key: str, title: str, log_x: bool = False) -> go.Figure | None:
+def _sweep_figure(sw: dict | None, x_key: str, title: str, x_title: str, log_x: bool = False) -> go.Figure | None:
     """One line per domain through the sweep's averaged records (`configs`, written by studies.sweep)."""
     if not sw or not sw.get("configs"):
         return None
@@ -39,7 +39,7 @@ def _sweep_figure(sw: dict | None, x_key: str, title: str, log_x: bool = False) 
         fig.add_trace(
             go.Scatter(x=[x_of(r) for r in configs], y=ys, name=f"{d} (mean over seeds)", mode="lines+markers")
         )
-    fig.update_layout(title=title, yaxis_title="held-out loss (nats/token)", height=320)
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title="held-out loss (nats/token)", height=320)
     if log_x:
         fig.update_xaxes(type="log")
     return fig
@@ -57,7 +57,12 @@ def figures() -> dict[str, go.Figure | None]:
             fig.add_trace(
                 go.Scatter(x=[r["tokens"] for r in rows], y=[r["val_code"] for r in rows], name=f"{name}, code")
             )
-        fig.update_layout(title="learning curves at equal tokens", xaxis_title="training tokens", height=320)
+        fig.update_layout(
+            title="learning curves at equal tokens",
+            xaxis_title="training tokens",
+            yaxis_title="held-out loss (nats/token)",
+            height=320,
+        )
         out["curves"] = fig
         kinds = go.Figure()
         for kind in ("frequent_ngram_completion", "other"):
@@ -68,7 +73,12 @@ def figures() -> dict[str, go.Figure | None]:
                     name=kind.replace("_", " "),
                 )
             )
-        kinds.update_layout(title="loss increase with all memory off, by kind of token", height=320)
+        kinds.update_layout(
+            title="loss increase with all memory off, by kind of token",
+            xaxis_title="held-out domain",
+            yaxis_title="loss increase (nats/token)",
+            height=320,
+        )
         out["kinds"] = kinds
         lens = go.Figure()
         for d, v in a["by_domain"].items():
@@ -76,13 +86,18 @@ def figures() -> dict[str, go.Figure | None]:
             lens.add_trace(
                 go.Scatter(y=v["logit_lens_baseline"], name=f"twin, {d}", mode="lines+markers", line=dict(dash="dash"))
             )
-        lens.update_layout(title="logit lens: KL(block || final)", xaxis_title="block", height=320)
+        lens.update_layout(
+            title="logit lens: KL(block || final)", xaxis_title="block", yaxis_title="KL (nats)", height=320
+        )
         out["lens"] = lens
     out["allocation"] = _sweep_figure(
-        _load("sweep-allocation.json"), "memory_share", "loss vs share of the budget in memory"
+        _load("sweep-allocation.json"),
+        "memory_share",
+        "loss vs share of the budget in memory",
+        "share of the parameter budget in memory",
     )
-    out["size"] = _sweep_figure(_load("sweep-size.json"), "rows", "loss vs rows per head", log_x=True)
-    out["placement"] = _sweep_figure(_load("sweep-placement.json"), "layers", "loss vs Engram layer")
+    out["size"] = _sweep_figure(_load("sweep-size.json"), "rows", "loss vs rows per head", "rows per head", True)
+    out["placement"] = _sweep_figure(_load("sweep-placement.json"), "layers", "loss vs Engram layer", "Engram layer")
     return out
 
 
@@ -95,7 +110,7 @@ def controls_markdown() -> str:
 
 
 def build(ctx: Ctx) -> None:
-    with ctx.tab("paper", gr.Tab("Paper checks", id="paper")):
+    with ctx.tab("paper", gr.Tab("Paper checks", id="paper")), ctx.backbone("paper"):
         gr.Markdown("The paper's findings, measured on this model (details and commands: `docs/paper-checks.md`).")
         show = gr.Button("Show the paper checks")
         slots = []

@@ -108,7 +108,7 @@ def alpha_figure(page) -> go.Figure:
 
 def build(ctx: Ctx):
     s = ctx.session
-    with ctx.tab("row-page", gr.Tab("Row page", id="row-page")):
+    with ctx.tab("row-page", gr.Tab("Row page", id="row-page")), ctx.backbone("row-page"):
         with gr.Row():
             query = gr.Textbox(label="row L:N:K:R", placeholder="1:2:0:44404", elem_id="row-page-query", scale=3)
             exact = gr.Checkbox(label="exact removal cost (a few seconds)", value=False)
