@@ -71,8 +71,9 @@ def test_link_round_trips_the_model(served_app):
 
     demo = served_app[1]
     run = next(fn for fn in demo.fns.values() if fn.name == "run")
-    trace, addresses, status, link, _number = run.fn("O, I am fortune's fool!", "all", V41, None)
+    *_, trace, addresses, status, link, _number = run.fn(None, "O, I am fortune's fool!", V41, "all")
     assert trace is None and V41 in status and "model=deepseek-v4.1-flash" in link
+    assert len(addresses.ids) == len(addresses.rows[0])
 
     class Req:
         query_params = dict(p.split("=", 1) for p in link.split("?", 1)[1].split("&"))
@@ -194,7 +195,8 @@ def test_a_run_overtaken_by_a_newer_one_lands_nothing(served_app, monkeypatch):
 
     demo = served_app[1]
     run = next(fn for fn in demo.fns.values() if fn.name == "run")
-    runs = next(c.cell_contents for c in run.fn.__closure__ if isinstance(c.cell_contents, main.Runs))
+    redraw = next(fn for fn in demo.fns.values() if fn.name == "redraw_shown")
+    runs = next(c.cell_contents for c in redraw.fn.__closure__ if isinstance(c.cell_contents, main.Runs))
 
     class Req:
         session_hash = "one-browser"
@@ -207,9 +209,9 @@ def test_a_run_overtaken_by_a_newer_one_lands_nothing(served_app, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(main.api, "user_trace", overtaken)
-    assert all(isinstance(x, type(gr.skip())) for x in run.fn("I pray you, my lord", "all", main.SHIPPED, Req()))
+    assert all(isinstance(x, type(gr.skip())) for x in run.fn(Req(), "I pray you, my lord", main.SHIPPED, "all"))
     monkeypatch.setattr(main.api, "user_trace", real)
-    trace, _, status, _, number = run.fn("I pray you, my lord", "all", main.SHIPPED, Req())
+    *_, trace, _, status, _, number = run.fn(Req(), "I pray you, my lord", main.SHIPPED, "all")
     assert trace is not None and "tokens" in status and runs.current(Req(), number)
 
     class Other:
