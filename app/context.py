@@ -41,7 +41,7 @@ class Ctx:
     addresses: gr.State | None = None  # this user's Addresses when an addressing-only model is picked
     layouts: Layouts | None = None  # the addressing-only models, shared like the session
     switches: list = field(default_factory=list)  # the Knock-out tab's controls (knockout.switches_knockout's order)
-    mask_sources: list = field(default_factory=list)  # (triggers, fn(*inputs, mask) -> mask string, inputs)
+    mask_sources: list = field(default_factory=list)  # (triggers, fn(*inputs, mask) -> mask, inputs, follow)
 
     def view(self, tab_id: str, fn: Callable, inputs: list, outputs: list) -> None:
         self.views.setdefault(tab_id, []).append(View(fn, list(inputs), list(outputs)))
@@ -50,9 +50,12 @@ class Ctx:
         self.tabs[tab_id] = tab
         return tab
 
-    def mask_source(self, triggers: list, fn: Callable, inputs: list) -> None:
-        """Triggers that set the mask to fn(*inputs, mask in the box) and run the text under it."""
-        self.mask_sources.append((list(triggers), fn, list(inputs)))
+    def mask_source(self, triggers: list, fn: Callable, inputs: list, switches_follow: bool = True) -> None:
+        """Triggers that set the mask to fn(*inputs, mask in the box) and run the text under it.
+
+        switches_follow=False when the inputs are the switches themselves: they already show the mask,
+        and a result written back could undo a switch the user changed while it ran."""
+        self.mask_sources.append((list(triggers), fn, list(inputs), switches_follow))
 
     def backbone(self, tab_id: str) -> gr.Column:
         """A column of views that need the shipped model's backbone: shown only while it is picked

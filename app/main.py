@@ -186,7 +186,7 @@ def _wire_state(ctx: Ctx, demo: gr.Blocks, triggers: list, examples: gr.Examples
     outputs = [ctx.text, ctx.model, ctx.mask, *ctx.switches, ctx.trace, ctx.addresses, status, link, run_id]
     keep = [gr.skip() for _ in ctx.switches]
 
-    def commit(request: gr.Request | None, text, model, mask, opened: bool = False) -> tuple:
+    def commit(request: gr.Request | None, text, model, mask, opened: bool = False, follow: bool = True) -> tuple:
         number = runs.start(request)
         base = str(request.request.base_url) if request is not None and request.request is not None else "/"
         boxes = (text, model) if opened else (gr.skip(), gr.skip())
@@ -198,7 +198,7 @@ def _wire_state(ctx: Ctx, demo: gr.Blocks, triggers: list, examples: gr.Examples
         else:
             trace = api.user_trace(ctx.session, text, mask)
             shown = format_knockout(trace.mask)
-            switches = knockout_switches(trace.mask) if ctx.switches else ()
+            switches = knockout_switches(trace.mask) if ctx.switches and follow else keep
             state, words = (shown, *switches, trace, None), f"{trace.n_tokens} tokens · mask `{shown}`"
         out = (*boxes, *state, words, _link(base, text, model, shown), number)
         return out if runs.current(request, number) else tuple(gr.skip() for _ in out)
@@ -215,9 +215,9 @@ def _wire_state(ctx: Ctx, demo: gr.Blocks, triggers: list, examples: gr.Examples
             words = f"not run: {e.message}"
             return (text, model, mask, *keep, None, None, words, gr.skip(), None)
 
-    def source(fn):
+    def source(fn, follow: bool):
         def run_source(request: gr.Request, text, model, mask, *values):
-            return commit(request, text, model, fn(*values, mask))
+            return commit(request, text, model, fn(*values, mask), follow=follow)
 
         return run_source
 
@@ -229,7 +229,7 @@ def _wire_state(ctx: Ctx, demo: gr.Blocks, triggers: list, examples: gr.Examples
         examples.load_input_event.then(run, state, outputs, api_visibility="private"),
     ]
     events.append(demo.load(opened, None, outputs, api_visibility="private"))
-    events += [gr.on(t, source(fn), state + inputs, outputs, **hidden) for t, fn, inputs in ctx.mask_sources]
+    events += [gr.on(t, source(fn, f), state + inputs, outputs, **hidden) for t, fn, inputs, f in ctx.mask_sources]
     _wire_redraw(ctx, events, runs, run_id)
 
 

@@ -107,6 +107,12 @@ def build(ctx: Ctx) -> None:
             raise gr.Error(str(e)) from e
         return format_knockout(ko)  # the mask box shows the mask as a user would type it
 
+    def preview(*values):  # a bad typed row is left for Apply to name: one message, not one per edit
+        try:
+            return compose(*values)
+        except gr.Error:
+            return gr.skip()
+
     def views_of(trace):
         if trace is None:
             return None, "", [], "", ""
@@ -128,6 +134,6 @@ def build(ctx: Ctx) -> None:
     hidden = {"api_visibility": "private"}  # the HTTP API is /knockout (app.api)
     # (typed rows when the box is left or Enter pressed: a half-typed row is no error)
     edits = [w.input for w in switches if w is not rows] + [rows.blur, rows.submit]
-    gr.on(edits, compose, switches, [ctx.mask], show_progress="hidden", **hidden)
-    ctx.mask_source([apply.click], lambda *values: compose(*values[:-1]), switches)
+    gr.on(edits, preview, switches, [ctx.mask], show_progress="hidden", **hidden)
+    ctx.mask_source([apply.click], lambda *values: compose(*values[:-1]), switches, switches_follow=False)
     ctx.view("knockout", views_of, [ctx.trace], outputs)
