@@ -13,12 +13,18 @@ from engram_inspect.text.capture import PAD_TEXT, Trace
 from engram_inspect.text.diff import KnockoutDiff
 
 PALETTE = "Viridis"
+CATEGORY_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
 def show(token: str) -> str:
     """A token as a label: whitespace and control characters made visible."""
     out = token.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "␍").replace(PAD_TEXT, "·")
     return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in out) or "∅"
+
+
+def show_blank(token: str) -> str:
+    """A token in a list: like `show`, and its spaces drawn as ␣ too (a lone space token is not nothing)."""
+    return show(token).replace(" ", "␣")
 
 
 def gate_choices(trace_layers: tuple[int, ...], n_branches: int) -> list[tuple[str, str]]:
@@ -60,7 +66,11 @@ VIRIDIS_10 = (
 )
 GATE_COLOURS = dict(zip(GATE_BINS, VIRIDIS_10, strict=True))
 # the strip's text: dark on the light blend of light mode, light on the dark blend of dark mode
-APP_CSS = ".dark #token-strip .token, .dark #token-strip .legend-item { color: #f5f5f5 !important; }"
+# plots are drawn light; in dark mode the browser inverts their lightness and keeps their hues
+APP_CSS = (
+    ".dark #token-strip .token, .dark #token-strip .legend-item { color: #f5f5f5 !important; }\n"
+    ".dark .js-plotly-plot { filter: invert(0.92) hue-rotate(180deg); }"
+)
 
 
 def gate_bin(alpha: float) -> str:
@@ -145,7 +155,14 @@ def gate_histogram(trace: Trace) -> go.Figure:
                     x=trace.gate[li, :, m], name=f"L{L} b{m}", opacity=0.6, xbins=dict(start=0, end=1, size=0.05)
                 )
             )
-    fig.update_layout(barmode="overlay", title="gate distribution (this text)", xaxis_title="alpha", height=300)
+    fig.update_layout(
+        barmode="overlay",
+        title="gate distribution (this text)",
+        xaxis_title="alpha",
+        yaxis_title="tokens",
+        height=340,
+        legend=dict(orientation="h", y=-0.3),  # below: a column at the right was clipped behind a scrollbar
+    )
     return fig
 
 
@@ -167,12 +184,22 @@ def delta_figure(trace: Trace, diff: KnockoutDiff) -> go.Figure:
     T = trace.n_tokens
     labels = [f"{t}:{show(trace.tokens[t + 1])}" for t in range(T - 1)]
     d = diff.delta_logprob[:-1]
-    fig = go.Figure(go.Bar(x=labels, y=d, marker_color=np.where(d < 0, "#c0392b", "#2e86c1"), name="Δ log p"))
-    fig.add_trace(go.Scatter(x=labels, y=diff.kl[:-1], name="KL(on || off)", yaxis="y2", mode="lines+markers"))
+    colours = np.where(d < 0, "#c0392b", "#2e86c1")
+    fig = go.Figure(go.Bar(x=labels, y=d, marker_color=colours, name="Δ log p (red: lost under the mask)"))
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=diff.kl[:-1],
+            name="KL(memory on || masked)",
+            yaxis="y2",
+            mode="lines+markers",
+            line=dict(color="#7d3c98"),  # not the bars' red or blue
+        )
+    )
     fig.update_layout(
         title=f"Δ log p(next token) under the mask: mean loss change {diff.mean_loss_change:+.3f} nats/token",
         yaxis=dict(title="Δ log p"),
-        yaxis2=dict(title="KL", overlaying="y", side="right"),
+        yaxis2=dict(title="KL (nats)", overlaying="y", side="right"),
         height=340,
         legend=dict(orientation="h"),
     )
@@ -182,13 +209,8 @@ def delta_figure(trace: Trace, diff: KnockoutDiff) -> go.Figure:
 def topk_rows(trace: Trace, diff: KnockoutDiff) -> list[list]:
     rows = []
     for t in range(trace.n_tokens - 1):
-        on = ", ".join(
-            f"{show(s)} {np.exp(p):.2f}" for s, p in zip(trace.topk_text[t], trace.topk_logprob[t], strict=True)
-        )
-        off = ", ".join(
-            f"{show(s)} {np.exp(p):.2f}"
-            for s, p in zip(trace.masked_topk_text[t], trace.masked_topk_logprob[t], strict=True)
-        )
+        on = topk_cell(trace.topk_text[t], trace.topk_logprob[t])
+        off = topk_cell(trace.masked_topk_text[t], trace.masked_topk_logprob[t])
         rows.append(
             [t, show(trace.tokens[t]), show(trace.tokens[t + 1]), round(float(diff.delta_logprob[t]), 3), on, off]
         )
@@ -198,6 +220,12 @@ def topk_rows(trace: Trace, diff: KnockoutDiff) -> list[list]:
 TOPK_HEADERS = ["pos", "token", "next (actual)", "Δ log p", "top-k memory on", "top-k masked"]
 
 
+def topk_cell(texts, logprobs) -> str:
+    """Each candidate quoted, its blanks made visible (a space token once rendered as nothing and a ","
+    read as the separator): `"␣the" 0.41 · "," 0.12`."""
+    return " · ".join(f'"{show_blank(s)}" {np.exp(p):.2f}' for s, p in zip(texts, logprobs, strict=True))
+
+
 def memory_map(
     projection, layout, trace: Trace | None, color_by: str = "order", values: np.ndarray | None = None
 ) -> go.Figure:
@@ -205,43 +233,61 @@ def memory_map(
 
     values: per flat row id, the corpus hits (color_by "hits") or the mean gate ("mean gate").
     """
-    color = {"order": projection.order, "head": projection.head, "layer": projection.layer}.get(color_by)
-    if color_by == "hits" and values is not None:
-        color = np.log1p(values[projection.rows])
-    elif values is not None:
-        color = values[projection.rows]  # mean alpha, a row colour (kind, domain, share); NaN: unknown
-    fig = go.Figure(
-        go.Scattergl(
-            x=projection.coords[:, 0],
-            y=projection.coords[:, 1],
-            mode="markers",
-            name="memory rows",
-            marker=dict(
-                size=3, color=color, colorscale=PALETTE, showscale=True, opacity=0.6, colorbar=dict(title=color_by)
-            ),
-            customdata=row_labels(projection, layout),
-            hovertemplate="row %{customdata} (layer:order:head:row)<extra></extra>",
+    labels = row_labels(projection, layout)
+    hover = "row %{customdata} (layer:order:head:row)<extra></extra>"
+    categories = {"order": projection.order, "head": projection.head, "layer": projection.layer}
+    fig = go.Figure()
+    if color_by in categories:  # a few distinct values: one legend entry and colour each, not a colour bar
+        values_of = np.asarray(categories[color_by])
+        for i, v in enumerate(np.unique(values_of).tolist()):
+            at = np.flatnonzero(values_of == v)
+            fig.add_trace(
+                go.Scattergl(
+                    x=projection.coords[at, 0],
+                    y=projection.coords[at, 1],
+                    mode="markers",
+                    name=f"{color_by} {v}",
+                    marker=dict(size=3, color=CATEGORY_COLOURS[i % len(CATEGORY_COLOURS)], opacity=0.6),
+                    customdata=labels[at],
+                    hovertemplate=hover,
+                )
+            )
+    else:
+        color = np.log1p(values[projection.rows]) if color_by == "hits" else values[projection.rows]
+        title = "log(1 + hits)" if color_by == "hits" else color_by
+        fig.add_trace(
+            go.Scattergl(
+                x=projection.coords[:, 0],
+                y=projection.coords[:, 1],
+                mode="markers",
+                name="memory rows",
+                marker=dict(
+                    size=3, color=color, colorscale=PALETTE, showscale=True, opacity=0.6, colorbar=dict(title=title)
+                ),
+                customdata=labels,
+                hovertemplate=hover,
+            )
         )
-    )
+    title = f"memory rows ({projection.method.upper()}, a sample of {len(projection.rows):,})"
     if trace is not None:
         flat = read_rows(trace, layout)
         pos = {int(r): i for i, r in enumerate(projection.rows)}
         hit = [pos[f] for f in flat if f in pos]
+        # the map is a sample: say how many of the text's rows it holds, not just draw those
+        title += f"; this text reads {len(flat):,} rows, {len(hit):,} of them in the sample"
         if hit:
             fig.add_trace(
                 go.Scattergl(
                     x=projection.coords[hit, 0],
                     y=projection.coords[hit, 1],
                     mode="markers",
-                    name="read by this text",
+                    name=f"read by this text ({len(hit)} of {len(flat)} in the sample)",
                     marker=dict(size=9, color="#e74c3c", line=dict(width=1, color="white")),
+                    customdata=labels[hit],
+                    hovertemplate=hover,
                 )
             )
-    fig.update_layout(
-        title=f"memory rows ({projection.method.upper()}, {len(projection.rows):,} sampled)",
-        height=560,
-        legend=dict(orientation="h"),
-    )
+    fig.update_layout(title=title, height=560, legend=dict(orientation="h"))
     return fig
 
 
