@@ -76,10 +76,15 @@ def test_map_neighbours_in_value_space(served):
     got = value_neighbour_rows(session, "1:2:0:8615", 1, 2, 5)
     assert len(got) == 5 and [r[0] for r in got] == sorted((r[0] for r in got), reverse=True)
     me = value_vector(session.ck, RowAddress(1, 2, 0, 8615))
-    for sim, L, n, k, r, _ in got:
+    for sim, L, n, k, r, _, near in got:
         v = value_vector(session.ck, RowAddress(L, n, k, r))
         assert sim == pytest.approx(float(me @ v / np.linalg.norm(me) / np.linalg.norm(v)), abs=1e-5)
+        assert near.startswith("1:2:0:8615")
+    # an N-gram reads one row per head: the k nearest of all its heads' neighbours, best first, each saying
+    # which of the N-gram's rows it is nearest to (once: four unlabelled blocks of k, one per head)
     by_text = value_neighbour_rows(session, "my lord", 1, 2, 3)
-    assert len(by_text) == 3 * 4  # three neighbours for each of the order's four heads
+    assert len(by_text) == 3 and [r[0] for r in by_text] == sorted((r[0] for r in by_text), reverse=True)
+    per_head = [value_neighbour_rows(session, q, 1, 2, 3) for q in {r[6].split()[0] for r in by_text}]
+    assert by_text[0][0] == max(r[0] for rows in per_head for r in rows)
     with pytest.raises(gr.Error, match="outside"):
         value_neighbour_rows(session, "1:2:0:99999999", 1, 2, 3)

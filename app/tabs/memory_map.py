@@ -19,7 +19,7 @@ ROW_COLOURS = {
     "top N-gram share (crowded < 0.5)": "top_share",
     "mean α (corpus sample)": "mean_alpha",
 }
-NEIGHBOUR_HEADERS = ["similarity", "layer", "order", "head", "row", "corpus N-grams (count)"]
+NEIGHBOUR_HEADERS = ["similarity", "layer", "order", "head", "row", "corpus N-grams (count)", "nearest to"]
 
 
 def build(ctx: Ctx) -> None:
@@ -43,7 +43,12 @@ def build(ctx: Ctx) -> None:
             order = gr.Dropdown([2, 3], value=2, label="order")
             k = gr.Slider(1, 50, value=10, step=1, label="k")
         find = gr.Button("Find nearest rows", elem_id="find-neighbours")
-        table = gr.Dataframe(headers=NEIGHBOUR_HEADERS, label="nearest rows", elem_id="neighbours-table", wrap=True)
+        table = gr.Dataframe(
+            headers=NEIGHBOUR_HEADERS,
+            label="nearest rows (value space: the k nearest over every head and layer; raw: the query's own head)",
+            elem_id="neighbours-table",
+            wrap=True,
+        )
         send = gr.Button("Knock out these rows")
 
     def redraw(trace, sp, m, c):
@@ -68,7 +73,10 @@ def build(ctx: Ctx) -> None:
         from ..api import neighbour_rows
 
         rows = neighbour_rows(s, q, int(L), int(n), None, int(kk), "raw")  # raw cosine: the query's own head
-        return [[r["similarity"], r["layer"], r["order"], r["head"], r["row"], r["ngrams"]] for r in rows]
+        return [
+            [r["similarity"], r["layer"], r["order"], r["head"], r["row"], r["ngrams"], f"head {r['head']}"]
+            for r in rows
+        ]
 
     def to_mask(rows, mask):
         """The listed rows added to the mask (an `all` mask gives way: it would hide them)."""
@@ -129,7 +137,8 @@ def _value_projection(session, method: str):
 
 def value_neighbour_rows(session, query: str, layer: int, order: int, k: int) -> list[list]:
     """Nearest rows in value space of a row "L:N:K:R", or of the rows an N-gram's text reads on every head
-    of `order` in `layer`: [similarity, layer, order, head, row, corpus N-grams] per neighbour."""
+    of `order` in `layer`: the k nearest of all, searched over every head and layer, most similar first,
+    [similarity, layer, order, head, row, corpus N-grams, which of the query's rows it is nearest to]."""
     from engram_core.addresses import RowAddress
     from engram_inspect.memory.collisions import ngram_text
     from engram_inspect.memory.neighbours import ngram_rows
@@ -151,10 +160,14 @@ def value_neighbour_rows(session, query: str, layer: int, order: int, k: int) ->
             addresses = [RowAddress(layer, order, h, int(rows[layout.spec.head_index(order, h)])) for h in range(hpo)]
     except ValueError as e:
         raise gr.Error(str(e)) from e
-    out = []
+    best: dict = {}  # neighbour -> (similarity, the query row it is nearest to)
     for address in addresses:
         for a, sim in index.nearest(session.ck, address, k):
-            grams = labels.ngrams_at(a.layer, a.order, a.head, a.row)[:4]
-            text = ", ".join(f"{ngram_text(session.ck, g)!r}×{c}" for g, c in grams)
-            out.append([round(sim, 6), a.layer, a.order, a.head, a.row, text])
+            if a not in best or sim > best[a][0]:
+                best[a] = (sim, address)
+    out = []
+    for a, (sim, near) in sorted(best.items(), key=lambda item: -item[1][0])[:k]:
+        grams = labels.ngrams_at(a.layer, a.order, a.head, a.row)[:4]
+        text = ", ".join(f"{ngram_text(session.ck, g)!r}×{c}" for g, c in grams)
+        out.append([round(sim, 6), a.layer, a.order, a.head, a.row, text, f"{near} (head {near.head})"])
     return out
