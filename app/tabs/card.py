@@ -37,7 +37,9 @@ def build(ctx: Ctx) -> None:
     card = ctx.session.path / "MODEL_CARD.md"
     with ctx.tab("card", gr.Tab("Model card", id="card")):
         with ctx.backbone("card"):
-            gr.Markdown(card.read_text() if card.is_file() else f"No MODEL_CARD.md in {ctx.session.path}.")
+            gr.Markdown(
+                card.read_text() if card.is_file() else f"No MODEL_CARD.md beside the model `{ctx.session.path.name}`."
+            )
         other = gr.Markdown(elem_id="layout-card")
 
     def draw(model):

@@ -90,7 +90,9 @@ def lookups_panel(ctx: Ctx) -> None:
 def _scan_note(lay, stats) -> str:
     if stats is not None:
         s = stats.summary
-        return f"Counts from the scan in `{stats.folder}`: {s['tokens']:,} tokens, {s['documents']:,} documents."
+        # the folder's name only: the server's own paths are not the page's business
+        where = "the default sample's scan (kept under ENGRAM_CACHE)" if lay.scan_dir is None else "the scan"
+        return f"Counts from {where} `{stats.folder.name}`: {s['tokens']:,} tokens, {s['documents']:,} documents."
     p = lay.progress
     done = f" ({p['done']}/{p['total']} shards, {p['tokens']:,} tokens)" if "total" in p else ""
     return f"Scanning a small default corpus sample in the background: {p['state']}{done}; run again for its counts."

@@ -15,7 +15,7 @@ from ..context import Ctx
 NGRAM_HEADERS = ["count", "N-gram", "plays", "code"]
 TOKEN_HEADERS = ["promoted", "logit", "suppressed", "logit "]
 NEIGHBOUR_HEADERS = ["row", "cosine", "top N-gram"]
-CONTEXT_HEADERS = ["alpha", "before", "token", "after", "where", "Δ log p (estimate)"]
+CONTEXT_HEADERS = ["alpha", "before", "token", "after", "where", "Δ log p (estimate; – where none)"]
 
 
 def pages(session):
@@ -81,6 +81,12 @@ def summary(page) -> str:
             f"Exact removal ({page.delta_exact_reads} reads, each replaced by {became}): {page.delta_exact:+.4f} "
             f"over the window, {page.delta_exact_own:+.4f} at the read's own prediction."
         )
+        if page.delta_estimate_reads:
+            lines.append(
+                "The estimate is first order (the gradient times the row's input, over the sample's windows "
+                "that have one); the exact cost re-runs each read without the row. Where they differ, in size "
+                "or in sign, the exact cost is the measurement."
+            )
     lines.append("Promoted / suppressed tokens follow the direct path only (value → final norm → unembedding).")
     return "\n\n".join(lines)
 
@@ -93,7 +99,10 @@ def tables(page) -> tuple[list, list, list, list]:
     ]
 
     def ctx_rows(ctxs):
-        return [[round(c.alpha, 3), c.before, c.token, c.after, f"{c.stream} @ {c.offset:,}", c.delta] for c in ctxs]
+        def delta(c):  # only the sample's windows with a gradient pass carry an estimate
+            return "–" if c.delta is None else f"{c.delta:+.4f}"
+
+        return [[round(c.alpha, 3), c.before, c.token, c.after, f"{c.stream} @ {c.offset:,}", delta(c)] for c in ctxs]
 
     return ngrams, tokens, ctx_rows(page.top_contexts), ctx_rows(page.bottom_contexts)
 
