@@ -59,10 +59,12 @@ def page(app_url):
         browser.close()
 
 
+# true when no event is queued or running: Gradio shows "queue: i/n" or "processing" on what it is computing
+IDLE = "() => !/processing|queue: \\d/.test(document.body.innerText)"
+
+
 def shot(page, name: str) -> None:
-    # let every pending event finish drawing first (Gradio shows "processing" meanwhile)
-    page.wait_for_timeout(1000)
-    page.wait_for_function("() => !/processing/.test(document.body.innerText)", timeout=60_000)
+    page.wait_for_function(IDLE, timeout=60_000)  # every pending event drawn first
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 

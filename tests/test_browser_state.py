@@ -1,0 +1,210 @@
+# ruff: noqa: F811 - the shared fixtures are imported by name
+"""One state on screen, in a real browser: whatever changes the text, the model or the mask (Run, a typed
+mask, a link, Apply, the map's "Knock out these rows", the picker), the status line, the mask box, the
+switches, the link and the Knock-out view all end on the same state, and no view shows another model's
+results. Every wait follows what the page shows; `bench/browser_under_load.sh` runs these with the CPU busy.
+"""
+
+import re
+import urllib.parse
+
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from engram_core.knockout import format_knockout, parse_knockout  # noqa: E402
+from tests.test_browser import IDLE, app_url, page, shot, tab  # noqa: E402, F401 - fixtures shared with the tour
+
+pytestmark = pytest.mark.slow
+
+TEXT = "I pray you, my lord, let me know your pleasure."
+
+# true once nothing is running and every copy of the mask on screen reads `m`: the status line, the mask
+# box, the link's mask parameter and, where it is drawn, the Knock-out summary
+AGREE = """(m) => {
+  if (/processing|queue: \\d/.test(document.body.innerText)) return false;
+  const box = (id) => { const e = document.querySelector(`#${id} textarea, #${id} input`); return e ? e.value : ''; };
+  const link = box('share-link');
+  if (!link) return false;
+  const status = document.querySelector('#status').innerText.trim();
+  const summary = document.querySelector('#ko-summary');
+  const drawn = summary && summary.offsetParent !== null && summary.innerText.trim() !== '';
+  return status.endsWith('mask ' + m) && box('mask') === m
+    && new URL(link).searchParams.get('mask') === m
+    && (!drawn || summary.innerText.includes('mask ' + m + ' ·'));
+}"""
+
+SWITCHES = """() => {
+  const ticked = (id) => [...document.querySelectorAll(`#${id} label`)]
+    .filter((l) => l.querySelector('input') && l.querySelector('input').checked).map((l) => l.innerText.trim());
+  const rows = document.querySelector('#ko-rows textarea, #ko-rows input');
+  return {all: document.querySelector('#ko-all input').checked, layers: ticked('ko-layers'),
+          orders: ticked('ko-orders'), branches: ticked('ko-branches'), mode: ticked('ko-mode'),
+          rows: rows ? rows.value : null};
+}"""
+
+
+def canonical(mask: str) -> str:
+    return format_knockout(parse_knockout(mask))
+
+
+def agree(page, mask: str) -> None:
+    page.wait_for_function(AGREE, arg=mask, timeout=120_000)
+
+
+def open_at(page, url: str, **params) -> None:
+    page.goto(f"{url}?{urllib.parse.urlencode({'text': TEXT, **params})}")
+    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=120_000)
+
+
+def test_a_second_apply_while_the_first_runs_wins(app_url, page):
+    """Tick branch 0 and order 2, Apply, untick branch 0, Apply at once: once the summary kept branch=0
+    while the switches and the mask box had none (the second click was dropped)."""
+    _, url = app_url
+    open_at(page, url)
+    agree(page, "all")
+    tab(page, "Knock-out")
+    page.locator("#ko-all input").uncheck()
+    page.get_by_label("branch 0").check()
+    page.get_by_label("order 2").check()
+    page.locator("#ko-apply").click()
+    page.get_by_label("branch 0").uncheck()
+    page.locator("#ko-apply").click()
+    agree(page, canonical("order=2"))
+    sync_api.expect(page.locator("#ko-summary")).to_contain_text("mask order=2 ·", timeout=120_000)
+    s = page.evaluate(SWITCHES)
+    assert s["branches"] == [] and s["orders"] == ["order 2"] and not s["all"], s
+
+
+def test_a_link_sets_the_switches_and_apply_keeps_its_mask(app_url, page):
+    """A link's mask (mode included) shows in the switches, so an Apply without changes keeps it;
+    the link then follows Apply, and has a copy button."""
+    _, url = app_url
+    mask = canonical("layer=2,mode=mean")
+    open_at(page, url, mask=mask)
+    agree(page, mask)
+    tab(page, "Knock-out")
+    s = page.evaluate(SWITCHES)
+    assert not s["all"] and s["layers"] == ["layer 2"] and s["mode"] == ["head's mean row"], s
+    page.locator("#ko-apply").click()
+    sync_api.expect(page.locator("#ko-summary")).to_contain_text(f"mask {mask} ·", timeout=120_000)
+    agree(page, mask)
+    page.get_by_label("layer 1").check()
+    page.locator("#ko-apply").click()
+    agree(page, canonical("layer=1,layer=2,mode=mean"))
+    assert page.locator("#share-link").get_by_role("button").count() >= 1  # copy
+
+
+def test_a_typed_mask_and_run_move_the_switches(app_url, page):
+    _, url = app_url
+    open_at(page, url)
+    agree(page, "all")
+    page.locator("#mask textarea, #mask input").first.fill("order=3,mode=mean")
+    page.locator("#run").click()
+    agree(page, canonical("order=3,mode=mean"))
+    tab(page, "Knock-out")
+    sync_api.expect(page.locator("#ko-summary")).to_contain_text("mask order=3,mode=mean ·", timeout=120_000)
+    s = page.evaluate(SWITCHES)
+    assert not s["all"] and s["orders"] == ["order 3"] and s["layers"] == [] and s["mode"] == ["head's mean row"]
+
+
+def test_a_bad_typed_mask_says_so_once_and_keeps_the_state(app_url, page):
+    _, url = app_url
+    open_at(page, url, mask="layer=1")
+    agree(page, "layer=1")
+    page.locator("#mask textarea, #mask input").first.fill("layer=9")
+    page.locator("#run").click()
+    sync_api.expect(page.locator(".toast-body").filter(has_text="layer")).to_have_count(1, timeout=60_000)
+    # the typed mask stays to be mended; the state that ran is still the one shown
+    assert page.locator("#mask textarea, #mask input").first.input_value() == "layer=9"
+    assert page.locator("#status").inner_text().strip().endswith("mask layer=1")
+
+
+def test_map_rows_join_the_mask_and_survive_apply(app_url, page):
+    """The rows "Knock out these rows" sends run at once, show in the switches' row box, and an Apply
+    after keeps them (once they were lost at the next Apply and never re-ran)."""
+    _, url = app_url
+    open_at(page, url)
+    agree(page, "all")
+    tab(page, "Memory map")
+    page.locator("#row-query textarea, #row-query input").first.fill("my lord")
+    page.locator("#find-neighbours").click()
+    # a row of the table names the query's row it is nearest to, "L:N:K:R (head h)"
+    sync_api.expect(page.locator("#neighbours-table")).to_contain_text(
+        re.compile(r"\d+:\d:\d:\d+ \(head \d\)"), timeout=120_000
+    )
+    page.get_by_role("button", name="Knock out these rows").click()
+    page.wait_for_function(
+        "() => /mask row=/.test(document.querySelector('#status').innerText)"
+        " && !/processing|queue: \\d/.test(document.body.innerText)",
+        timeout=120_000,
+    )
+    mask = page.locator("#mask textarea, #mask input").first.input_value()
+    assert mask.startswith("row=") and "all" not in mask
+    agree(page, mask)
+    tab(page, "Knock-out")
+    sync_api.expect(page.locator("#ko-summary")).to_contain_text(f"mask {mask} ·", timeout=120_000)
+    s = page.evaluate(SWITCHES)
+    assert not s["all"] and s["rows"] and canonical(",".join(f"row={r.strip()}" for r in s["rows"].split(","))) == mask
+    page.locator("#ko-apply").click()
+    agree(page, mask)
+    shot(page, "knockout-rows")
+
+
+def test_another_model_shows_none_of_the_shipped_models_views(app_url, page):
+    """With DeepSeek-V4.1-Flash picked, every tab shows that model or one line why not, never the shipped
+    model's results under the other label."""
+    _, url = app_url
+    open_at(page, url, model="deepseek-v4.1-flash")
+    sync_api.expect(page.locator("#status")).to_contain_text("deepseek-v4.1-flash", timeout=120_000)
+    sync_api.expect(page.locator("#v41-tokens")).to_contain_text("pray", timeout=120_000)
+    assert not page.locator("#token-strip").is_visible()
+    shot(page, "v41-lookups")
+    for name, shipped, line in [
+        ("Gates", "#gate-heatmap", "the gates need the backbone"),
+        ("Memory map", "#memory-map", "the memory map"),
+        ("Knock-out", "#ko-apply", "knock-outs need the backbone"),
+        ("Export", "#export-trace", "trace exports need the backbone"),
+        ("Row page", "#row-page-go", "the row page"),
+        ("Paper checks", "button:has-text('Show the paper checks')", "the paper checks need the backbone"),
+    ]:
+        tab(page, name)
+        sync_api.expect(page.locator("#backbone-notice")).to_contain_text(line, timeout=60_000)
+        sync_api.expect(page.locator(shipped)).to_be_hidden(timeout=60_000)
+    tab(page, "Health")
+    assert not page.locator("#health-table").is_visible()
+    tab(page, "Model card")
+    sync_api.expect(page.locator("#layout-card")).to_contain_text("deepseek-v4.1-flash: memory layout")
+    shot(page, "v41-model-card")
+    # back to the shipped model: its views return, and the notice goes
+    page.locator("#model input").click()
+    page.get_by_role("option", name="shipped model").click()
+    agree(page, "all")
+    tab(page, "Knock-out")
+    sync_api.expect(page.locator("#ko-apply")).to_be_visible(timeout=60_000)
+    sync_api.expect(page.locator("#backbone-notice")).to_have_text("", timeout=60_000)
+
+
+def test_a_bad_row_says_so_once(app_url, page):
+    """A bad row typed in the Knock-out tab or on the Row page gives one message (once two toasts)."""
+    _, url = app_url
+    open_at(page, url)
+    agree(page, "all")
+    tab(page, "Knock-out")
+    rows = page.locator("#ko-rows textarea, #ko-rows input").first
+    rows.fill("9:9:9:9")
+    rows.press("Enter")
+    page.locator("#ko-apply").click()
+    errors = page.locator(".toast-body")
+    sync_api.expect(errors).to_have_count(1, timeout=60_000)
+    page.wait_for_function(IDLE)
+    assert errors.count() == 1 and page.locator("#status").inner_text().strip().endswith("mask all")
+    page.locator(".toast-close").first.click()
+    sync_api.expect(errors).to_have_count(0)
+    tab(page, "Row page")
+    box = page.locator("#row-page-query textarea, #row-page-query input").first
+    box.fill("9:9:9:9")
+    page.locator("#row-page-go").click()
+    sync_api.expect(errors).to_have_count(1, timeout=60_000)
+    page.wait_for_function(IDLE)
+    assert errors.count() == 1
