@@ -34,7 +34,6 @@ class Ctx:
     trace: gr.State  # this user's current Trace (None before the first run)
     text: gr.Textbox  # the text being inspected
     mask: gr.Textbox  # the knock-out mask, as `engram trace --knockout` spells it
-    shown: gr.State  # id of the tab on this user's screen
     views: dict[str, list[View]] = field(default_factory=dict)  # tab id -> what it draws from a trace
     tabs: dict[str, gr.Tab] = field(default_factory=dict)  # tab id -> the tab
     model: gr.Dropdown | None = None  # the picked model (app.layouts.MODELS)

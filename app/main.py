@@ -111,7 +111,7 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
             link = gr.Textbox(label="link to this state", elem_id="share-link", scale=3, buttons=["copy"])
         status = gr.Markdown(elem_id="status")
         examples = gr.Examples(EXAMPLES, inputs=[text], label="examples (held-out plays, code)")
-        ctx = Ctx(session=session, trace=gr.State(None), text=text, mask=mask, shown=gr.State("lookups"))
+        ctx = Ctx(session=session, trace=gr.State(None), text=text, mask=mask)
         ctx.model, ctx.addresses, ctx.layouts = model, gr.State(None), layouts
         # the documented endpoints first, so no internal event can take their names
         _wire_export_api(ctx)
@@ -136,17 +136,21 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
 
 
 class Runs:
-    """The newest capture each browser session asked for, so a result for an older one never lands.
+    """Per browser session: the newest run it asked for, and the tab on its screen.
 
     A run of the opening link and a run the user starts may overlap (two events, which Gradio
     runs side by side); under load the older can finish last. Each run takes a number; its
     result, and the views drawn from it, are dropped when the session has started a newer run.
+    The tab on screen is kept here, not in the page, and written the moment a tab's own draw
+    starts: a run that ends while that draw is still computing (for the older state, so it is
+    dropped) then redraws that tab for the newer state.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._next = 0
         self._newest: dict[str, int] = {}
+        self._shown: dict[str, str] = {}
 
     def start(self, request: gr.Request | None) -> int:
         with self._lock:
@@ -157,6 +161,19 @@ class Runs:
     def current(self, request: gr.Request | None, number: int | None) -> bool:
         with self._lock:
             return number is not None and self._newest.get(_session_key(request)) == number
+
+    def superseded(self, request: gr.Request | None, number: int | None) -> bool:
+        """True when the session has started a run other than `number` (so that run draws instead)."""
+        with self._lock:
+            return self._newest.get(_session_key(request), number) != number
+
+    def show(self, request: gr.Request | None, tab_id: str) -> None:
+        with self._lock:
+            self._shown[_session_key(request)] = tab_id
+
+    def shown(self, request: gr.Request | None) -> str:
+        with self._lock:
+            return self._shown.get(_session_key(request), "lookups")
 
 
 def _session_key(request: gr.Request | None) -> str:
@@ -239,25 +256,33 @@ def _wire_redraw(ctx: Ctx, events: list, runs: Runs, run_id: gr.State) -> None:
     hidden = {"api_visibility": "private"}
 
     # subtle: the request first: Gradio puts it at its parameter's place among the inputs
-    def redraw_shown(request: gr.Request, number, shown, *values):
+    def redraw_shown(request: gr.Request, number, *values):
         if not runs.current(request, number):  # a newer run is on its way: its own redraw follows
             return [gr.skip() for _ in outs]
-        by_id = {id(c): v for c, v in zip(ins, values, strict=True)}
-        drawn = _draw(ctx, shown, by_id)
+        by_id, shown = {id(c): v for c, v in zip(ins, values, strict=True)}, runs.shown(request)
+        drawn = {k: v for t in ctx.views if t != shown for k, v in _draw(ctx, t, by_id, layout_only=True).items()}
+        drawn.update(_draw(ctx, shown, by_id))
         if not runs.current(request, number):  # overtaken while drawing: the newer run draws
             return [gr.skip() for _ in outs]
         return [drawn.get(id(c), gr.skip()) for c in outs]
 
+    # subtle: "always_last", not the default "once": a run that ends while the previous run's redraw
+    # is still drawing would otherwise have its own redraw skipped, and the older one is dropped
     for event in events:
-        event.success(redraw_shown, [run_id, ctx.shown, *ins], outs, **hidden)
+        event.success(redraw_shown, [run_id, *ins], outs, trigger_mode="always_last", **hidden)
     for tab_id, tab in ctx.tabs.items():
         view_ins, view_outs = _union(ctx, "inputs", tab_id), _union(ctx, "outputs", tab_id)
 
-        def on_select(*values, tab_id=tab_id, view_ins=view_ins, view_outs=view_outs):
+        def on_select(request: gr.Request, number, *values, tab_id=tab_id, view_ins=view_ins, view_outs=view_outs):
+            runs.show(request, tab_id)  # first: a run ending from now on redraws this tab
+            if runs.superseded(request, number):  # drawn for an older state: that run's redraw draws it
+                return [gr.skip() for _ in view_outs]
             drawn = _draw(ctx, tab_id, {id(c): v for c, v in zip(view_ins, values, strict=True)})
-            return tab_id, *(drawn[id(c)] for c in view_outs)
+            if runs.superseded(request, number):
+                return [gr.skip() for _ in view_outs]
+            return [drawn[id(c)] for c in view_outs]
 
-        tab.select(on_select, view_ins, [ctx.shown, *view_outs], **hidden)
+        tab.select(on_select, [run_id, *view_ins], view_outs, **hidden)
 
 
 def _union(ctx: Ctx, which: str, tab_id: str | None = None) -> list:
@@ -269,10 +294,15 @@ def _union(ctx: Ctx, which: str, tab_id: str | None = None) -> list:
     return list(out.values())
 
 
-def _draw(ctx: Ctx, tab_id: str, values: dict[int, object]) -> dict[int, object]:
-    """Run the views of one tab on the given input values; {id(output component): value}."""
+def _draw(ctx: Ctx, tab_id: str, values: dict[int, object], layout_only: bool = False) -> dict[int, object]:
+    """Run the views of one tab on the given input values; {id(output component): value}.
+
+    layout_only: only the views drawn from the picked model alone (which parts show, the one-line
+    notices): cheap, and drawn for every tab after a run, so no tab opens on another model's layout."""
     drawn: dict[int, object] = {}
     for v in ctx.views.get(tab_id, ()):
+        if layout_only and any(c is not ctx.model for c in v.inputs):
+            continue
         result = v.fn(*(values[id(c)] for c in v.inputs))
         result = result if len(v.outputs) > 1 else (result,)
         drawn.update({id(c): r for c, r in zip(v.outputs, result, strict=True)})

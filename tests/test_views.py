@@ -100,29 +100,34 @@ def test_a_run_draws_only_the_tab_on_screen(tiny_session, tiny_demo, monkeypatch
     assert len(runs) == 5
     redraw = _fn(tiny_demo, "redraw_shown")
     tr = capture(tiny_session.ck, "I pray you, my lord.")
-    # the run's number and the id of the tab on screen, then the views' inputs
-    assert isinstance(redraw.inputs[0], gr.State) and isinstance(redraw.inputs[1], gr.State)
-    values = [tr if isinstance(b, gr.State) else b.value for b in redraw.inputs[2:]]
+    # the run's number, then the views' inputs; the tab on screen is kept per browser session (Runs)
+    assert isinstance(redraw.inputs[0], gr.State)
+    values = [tr if isinstance(b, gr.State) else b.value for b in redraw.inputs[1:]]
     run_states = next(c.cell_contents for c in redraw.fn.__closure__ if isinstance(c.cell_contents, Runs))
 
     class Req:
         session_hash = "a-browser"
 
     number = run_states.start(Req())  # the newest run of this browser: its redraw draws
-    out = dict(zip(_ids(redraw.outputs), redraw.fn(Req(), number, "gates", *values), strict=True))
+    run_states.show(Req(), "gates")
+    out = dict(zip(_ids(redraw.outputs), redraw.fn(Req(), number, *values), strict=True))
     assert calls == []
     assert out["gate-heatmap"] is not None and out["gate-heatmap"] != gr.skip()
     assert out["ko-summary"] == gr.skip() and out["token-strip"] == gr.skip()
-    out = dict(zip(_ids(redraw.outputs), redraw.fn(Req(), number, "knockout", *values), strict=True))
+    run_states.show(Req(), "knockout")
+    out = dict(zip(_ids(redraw.outputs), redraw.fn(Req(), number, *values), strict=True))
     assert len(calls) == 2 and "mean loss change" in out["ko-summary"] and out["gate-heatmap"] == gr.skip()
-    # showing the tab draws it
+    # showing the tab draws it, and marks it as the tab on screen
     select = next(f for f in tiny_demo.fns.values() if f.name == "on_select" and "ko-summary" in _ids(f.outputs))
-    shown, *drawn = select.fn(*[tr if isinstance(b, gr.State) else b.value for b in select.inputs])
-    assert shown == "knockout" and len(calls) == 4
-    # a newer run of the same browser: the older run's redraw draws nothing
+    run_states.show(Req(), "gates")
+    sel_values = [tr if isinstance(b, gr.State) else b.value for b in select.inputs[1:]]
+    drawn = dict(zip(_ids(select.outputs), select.fn(Req(), number, *sel_values), strict=True))
+    assert run_states.shown(Req()) == "knockout" and len(calls) == 4 and "mean loss change" in drawn["ko-summary"]
+    # a newer run of the same browser: the older run's redraw, and a tab drawn for it, draw nothing
     run_states.start(Req())
-    stale = redraw.fn(Req(), number, "gates", *values)
+    stale = redraw.fn(Req(), number, *values)
     assert all(x == gr.skip() for x in stale)
+    assert all(x == gr.skip() for x in select.fn(Req(), number, *sel_values)) and len(calls) == 4
 
 
 def _ids(blocks):
