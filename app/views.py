@@ -237,21 +237,26 @@ def memory_map(
     hover = "row %{customdata} (layer:order:head:row)<extra></extra>"
     categories = {"order": projection.order, "head": projection.head, "layer": projection.layer}
     fig = go.Figure()
+
+    def points(at, name: str, marker: dict) -> None:
+        xy = projection.coords[at]
+        fig.add_trace(
+            go.Scattergl(
+                x=xy[:, 0],
+                y=xy[:, 1],
+                mode="markers",
+                name=name,
+                marker=marker,
+                customdata=labels[at],
+                hovertemplate=hover,
+            )
+        )
+
     if color_by in categories:  # a few distinct values: one legend entry and colour each, not a colour bar
         values_of = np.asarray(categories[color_by])
         for i, v in enumerate(np.unique(values_of).tolist()):
-            at = np.flatnonzero(values_of == v)
-            fig.add_trace(
-                go.Scattergl(
-                    x=projection.coords[at, 0],
-                    y=projection.coords[at, 1],
-                    mode="markers",
-                    name=f"{color_by} {v}",
-                    marker=dict(size=3, color=CATEGORY_COLOURS[i % len(CATEGORY_COLOURS)], opacity=0.6),
-                    customdata=labels[at],
-                    hovertemplate=hover,
-                )
-            )
+            colour = CATEGORY_COLOURS[i % len(CATEGORY_COLOURS)]
+            points(np.flatnonzero(values_of == v), f"{color_by} {v}", dict(size=3, color=colour, opacity=0.6))
     else:
         color = np.log1p(values[projection.rows]) if color_by == "hits" else values[projection.rows]
         title = "log(1 + hits)" if color_by == "hits" else color_by
@@ -276,17 +281,8 @@ def memory_map(
         # the map is a sample: say how many of the text's rows it holds, not just draw those
         title += f"; this text reads {len(flat):,} rows, {len(hit):,} of them in the sample"
         if hit:
-            fig.add_trace(
-                go.Scattergl(
-                    x=projection.coords[hit, 0],
-                    y=projection.coords[hit, 1],
-                    mode="markers",
-                    name=f"read by this text ({len(hit)} of {len(flat)} in the sample)",
-                    marker=dict(size=9, color="#e74c3c", line=dict(width=1, color="white")),
-                    customdata=labels[hit],
-                    hovertemplate=hover,
-                )
-            )
+            marker = dict(size=9, color="#e74c3c", line=dict(width=1, color="white"))
+            points(np.asarray(hit), f"read by this text ({len(hit)} of {len(flat)} in the sample)", marker)
     fig.update_layout(title=title, height=560, legend=dict(orientation="h"))
     return fig
 

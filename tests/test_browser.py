@@ -54,7 +54,9 @@ def page(app_url):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        pg.set_default_timeout(60_000)
+        pg.set_default_timeout(120_000)
+        # expect()'s own default is 5 s: on a busy machine a view takes longer to draw than that
+        sync_api.expect.set_options(timeout=120_000)
         yield pg
         browser.close()
 
@@ -64,7 +66,7 @@ IDLE = "() => !/processing|queue: \\d/.test(document.body.innerText)"
 
 
 def shot(page, name: str) -> None:
-    page.wait_for_function(IDLE, timeout=60_000)  # every pending event drawn first
+    page.wait_for_function(IDLE, timeout=120_000)  # every pending event drawn first
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -78,11 +80,11 @@ def test_the_whole_tour(app_url, page):
     page.goto(url)
     box = page.locator("#text-input textarea")
     # the page runs the text of its link (or the first example) once when it opens
-    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=60_000)
+    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=120_000)
     box.fill(TEXT)
     box.press("Enter")
     strip = page.locator("#token-strip")
-    sync_api.expect(strip).to_contain_text("prince", timeout=60_000)
+    sync_api.expect(strip).to_contain_text("prince", timeout=120_000)
     sync_api.expect(page.locator("#status")).to_contain_text("tokens")
     shot(page, "lookups")
 
@@ -93,19 +95,19 @@ def test_the_whole_tour(app_url, page):
     tab(page, "Knock-out")
     page.locator("#ko-apply").click()
     summary = page.locator("#ko-summary")
-    sync_api.expect(summary).to_contain_text("mean loss change", timeout=60_000)
+    sync_api.expect(summary).to_contain_text("mean loss change", timeout=120_000)
     first = summary.inner_text()
     sync_api.expect(page.locator("#ko-delta .js-plotly-plot")).to_be_visible()
     shot(page, "knockout")
     page.locator("#ko-all input").uncheck()
     page.get_by_label("layer 1").check()
     page.locator("#ko-apply").click()
-    sync_api.expect(summary).to_contain_text("layer=1", timeout=60_000)
+    sync_api.expect(summary).to_contain_text("layer=1", timeout=120_000)
     assert summary.inner_text() != first  # the Δ view changed with the mask
 
     tab(page, "Memory map")
     plot = page.locator("#memory-map .js-plotly-plot")
-    plot.wait_for(timeout=60_000)
+    plot.wait_for(timeout=120_000)
     # a click on a point: plotly's own click event carrying the point's row id
     page.wait_for_function("() => document.querySelector('#memory-map .js-plotly-plot').__engramHooked === true")
     page.evaluate(
@@ -114,13 +116,13 @@ def test_the_whole_tour(app_url, page):
         " d.emit('plotly_click', {points: [{customdata: row}]}); }"
     )
     # a found row names the query row it is nearest to ("0." once matched the queue's "0.1s")
-    sync_api.expect(page.locator("#neighbours-table")).to_contain_text(re.compile(r"\(head \d\)"), timeout=60_000)
+    sync_api.expect(page.locator("#neighbours-table")).to_contain_text(re.compile(r"\(head \d\)"), timeout=120_000)
     shot(page, "memory-map")
 
     tab(page, "Export")
     page.locator("#export-trace").click()
     link = page.locator("#export-file a").first
-    link.wait_for(timeout=60_000)
+    link.wait_for(timeout=120_000)
     with page.expect_download() as dl:
         link.click()
     path = Path(dl.value.path())
@@ -136,7 +138,7 @@ def test_the_whole_tour(app_url, page):
 
     tab(page, "Paper checks")
     page.get_by_role("button", name="Show the paper checks").click()
-    sync_api.expect(page.locator(".js-plotly-plot").filter(has_text="learning curves")).to_be_visible(timeout=60_000)
+    sync_api.expect(page.locator(".js-plotly-plot").filter(has_text="learning curves")).to_be_visible(timeout=120_000)
     shot(page, "paper-checks")
 
 
@@ -145,8 +147,8 @@ def test_link_reopens_text_and_mask(app_url, page):
     from urllib.parse import urlencode
 
     page.goto(url + "?" + urlencode({"text": "O, I am fortune's fool!", "mask": "layer=2"}))
-    sync_api.expect(page.locator("#status")).to_contain_text("layer=2", timeout=60_000)
-    sync_api.expect(page.locator("#token-strip")).to_contain_text("fort", timeout=60_000)
+    sync_api.expect(page.locator("#status")).to_contain_text("layer=2", timeout=120_000)
+    sync_api.expect(page.locator("#token-strip")).to_contain_text("fort", timeout=120_000)
     assert "mask=layer%3D2" in page.locator("#share-link textarea, #share-link input").first.input_value()
 
 
@@ -156,16 +158,16 @@ def test_link_opens_the_v41_picker(app_url, page):
     from urllib.parse import urlencode
 
     page.goto(url + "?" + urlencode({"text": "O, I am fortune's fool!", "model": "deepseek-v4.1-flash"}))
-    sync_api.expect(page.locator("#status")).to_contain_text("deepseek-v4.1-flash", timeout=60_000)
-    sync_api.expect(page.locator("#v41-tokens")).to_contain_text("fort", timeout=60_000)
+    sync_api.expect(page.locator("#status")).to_contain_text("deepseek-v4.1-flash", timeout=120_000)
+    sync_api.expect(page.locator("#v41-tokens")).to_contain_text("fort", timeout=120_000)
     assert "model=deepseek-v4.1-flash" in page.locator("#share-link textarea, #share-link input").first.input_value()
     tab(page, "Gates")
-    sync_api.expect(page.locator("#backbone-notice")).to_contain_text("the gates need the backbone", timeout=60_000)
+    sync_api.expect(page.locator("#backbone-notice")).to_contain_text("the gates need the backbone", timeout=120_000)
     # picking the shipped model in the picker runs the text again under it
     page.locator("#model input").click()
     page.get_by_role("option", name="shipped model").click()
-    sync_api.expect(page.locator("#status")).to_contain_text("mask all", timeout=60_000)
-    sync_api.expect(page.locator("#backbone-notice")).to_have_text("", timeout=60_000)
+    sync_api.expect(page.locator("#status")).to_contain_text("mask all", timeout=120_000)
+    sync_api.expect(page.locator("#backbone-notice")).to_have_text("", timeout=120_000)
 
 
 STRIP_COLOURS = """() => Array.from(document.querySelectorAll('#token-strip .token')).map(e => {
@@ -184,7 +186,7 @@ def test_the_strip_colours_follow_the_gate(app_url, page):
     session, url = app_url
     text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
     page.goto(f"{url}?{urllib.parse.urlencode({'text': text})}")
-    sync_api.expect(page.locator("#token-strip")).to_contain_text("whether", timeout=60_000)
+    sync_api.expect(page.locator("#token-strip")).to_contain_text("whether", timeout=120_000)
     drawn = page.evaluate(STRIP_COLOURS)
     trace = capture(session.ck, text)
     bins = [views.gate_bin(a) for a in views.gate_values(trace, "mean")]
@@ -213,26 +215,26 @@ def test_clicking_an_example_runs_it(app_url, page):
 
     _, url = app_url
     page.goto(url)
-    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=60_000)
+    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=120_000)
     example = next(e for e in EXAMPLES if "fortune" in e)
     page.get_by_text(example[:20], exact=False).first.click()
-    sync_api.expect(page.locator("#token-strip")).to_contain_text("fort", timeout=60_000)
-    sync_api.expect(page.locator("#share-link textarea")).to_have_value(re.compile("fortune"), timeout=60_000)
+    sync_api.expect(page.locator("#token-strip")).to_contain_text("fort", timeout=120_000)
+    sync_api.expect(page.locator("#share-link textarea")).to_have_value(re.compile("fortune"), timeout=120_000)
 
 
 def test_cache_sizing_in_health(app_url, page):
     """Health: pick a policy and streams, simulate, and read the capacities in words beside the curves."""
     _, url = app_url
     page.goto(url)
-    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=60_000)
+    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=120_000)
     tab(page, "Health")
     page.get_by_text("Cache sizing: hot-row cache hit rates").click()
     page.locator("#cache-streams").get_by_text("4", exact=True).click()
     page.locator("#cache-simulate").click()
     words = page.locator("#cache-words")
     sync_api.expect(words).to_contain_text("the default corpus sample", timeout=120_000)
-    sync_api.expect(words).to_contain_text("the text shown, layer 2, 4 streams, rows", timeout=60_000)
+    sync_api.expect(words).to_contain_text("the text shown, layer 2, 4 streams, rows", timeout=120_000)
     assert "Per layer for 80% hits: lru" in words.inner_text()
     # both curves are drawn: corpus and text, for both layers
-    sync_api.expect(page.locator("#cache-plot .scatterlayer .trace")).to_have_count(4, timeout=60_000)
+    sync_api.expect(page.locator("#cache-plot .scatterlayer .trace")).to_have_count(4, timeout=120_000)
     shot(page, "cache-sizing")

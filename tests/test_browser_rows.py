@@ -22,9 +22,9 @@ def test_deep_link_opens_the_row_page(app_url, page):  # noqa: F811
 def test_clicking_a_map_point_opens_its_row_page(app_url, page):  # noqa: F811
     _, url = app_url
     page.goto(url)
-    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=60_000)
+    sync_api.expect(page.locator("#status")).to_contain_text("tokens", timeout=120_000)
     tab(page, "Memory map")
-    page.locator("#memory-map .js-plotly-plot").wait_for(timeout=60_000)
+    page.locator("#memory-map .js-plotly-plot").wait_for(timeout=120_000)
     page.wait_for_function("() => document.querySelector('#memory-map .js-plotly-plot').__engramHooked === true")
     row = page.evaluate(
         "() => { const d = document.querySelector('#memory-map .js-plotly-plot');"
