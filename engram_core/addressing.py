@@ -41,21 +41,19 @@ def look_back(n: int, dead: np.ndarray | None = None, starts: np.ndarray | None 
     return t - np.maximum.accumulate(block) if n else t
 
 
-def mixes(cids: np.ndarray, run: np.ndarray, layout: MemoryLayout, layer: int) -> np.ndarray:
-    """mix_{t,n} of every order: (N-1, T) int64 (eq. 1 before the modulus), with blocked slots padded."""
-    spec = layout.spec
-    m = spec.multipliers[layer]
-    pad = spec.pad_id
-    x = np.where(run > 0, cids, pad)
-    out = np.empty((spec.max_ngram - 1, len(cids)), dtype=np.int64)
-    mix = x * m[0]
-    prev = np.empty_like(x)
-    for k in range(1, spec.max_ngram):
-        prev[:k] = pad
-        prev[k:] = cids[: len(cids) - k] if len(cids) > k else prev[k:]
-        prev[run <= k] = pad  # the look-back reached a dead token or the start (§10)
-        mix = np.bitwise_xor(mix, prev * m[k])
-        out[k - 1] = mix
+def slot_values(cids: np.ndarray, run: np.ndarray, pad: int, n: int) -> list[np.ndarray]:
+    """Per slot k < n, the token k steps back at every position: n arrays (T,) int64.
+
+    A slot the look-back does not reach (a dead token, the start) holds the pad (§10).
+    """
+    T = len(cids)
+    out = []
+    for k in range(n):
+        s = np.full(T, pad, dtype=np.int64)
+        if T > k:
+            s[k:] = cids[: T - k]
+        s[run <= k] = pad
+        out.append(s)
     return out
 
 
@@ -82,12 +80,11 @@ def local_rows(cids: np.ndarray, run: np.ndarray, layout: MemoryLayout, layers=N
     spec = layout.spec
     layers = layout.layers if layers is None else tuple(layers)
     out = np.empty((len(layers), spec.heads_per_layer, len(cids)), dtype=np.int64)
+    slots = slot_values(cids, run, spec.pad_id, spec.max_ngram)
     for i, layer in enumerate(layers):
         primes = spec.primes[layer]
-        for n, mix in enumerate(mixes(cids, run, layout, layer), start=2):
-            for h in range(spec.heads_per_ngram):
-                j = spec.head_index(n, h)
-                mod_rows(mix, primes[j], out[i, j])
+        for j, mix in spec.head_mixes(slots, layer):
+            mod_rows(mix, primes[j], out[i, j])
     return out.transpose(0, 2, 1)
 
 
@@ -98,15 +95,13 @@ def reference_rows(cids: np.ndarray, run: np.ndarray, layout: MemoryLayout) -> n
     out = np.empty((len(layout.layers), T, spec.heads_per_layer), dtype=np.int64)
     pos = np.arange(T)
     for i, layer in enumerate(layout.layers):
-        m = spec.multipliers[layer]
-        for n in spec.orders:
-            for h in range(spec.heads_per_ngram):
-                mix = np.zeros(T, dtype=np.int64)
-                for k in range(n):
-                    src = pos - k
-                    tok = np.where((src >= 0) & (run > k), cids[np.maximum(src, 0)], spec.pad_id)
-                    mix ^= tok * m[k]
-                out[i, :, spec.head_index(n, h)] = mix % spec.primes[layer][spec.head_index(n, h)]
+        for j in range(spec.heads_per_layer):
+            order, _ = spec.head_address(j)
+            slots = []
+            for k in range(order):
+                src = pos - k
+                slots.append(np.where((src >= 0) & (run > k), cids[np.maximum(src, 0)], spec.pad_id))
+            out[i, :, j] = spec.plain_mix(slots, layer, j) % spec.primes[layer][j]
     return out
 
 
@@ -177,8 +172,8 @@ def address(layout: MemoryLayout, raw_ids, dead_ids=()) -> Addresses:
     dead_set = check_ids(list(dead_ids), layout.vocab_size, "dead token id")
     if dead_set.size and not layout.block_dead:
         raise LayoutError(f"{layout.name} does not block N-grams at dead tokens: --dead-ids applies to V4.1 layouts")
-    dead = np.isin(raw, dead_set)
-    run = look_back(len(ids), dead, layout.starts(raw))
+    dead = layout.dead_of(raw, dead_set)
+    run = layout.look_back(raw, None, dead)
     return Addresses(layout, raw, ids, dead, local_rows(ids, run, layout))
 
 

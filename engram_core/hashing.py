@@ -92,6 +92,32 @@ class HashSpec:
     def multipliers(self) -> dict[int, np.ndarray]:
         return {layer: layer_multipliers(self, layer) for layer in self.layer_ids}
 
+    def head_mixes(self, slots, layer: int, orders=None):
+        """Yield (head index, mix) for every head of `orders` (default all), heads order-major.
+
+        `slots[k]` holds, per position, the token k steps back (a blocked slot holds the pad);
+        mix >= 0 and the head reads row mix mod its table size. Here eq. 1: the XOR chain of
+        slot x multiplier, shared by every head of an order (the array is yielded, not copied:
+        read it, never write it). A family with another hash overrides this and `plain_mix`.
+        """
+        orders = self.orders if orders is None else tuple(orders)
+        m = self.multipliers[layer]
+        mix = slots[0] * m[0]
+        for k in range(1, max(orders)):
+            mix = np.bitwise_xor(mix, slots[k] * m[k])
+            if k + 1 in orders:
+                for h in range(self.heads_per_ngram):
+                    yield self.head_index(k + 1, h), mix
+
+    def plain_mix(self, slots, layer: int, index: int) -> np.ndarray:
+        """The mix of one head written the straightforward way (the benches' baseline)."""
+        order, _ = self.head_address(index)
+        m = self.multipliers[layer]
+        mix = np.zeros_like(slots[0])
+        for k in range(order):
+            mix ^= slots[k] * m[k]
+        return mix
+
 
 def head_index(order, head, heads_per_ngram: int):
     """Order-major head axis: the heads of order 2 first, then order 3, ... (the one copy of this formula).

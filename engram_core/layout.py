@@ -60,6 +60,8 @@ class MemoryLayout:
     has_backbone: bool  # gates, knock-outs and the logit lens need it
     restart_after: int | None = None  # raw id after which N-grams restart (Qwen's EOS); None: only documents
     row_multiple: int = 1  # the stored table pads its rows to a multiple of this (Qwen: 128)
+    dead_token: int | None = None  # raw id that is always dead: read as the pad, N-grams stop there (LongCat's EOS)
+    table_per_head: bool = False  # the table is stored as one tensor per head (LongCat's embedders)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -93,10 +95,12 @@ class MemoryLayout:
         spec = self.spec
         facts = [
             sorted((int(k), [int(p) for p in v]) for k, v in spec.primes.items()),
-            sorted((int(k), [int(m) for m in v]) for k, v in spec.multipliers.items()),
+            sorted((int(k), np.asarray(v).ravel().tolist()) for k, v in spec.multipliers.items()),
             list(spec.layer_ids), spec.max_ngram, spec.heads_per_ngram, spec.pad_id, spec.vocab_size,
             self.d_head, self.dtype, self.block_dead,
         ]  # fmt: skip
+        if self.restart_after is not None or self.dead_token is not None:  # absent: digests as before
+            facts.append([self.restart_after, self.dead_token])
         h = hashlib.sha256(json.dumps(facts).encode())
         h.update(np.ascontiguousarray(self.compression.table, np.int64).tobytes())
         return h.hexdigest()[:16]
@@ -114,6 +118,22 @@ class MemoryLayout:
         if self.restart_after is not None and len(raw) > 1:
             found.append(np.flatnonzero(np.asarray(raw)[:-1] == self.restart_after) + 1)
         return np.unique(np.concatenate(found)) if found else None
+
+    def look_back(self, raw: np.ndarray, doc_starts: np.ndarray | None = None, dead: np.ndarray | None = None):
+        """Per position, the tokens ending there an N-gram may use (`addressing.look_back`), with this
+        layout's own rules: restarts after `restart_after`, `dead_token` always dead."""
+        from .addressing import look_back
+
+        raw = np.asarray(raw)
+        if self.dead_token is not None:
+            own = raw == self.dead_token
+            dead = own if dead is None else (np.asarray(dead, bool) | own)
+        return look_back(len(raw), dead, self.starts(raw, doc_starts))
+
+    def dead_of(self, raw: np.ndarray, dead_ids=()) -> np.ndarray:
+        """Which positions are dead: their id is in `dead_ids`, or is this layout's `dead_token`."""
+        ids = list(dead_ids) + ([self.dead_token] if self.dead_token is not None else [])
+        return np.isin(np.asarray(raw), np.asarray(ids, dtype=np.int64))
 
     def head_of(self, index: int) -> tuple[int, int]:
         """(order, head) of a position on the order-major head axis."""
@@ -301,7 +321,7 @@ def load_layout(model: str | Path) -> MemoryLayout:
     kind = head.get("model_type", "?") if isinstance(head, dict) else "?"
     raise LayoutError(
         f"{folder / 'config.json'} (model_type {kind!r}) is not a family this tool addresses: "
-        "an Engram Inspector checkpoint, engram_* keys, or a released family (qwen4_exp)"
+        "an Engram Inspector checkpoint, engram_* keys, or a released family (qwen4_exp, longcat_flash_ngram)"
     )
 
 

@@ -133,7 +133,21 @@ class ShardedTable:
         return out
 
 
-_SHARD = re.compile(r"(?:^|\.)layers\.(\d+)\.ple\.ple_embedding\.ngram_embedding\.shard_(\d+)\.weight$")
+# tables stored as several tensors, read as one: (pattern, the layer if the name gives none)
+_SHARDS = (
+    (re.compile(r"(?:^|\.)layers\.(?P<layer>\d+)\.ple\.ple_embedding\.ngram_embedding\.shard_(?P<i>\d+)\.weight$"), 0),
+    (re.compile(r"(?:^|\.)ngram_embeddings\.embedders\.(?P<i>\d+)\.weight$"), 0),  # LongCat: one per head, input layer
+)
+
+
+def _shard_of(name: str) -> tuple[int, int, str] | None:
+    """(layer, part, the name with the part as *) of a table stored in parts, else None."""
+    for pattern, layer in _SHARDS:
+        m = pattern.search(name)
+        if m:
+            found = int(m.group("layer")) if "layer" in m.groupdict() else layer
+            return found, int(m.group("i")), name[: m.start("i")] + "*" + name[m.end("i") :]
+    return None
 
 
 def _memmap(path: Path, start: int, name: str, meta: dict) -> np.ndarray:
@@ -179,9 +193,9 @@ def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[
     for path in files:
         header, start = read_header(path)
         for name, meta in header.items():
-            sm = _SHARD.search(name)
+            sm = _shard_of(name)
             if sm and len(meta.get("shape", ())) == 2:
-                layer, index = int(sm.group(1)), int(sm.group(2))
+                layer, index, _ = sm
                 shards.setdefault(layer, {})[index] = TableTensor(
                     layer, name, meta["dtype"], _memmap(path, start, name, meta), None
                 )
@@ -207,26 +221,44 @@ def open_tables(folder: str | Path, layout: MemoryLayout | None = None) -> dict[
         if len({(t.dtype, t.width) for t in tabs}) != 1:
             raise LayoutError(f"layer {layer}'s table shards differ in dtype or width in {folder}")
         first = np.concatenate([[0], np.cumsum([t.n_rows for t in tabs])]).astype(np.int64)
-        name = tabs[0].name.rsplit(".shard_", 1)[0] + ".shard_*.weight"
-        found[layer] = ShardedTable(layer, name, tabs[0].dtype, tabs, first)
+        found[layer] = ShardedTable(layer, _shard_of(tabs[0].name)[2], tabs[0].dtype, tabs, first)
     if not found:
-        raise LayoutError(f"no Engram table tensors (layers.<L>.engram... or ...ngram_embedding.shard_<i>) in {folder}")
+        raise LayoutError(
+            f"no Engram table tensors (layers.<L>.engram..., ...ngram_embedding.shard_<i> or "
+            f"ngram_embeddings.embedders.<i>) in {folder}"
+        )
     if layout is not None:
         for layer, t in found.items():
-            if layer in layout.layers and t.n_rows not in (layout.num_embeddings(layer), layout.stored_rows(layer)):
-                pad = layout.stored_rows(layer) != layout.num_embeddings(layer)
-                raise LayoutError(
-                    f"{t.name} has {t.n_rows:,} rows but the layout gives layer {layer} "
-                    f"{layout.stored_rows(layer) if pad else layout.num_embeddings(layer):,}"
-                    + (
-                        f" ({layout.num_embeddings(layer):,} padded to a multiple of {layout.row_multiple})"
-                        if pad
-                        else ""
-                    )
-                )
+            if layer not in layout.layers:
+                continue
+            problem = count_problem(layout, layer, t)
+            if problem:
+                raise LayoutError(problem)
             if t.width != layout.d_head:
                 raise LayoutError(f"{t.name} rows are {t.width} wide, the layout says {layout.d_head}")
     return found
+
+
+def count_problem(layout: MemoryLayout, layer: int, t: TableTensor | ShardedTable) -> str | None:
+    """One line saying how the table's rows disagree with the layout's (padding allowed), or None;
+    a table stored one tensor per head is checked head by head (a swapped pair keeps the total)."""
+    if t.n_rows not in (layout.num_embeddings(layer), layout.stored_rows(layer)):
+        pad = layout.stored_rows(layer) != layout.num_embeddings(layer)
+        return f"{t.name} has {t.n_rows:,} rows but the layout gives layer {layer} " + (
+            f"{layout.stored_rows(layer):,} ({layout.num_embeddings(layer):,} padded to a multiple of "
+            f"{layout.row_multiple})"
+            if pad
+            else f"{layout.num_embeddings(layer):,}"
+        )
+    if layout.table_per_head:
+        sizes = layout.spec.primes[layer]
+        parts = getattr(t, "shards", [t])
+        if len(parts) != len(sizes):
+            return f"{t.name}: {len(parts)} tensors, the layout has one per head ({len(sizes)})"
+        for j, (part, size) in enumerate(zip(parts, sizes, strict=True)):
+            if part.n_rows != size:
+                return f"{part.name} has {part.n_rows:,} rows but the layout gives head {j} {size:,}"
+    return None
 
 
 def quantize_fp8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -279,16 +311,24 @@ def write_mini_shard(path: str | Path, tables: dict[int, np.ndarray]) -> Path:
 
 
 def write_sparse_shards(
-    path: str | Path, names: list[str], shape: tuple[int, int], dtype: str, rows: dict[int, np.ndarray] | None = None
+    path: str | Path,
+    names: list[str],
+    shape: tuple[int, int] | list[tuple[int, int]],
+    dtype: str,
+    rows: dict[int, np.ndarray] | None = None,
 ) -> Path:
-    """A safetensors file holding one tensor of `shape` per name, back to back, as a sparse file:
-    only the header and the given (global) rows are written, every other byte reads zero. A full-size
-    released table (~100 GB) costs a few kilobytes of disk; tests and benches read it row by row."""
+    """A safetensors file holding one tensor of `shape` per name (or one shape per name, all as wide),
+    back to back, as a sparse file: only the header and the given (global) rows are written, every
+    other byte reads zero. A full-size released table (~100 GB) costs a few kilobytes of disk; tests
+    and benches read it row by row."""
     item = np.dtype(_DTYPES[dtype]).itemsize
-    size = shape[0] * shape[1] * item
+    shapes = [tuple(s) for s in shape] if isinstance(shape, list) else [tuple(shape)] * len(names)
+    if len(shapes) != len(names) or len({s[1] for s in shapes}) > 1:
+        raise ValueError("write_sparse_shards: one shape per name, all of one width")
+    ends = np.cumsum([s[0] * s[1] * item for s in shapes]).tolist()
     header = {
-        n: {"dtype": dtype, "shape": list(shape), "data_offsets": [i * size, (i + 1) * size]}
-        for i, n in enumerate(names)
+        n: {"dtype": dtype, "shape": list(s), "data_offsets": [e - s[0] * s[1] * item, e]}
+        for n, s, e in zip(names, shapes, ends, strict=True)
     }
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
@@ -297,7 +337,7 @@ def write_sparse_shards(
         f.write(struct.pack("<Q", len(raw)) + raw)
         start = f.tell()
         for r, values in sorted((rows or {}).items()):
-            f.seek(start + r * shape[1] * item)
+            f.seek(start + r * shapes[0][1] * item)
             f.write(np.ascontiguousarray(values, dtype=_DTYPES[dtype]).tobytes())
-        f.truncate(start + len(names) * size)
+        f.truncate(start + (ends[-1] if ends else 0))
     return path

@@ -116,7 +116,7 @@ def test_nan_scales_and_values_and_zero_rows_are_found(tmp_path, v41):
     [
         ({"scale_rows": 100}, "unreadable", "expected F8_E8M0"),
         ({"width": 32}, "width", "rows are 32 values wide, the layout says 64"),
-        ({"extra_rows": 5}, "count", "the layout says"),
+        ({"extra_rows": 5}, "count", "but the layout gives layer 1"),
     ],
 )
 def test_a_wrong_bit_width_a_short_scale_tensor_and_a_wrong_count_are_found(tmp_path, v41, how, kind, text):

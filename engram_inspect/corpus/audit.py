@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from engram_core.layout import LayoutError, MemoryLayout
-from engram_core.tables import open_tables
+from engram_core.tables import count_problem, open_tables
 
 BLOCK_ROWS = 1 << 16
 SAVE_EVERY = 1 << 24  # rows between state saves
@@ -192,12 +192,9 @@ def audit(
     for layer, t in sorted(tables.items()):
         if layer not in layout.layers:
             continue
-        if t.n_rows not in (layout.num_embeddings(layer), layout.stored_rows(layer)):
-            findings.append(
-                Finding(
-                    layer, "count", f"{t.name} has {t.n_rows:,} rows, the layout says {layout.stored_rows(layer):,}"
-                )
-            )
+        problem = count_problem(layout, layer, t)
+        if problem:
+            findings.append(Finding(layer, "count", problem))
         elif t.width != layout.d_head:
             findings.append(
                 Finding(layer, "width", f"{t.name} rows are {t.width} values wide, the layout says {layout.d_head}")

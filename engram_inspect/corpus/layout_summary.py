@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engram_core.addressing import Addresses, look_back
+from engram_core.addressing import Addresses
 from engram_core.layout import MemoryLayout
 
 LOOKUP_COLUMNS = ["layer", "order", "head", "N-gram", "row", "local row", "N-gram count", "N-grams in row", "reads"]
@@ -22,7 +22,7 @@ LOOKUP_COLUMNS = ["layer", "order", "head", "N-gram", "row", "local row", "N-gra
 def token_ngrams(addresses: Addresses) -> list[dict[int, list[int]]]:
     """Per position, per order, the raw ids of the N-gram it reads (oldest first, cut at dead tokens and the start)."""
     ids, spec = addresses.ids.tolist(), addresses.layout.spec
-    run = look_back(len(ids), addresses.dead, addresses.layout.starts(addresses.ids))
+    run = addresses.layout.look_back(addresses.ids, None, addresses.dead)
     return [{n: ids[t - min(n, int(run[t])) + 1 : t + 1] for n in spec.orders} for t in range(len(ids))]
 
 

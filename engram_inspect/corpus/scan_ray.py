@@ -22,7 +22,7 @@ import numpy as np
 from engram_core.addressing import mix_rows
 from engram_core.layout import MemoryLayout
 
-from .traffic import Summary, _bits, ngram_mix, unpack
+from .traffic import Summary, _bits, ngram_head_mixes, unpack
 
 KEYS = ["layer", "order", "head", "row"]
 ROW, NGRAM, CONTEXT, GATE = 0, 1, 2, 3  # kinds of line: a row's totals, a collided N-gram, a top context, a gate total
@@ -107,12 +107,11 @@ def expand_part(layout: MemoryLayout, path: Path) -> dict:
     counts, _ = _load(path)
     spec, bits, blocks = layout.spec, _bits(layout), []
     for n, (hi, lo, cnt) in sorted(counts.ngrams.items()):
-        mix_by_layer = {layer: ngram_mix(unpack(hi, lo, n, bits), layout, layer) for layer in layout.layers}
-        for layer, mix in mix_by_layer.items():
-            for h in range(spec.heads_per_ngram):
-                j = spec.head_index(n, h)
+        grams = unpack(hi, lo, n, bits)
+        for layer in layout.layers:
+            for j, mix in ngram_head_mixes(grams, layout, layer):
                 rows = mix_rows(mix, spec.primes[layer][j]) + layout.offsets[layer][j]
-                blocks.append(_lines(NGRAM, layer, n, h, rows, hi=hi, lo=lo, count=cnt))
+                blocks.append(_lines(NGRAM, layer, n, spec.head_address(j)[1], rows, hi=hi, lo=lo, count=cnt))
     if layout.has_backbone:
         gates, ctx, names = load_gates(path)
         for layer in layout.layers:

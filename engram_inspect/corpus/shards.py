@@ -202,13 +202,12 @@ def run_map(layout: MemoryLayout, shard: Shard, parts: Path, rate: float) -> dic
     counts = map_shard(layout, docs, rate)
     gates = None
     if layout.has_backbone:  # the model reads the shard: gate sums and top contexts per row
-        from engram_core.addressing import look_back
-
         from .scan_gates import map_gates
 
         lens = np.array([len(d) for d in docs], np.int64)
-        cids = layout.compress(np.concatenate(docs) if docs else np.zeros(0, np.int64))
-        run = look_back(len(cids), None, np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(docs) else lens)
+        raw = np.concatenate(docs) if docs else np.zeros(0, np.int64)
+        cids = layout.compress(raw)
+        run = layout.look_back(raw, np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(docs) else lens)
         gates = (*map_gates(layout, docs, cids, run), names)
     seconds = time.perf_counter() - t0
     _save(out, counts, problems, seconds, gates, docs)

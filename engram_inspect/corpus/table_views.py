@@ -53,7 +53,7 @@ def neighbours(table: TableTensor, queries: np.ndarray, pool: np.ndarray, k: int
 
 def sample_rows(layout, files: list[str], tokens: int) -> dict[int, object]:
     """Global rows read by the first `tokens` tokens of the sample files, per layer."""
-    from engram_core.addressing import local_rows, look_back
+    from engram_core.addressing import local_rows
 
     texts = []
     for f in files:
@@ -64,7 +64,7 @@ def sample_rows(layout, files: list[str], tokens: int) -> dict[int, object]:
     ids = np.concatenate([layout.encode(t) for t in texts]) if texts else np.zeros(0, np.int64)
     ids = ids[:tokens]
     cids = layout.compress(ids)
-    local = local_rows(cids, look_back(len(cids)), layout)
+    local = local_rows(cids, layout.look_back(ids), layout)
     return {layer: (local[i] + layout.offsets[layer]).reshape(-1) for i, layer in enumerate(layout.layers)}
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engram_core.addressing import look_back, mix_rows, mixes
+from engram_core.addressing import mix_rows, slot_values
 from engram_core.layout import MemoryLayout
 
 from .reuse import CACHE_SIZES, lru_hits, sample_mask, static_from_hist, zipf_curve
@@ -107,10 +107,9 @@ def sampled_stream(layout: MemoryLayout, cids, run, layer: int, rate: float, chu
         b = min(a + chunk, len(cids))
         lead = max(0, a - spec.max_ngram)  # the tokens a chunk's first N-grams reach back to
         rows = np.empty((b - lead, spec.heads_per_layer), dtype=np.int64)  # (T, H)
-        for n, mix in enumerate(mixes(cids[lead:b], run[lead:b], layout, layer), start=2):
-            for h in range(spec.heads_per_ngram):
-                j = spec.head_index(n, h)
-                rows[:, j] = mix_rows(mix, spec.primes[layer][j]) + layout.offsets[layer][j]
+        slots = slot_values(cids[lead:b], run[lead:b], spec.pad_id, spec.max_ngram)
+        for j, mix in spec.head_mixes(slots, layer):
+            rows[:, j] = mix_rows(mix, spec.primes[layer][j]) + layout.offsets[layer][j]
         flat = rows[a - lead :].reshape(-1)
         parts.append(flat if rate >= 1.0 else flat[sample_mask(flat, rate)])
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -125,7 +124,7 @@ def map_shard(layout: MemoryLayout, docs: list[np.ndarray], sample_rate: float =
     raw = np.concatenate(docs) if docs else np.zeros(0, np.int64)
     cids = layout.compress(raw)
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(docs) else np.zeros(0, np.int64)
-    run = look_back(len(cids), None, layout.starts(raw, starts))
+    run = layout.look_back(raw, starts)
     bits, spec = _bits(layout), layout.spec
     ngrams = {n: count_keys(*pack(ngram_matrix(cids, run, n, spec.pad_id), bits)) for n in spec.orders}
     lru, sampled, streams = {}, {}, {}
@@ -170,13 +169,10 @@ def _head_rows(local: np.ndarray, count: np.ndarray):
     return r[starts], ngrams, hits, order
 
 
-def ngram_mix(grams: np.ndarray, layout: MemoryLayout, layer: int) -> np.ndarray:
-    """eq. 1 on explicit (K, n) N-grams, newest slot first."""
-    m = layout.spec.multipliers[layer]
-    mix = grams[:, 0] * m[0]
-    for k in range(1, grams.shape[1]):
-        mix ^= grams[:, k] * m[k]
-    return mix
+def ngram_head_mixes(grams: np.ndarray, layout: MemoryLayout, layer: int):
+    """(head index, mix) of every head of one order on explicit (K, n) N-grams, newest slot first."""
+    n = grams.shape[1]
+    return layout.spec.head_mixes([grams[:, k] for k in range(n)], layer, orders=(n,))
 
 
 @dataclass
@@ -204,9 +200,8 @@ def head_rows(layout: MemoryLayout, counts: ShardCounts):
     for n, (hi, lo, cnt) in sorted(counts.ngrams.items()):
         grams = unpack(hi, lo, n, bits)
         for layer in layout.layers:
-            mix = ngram_mix(grams, layout, layer)
-            for h in range(spec.heads_per_ngram):
-                j = spec.head_index(n, h)
+            for j, mix in ngram_head_mixes(grams, layout, layer):
+                h = spec.head_address(j)[1]
                 rows, ngrams, hits, order = _head_rows(mix_rows(mix, spec.primes[layer][j]), cnt)
                 yield HeadRows(layer, n, h, rows + layout.offsets[layer][j], ngrams, hits, grams[order], cnt[order])
 

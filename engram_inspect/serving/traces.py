@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engram_core.addressing import local_rows, look_back
+from engram_core.addressing import local_rows
 from engram_core.layout import MemoryLayout
 
 PAGE_BYTES = 4096
@@ -34,8 +34,7 @@ def document_rows(layout: MemoryLayout, docs: list[np.ndarray]) -> list[np.ndarr
     lens = np.array([len(d) for d in docs], np.int64)
     raw = np.concatenate(docs)
     cids = layout.compress(raw)
-    starts = layout.starts(raw, np.concatenate([[0], np.cumsum(lens)[:-1]]))
-    rows = local_rows(cids, look_back(len(cids), None, starts), layout)  # (L, T, H)
+    rows = local_rows(cids, layout.look_back(raw, np.concatenate([[0], np.cumsum(lens)[:-1]])), layout)  # (L, T, H)
     rows = rows + np.stack([layout.offsets[layer] for layer in layout.layers])[:, None, :]
     return np.split(rows, np.cumsum(lens)[:-1], axis=1)
 
