@@ -5,7 +5,8 @@ tokenizer-side preprocessing, its hash, its head sizes and row offsets, its padd
 separator rules and the format its tables are stored in. DeepSeek-V4.1-Flash's preset
 and the Hugging Face-style `engram_*` configs live in `layout.py`; the others here:
 
-- `qwen`: Qwen3.8-Flash-Next's per-layer N-gram embedding (`qwen3.8-flash-next`).
+- `qwen`: Qwen3.8-Flash-Next's per-layer N-gram embedding (`qwen3.8-flash-next`);
+- `longcat`: LongCat-Flash-Lite's N-gram embeddings at the input layer (`longcat-flash-lite`).
 
 Each is checked bit for bit against vectors computed by its public reference
 implementation (tests/data, with their source).
@@ -16,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..layout import LayoutError, MemoryLayout
-from . import qwen
+from . import longcat, qwen
 
-PRESETS: dict[str, Callable[[], MemoryLayout]] = {qwen.NAME: qwen.preset}
+PRESETS: dict[str, Callable[[], MemoryLayout]] = {qwen.NAME: qwen.preset, longcat.NAME: longcat.preset}
 
 
 def from_config(config: dict, tokenizer, name: str) -> MemoryLayout | None:
@@ -28,4 +29,8 @@ def from_config(config: dict, tokenizer, name: str) -> MemoryLayout | None:
         if not qwen.text_config(config).get("ple_layer_ids"):
             raise LayoutError(f"{name}: a {model_type} config without ple_layer_ids has no N-gram memory")
         return qwen.layout(config, tokenizer, name)
+    if model_type in longcat.MODEL_TYPES or (model_type.startswith("longcat") and "ngram_vocab_size_ratio" in config):
+        if config.get("ngram_vocab_size_ratio") is None:
+            raise LayoutError(f"{name}: a {model_type} config without ngram_vocab_size_ratio has no N-gram memory")
+        return longcat.layout(config, tokenizer, name)
     return None
