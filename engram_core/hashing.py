@@ -216,9 +216,18 @@ def _rows_numpy(x: np.ndarray, spec: HashSpec, layer: int, out: np.ndarray) -> N
     vectorises integer floor division by a scalar (libdivide) but not `%`: this
     is about twice as fast, and exact since mix >= 0.
     """
-    m = spec.multipliers[layer]
     primes = spec.primes[layer]
     T = x.shape[1]
+    if type(spec).head_mixes is not HashSpec.head_mixes:  # a family's own hash (families/)
+        slots = []
+        for k in range(spec.max_ngram):
+            prev = np.full_like(x, spec.pad_id)
+            prev[:, k:] = x[:, : max(T - k, 0)]
+            slots.append(prev)
+        for i, mix in spec.head_mixes(slots, layer):
+            np.remainder(mix, primes[i], out=out[i])
+        return
+    m = spec.multipliers[layer]
     mix = x * m[0]
     quot = np.empty_like(x)
     for k in range(1, spec.max_ngram):

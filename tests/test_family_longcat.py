@@ -66,6 +66,12 @@ def test_the_fast_rows_equal_the_plain_per_head_form(preset):
     ids[rng.random(3000) < 0.02] = preset.dead_token
     run = preset.look_back(ids)
     assert np.array_equal(local_rows(ids, run, preset), reference_rows(ids, run, preset))
+    # the torch-side hash of the model code (no dead tokens there) takes the family's hash too
+    from engram_core.hashing import hash_ids
+
+    plain = ids[ids != preset.dead_token][:500]
+    got = hash_ids(plain[None], preset.spec, 0)[0].numpy()
+    assert np.array_equal(got, local_rows(plain, preset.look_back(plain), preset)[0])
 
 
 def released_folder(tmp_path, **override) -> Path:
