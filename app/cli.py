@@ -54,10 +54,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the app to the network")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument(
-        "--scan", metavar="OUT_DIR", help="a finished `engram scan` for DeepSeek-V4.1-Flash's Lookups and Health"
+        "--scan",
+        metavar="OUT_DIR",
+        help="a finished `engram scan` for the Lookups and Health of the picker's model it was made under "
+        "(deepseek-v4.1-flash or qwen3.8-flash-next)",
     )
     s.add_argument(
-        "--tables", metavar="DIR", help="DeepSeek-V4.1-Flash safetensors table shards: row norms, neighbours"
+        "--tables",
+        metavar="DIR",
+        help="safetensors table shards of the picker's model whose layout they fit: row norms, neighbours",
     )
     s.set_defaults(fn=cmd_app)
 

@@ -1,20 +1,24 @@
 """The models the app can pick besides its own checkpoint: layouts addressed without a backbone.
 
-`Layouts` is shared by all users like `Session`: the DeepSeek-V4.1-Flash layout (built
-once, ~5 s), the scan its Lookups and Health read (`--scan OUT_DIR`, or a small
-default corpus sample scanned once in the background and cached under ENGRAM_CACHE),
-and its tables when the app was started with `--tables DIR`.
+`Layouts` is shared by all users like `Session`: each released family's layout whose tokenizer is
+pinned (DeepSeek-V4.1-Flash, Qwen3.8-Flash-Next; built once each), the scan its Lookups and Health
+read (`--scan OUT_DIR` for the model the scan was made under, or a small default corpus sample
+scanned once per model in the background and cached under ENGRAM_CACHE), and its tables when the
+app was started with `--tables DIR` (for the model whose layout they fit).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SHIPPED = "shipped model"
 V41 = "deepseek-v4.1-flash"
-MODELS = (SHIPPED, V41)
+QWEN = "qwen3.8-flash-next"
+ADDRESSING = (V41, QWEN)  # released families whose tokenizer is a pinned package (LongCat's is not)
+MODELS = (SHIPPED, *ADDRESSING)
 NO_BACKBONE = {"card"}  # tabs with nothing that needs the backbone
 BACKBONE_VIEWS = {  # tab id -> what it needs the backbone for (tabs not named: "this tab's views")
     "gates": "the gates",
@@ -34,7 +38,14 @@ SAMPLE_MODULES = ("argparse.py", "json/decoder.py", "json/encoder.py", "collecti
 def check_model(model: object) -> str:
     """The picked model, or one line naming the choices."""
     if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}: choose {' or '.join(repr(m) for m in MODELS)}")
+        raise ValueError(f"unknown model {model!r}: choose {', '.join(repr(m) for m in MODELS)}")
+    return str(model)
+
+
+def check_addressing(model: object) -> str:
+    """An addressing-only model, or one line naming the choices."""
+    if model not in ADDRESSING:
+        raise ValueError(f"not an addressing-only model {model!r}: choose {', '.join(repr(m) for m in ADDRESSING)}")
     return str(model)
 
 
@@ -54,22 +65,43 @@ def sample_paths() -> list[str]:
 
 @dataclass
 class Layouts:
-    scan_dir: Path | None = None  # a finished `engram scan` OUT_DIR (--scan)
-    tables_dir: Path | None = None  # safetensors table shards (--tables)
+    scan_dir: Path | None = None  # a finished `engram scan` OUT_DIR (--scan), for the model it was made under
+    tables_dir: Path | None = None  # safetensors table shards (--tables), for the model whose layout they fit
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _cache: dict = field(default_factory=dict)
-    _job: threading.Thread | None = None
-    progress: dict = field(default_factory=lambda: {"state": "not started"})
+    _jobs: dict = field(default_factory=dict)  # model -> the thread scanning its default sample
+    _progress: dict = field(default_factory=dict)  # model -> where its sample scan stands
 
-    def layout(self):
+    def layout(self, model: str = V41):
         from engram_core.layout import load_layout
 
+        model = check_addressing(model)
         with self._lock:
-            if "layout" not in self._cache:
-                self._cache["layout"] = load_layout(V41)
-            return self._cache["layout"]
+            if ("layout", model) not in self._cache:
+                self._cache[("layout", model)] = load_layout(model)
+            return self._cache[("layout", model)]
 
-    def default_scan_dir(self) -> Path:
+    def progress(self, model: str = V41) -> dict:
+        return self._progress.get(model, {"state": "not started"})
+
+    def scan_model(self) -> str | None:
+        """The model `--scan` was made under: the one whose layout digest its summary records."""
+        if self.scan_dir is None:
+            return None
+        with self._lock:
+            if "scan-model" not in self._cache:
+                meta = json.loads((self.scan_dir / "summary.json").read_text())
+                digest, name = meta.get("layout_digest"), meta.get("model")
+                found = next(
+                    (m for m in ADDRESSING if (self.layout(m).digest == digest if digest else m == name)), None
+                )
+                self._cache["scan-model"] = found
+            return self._cache["scan-model"]
+
+    def scan_for(self, model: str) -> Path | None:
+        return self.scan_dir if self.scan_dir is not None and self.scan_model() == model else None
+
+    def default_scan_dir(self, model: str = V41) -> Path:
         """Keyed by the sample's files and sizes, so a changed sample is scanned afresh."""
         import hashlib
         import os
@@ -78,33 +110,35 @@ class Layouts:
 
         files = "\n".join(f"{p} {os.path.getsize(p)}" for p in sample_paths())
         key = hashlib.sha256(f"parts keep token streams\n{files}".encode()).hexdigest()[:12]
-        return cache_dir() / V41 / f"scan-sample-{key}"
+        return cache_dir() / model / f"scan-sample-{key}"
 
-    def stats(self, start: bool = False):
-        """The scan's statistics, or None while the default sample is being scanned (started if `start`)."""
+    def stats(self, model: str = V41, start: bool = False):
+        """The model's scan statistics, or None while its default sample is being scanned (started if `start`)."""
         from engram_inspect.corpus.layout_summary import ScanStats
 
         with self._lock:
-            if "stats" in self._cache:
-                return self._cache["stats"]
-            folder = self.scan_dir or self.default_scan_dir()
-            scanning = self._job is not None and self._job.is_alive()  # summary.json is written last
+            if ("stats", model) in self._cache:
+                return self._cache[("stats", model)]
+            given = self.scan_for(model)
+            folder = given or self.default_scan_dir(model)
+            job = self._jobs.get(model)
+            scanning = job is not None and job.is_alive()  # summary.json is written last
             if (folder / "summary.json").is_file() and not scanning:
-                self._cache["stats"] = ScanStats.open(folder)
-                return self._cache["stats"]
-            if self.scan_dir is not None:
-                raise ValueError(f"--scan {self.scan_dir}: no summary.json (run `engram scan` to the end first)")
-            if start and self._job is None:
-                self.progress = {"state": "starting"}
-                self._job = threading.Thread(target=self._scan_sample, args=(folder,), daemon=True)
-                self._job.start()
+                self._cache[("stats", model)] = ScanStats.open(folder)
+                return self._cache[("stats", model)]
+            if given is not None:
+                raise ValueError(f"--scan {given}: no summary.json (run `engram scan` to the end first)")
+            if start and job is None:
+                self._progress[model] = {"state": "starting"}
+                self._jobs[model] = threading.Thread(target=self._scan_sample, args=(model, folder), daemon=True)
+                self._jobs[model].start()
             return None
 
-    def _scan_sample(self, folder: Path) -> None:
+    def _scan_sample(self, model: str, folder: Path) -> None:
         from engram_inspect.corpus.scan import scan
 
         def tick(p: dict) -> None:
-            self.progress = {
+            self._progress[model] = {
                 "state": "scanning",
                 "done": p["shards"],
                 "total": p["total_shards"],
@@ -112,13 +146,13 @@ class Layouts:
             }
 
         try:
-            self.progress = {"state": "building the layout"}
-            scan(self.layout(), sample_paths(), folder, progress=tick)
-            self.progress = {"state": "done"}
+            self._progress[model] = {"state": "building the layout"}
+            scan(self.layout(model), sample_paths(), folder, progress=tick)
+            self._progress[model] = {"state": "done"}
         except Exception as e:  # shown in the app; the next request may retry
-            self.progress = {"state": f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"}
+            self._progress[model] = {"state": f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"}
             with self._lock:
-                self._job = None
+                self._jobs.pop(model, None)
 
     def shipped(self, session):
         """The shipped checkpoint's layout (read from its folder: config and tokenizer)."""
@@ -129,16 +163,31 @@ class Layouts:
                 self._cache["shipped"] = from_checkpoint_folder(session.path)
             return self._cache["shipped"]
 
-    def tables(self) -> dict:
-        """Layer -> memory-mapped table (empty without --tables)."""
+    def of(self, session, model: str):
+        """The layout of any pickable model."""
+        return self.shipped(session) if check_model(model) == SHIPPED else self.layout(model)
+
+    def tables(self, model: str = V41) -> dict:
+        """Layer -> memory-mapped table, for the model whose layout `--tables` fits (empty otherwise)."""
+        from engram_core.layout import LayoutError
         from engram_core.tables import open_tables
 
         if self.tables_dir is None:
             return {}
         with self._lock:
             if "tables" not in self._cache:
-                self._cache["tables"] = open_tables(self.tables_dir, self.layout())
-            return self._cache["tables"]
+                found, why = None, []
+                for m in ADDRESSING:
+                    try:
+                        found = (m, open_tables(self.tables_dir, self.layout(m)))
+                        break
+                    except LayoutError as e:
+                        why.append(f"{m}: {str(e).splitlines()[0]}")
+                if found is None:
+                    raise ValueError(f"--tables {self.tables_dir.name} fits no model ({'; '.join(why)})")
+                self._cache["tables"] = found
+            m, tables = self._cache["tables"]
+            return tables if m == model else {}
 
 
 def address_json(layouts: Layouts, session, text: object, model: object) -> dict:
@@ -149,7 +198,7 @@ def address_json(layouts: Layouts, session, text: object, model: object) -> dict
 
     model = check_model(model)
     text = clean_input(text)
-    layout = layouts.layout() if model == V41 else layouts.shipped(session)
+    layout = layouts.of(session, model)
     # the model as picked, never the layout's name: a checkpoint's layout is named by its folder's
     # path, which is the server's and no business of the caller's
     return {**address_text(layout, text).to_dict(), "model": model}

@@ -222,3 +222,26 @@ def test_a_bad_row_says_so_once(app_url, page):
     page.wait_for_function("() => window.__toasts > 0")
     page.wait_for_function(IDLE)
     assert page.evaluate("() => window.__toasts") == 1
+
+
+def test_qwen_shows_its_own_rows_and_statistics_and_never_another_models(app_url, page):
+    """Qwen3.8-Flash-Next picked by a link: its one table's rows in Lookups and its own traffic in Health;
+    picking DeepSeek-V4.1-Flash then leaves neither on screen under the other model's name."""
+    _, url = app_url
+    open_at(page, url, model="qwen3.8-flash-next")
+    sync_api.expect(page.locator("#status")).to_contain_text("qwen3.8-flash-next", timeout=120_000)
+    sync_api.expect(page.locator("#v41-about")).to_contain_text(
+        "its one N-gram table (layer 1: 16 heads", timeout=120_000
+    )
+    sync_api.expect(page.locator("#v41-tokens")).to_contain_text("pray", timeout=120_000)
+    tab(page, "Health")
+    page.locator("#v41-load").click()
+    sync_api.expect(page.locator("#v41-health-note")).to_contain_text("Counts for qwen3.8-flash-next", timeout=300_000)
+    page.wait_for_function(IDLE, timeout=120_000)
+    shot(page, "qwen-health")
+    page.locator("#model input").click()
+    page.get_by_role("option", name="deepseek-v4.1-flash").click()
+    sync_api.expect(page.locator("#status")).to_contain_text("deepseek-v4.1-flash", timeout=120_000)
+    sync_api.expect(page.locator("#v41-health-note")).not_to_contain_text("qwen3.8-flash-next", timeout=120_000)
+    tab(page, "Lookups")
+    sync_api.expect(page.locator("#v41-about")).to_contain_text("all 2 Engram layers", timeout=120_000)

@@ -221,3 +221,59 @@ def test_a_run_overtaken_by_a_newer_one_lands_nothing(served_app, monkeypatch):
         session_hash = "another-browser"
 
     assert not runs.current(Other(), number)  # sessions never see each other's runs
+
+
+def test_qwen_rows_match_engram_core(client):
+    from app.layouts import QWEN
+
+    got = client.predict(TEXT, QWEN, api_name="/address")
+    want = address_text(load_layout(QWEN), TEXT)
+    assert got["model"] == QWEN and got["layers"] == [1]
+    assert [t["id"] for t in got["tokens"]] == want.ids.tolist()
+    np.testing.assert_array_equal(np.array([t["rows"]["1"] for t in got["tokens"]]), want.rows[0])
+
+
+def test_qwen_panels_read_its_own_scan_and_tables(tiny_session, tmp_path):
+    """--scan and --tables serve the model they were made for: a Qwen scan and Qwen's 128 row shards
+    (a sparse full-size file) fill Qwen's Lookups and Health; with V4.1 picked neither is used."""
+    import json
+
+    from app.layouts import QWEN, Layouts
+    from app.main import build_app
+    from engram_core.tables import write_sparse_shards
+    from engram_inspect.corpus.scan import scan
+
+    qwen = load_layout(QWEN)
+    (tmp_path / "c.jsonl").write_text(f'{{"text": {json.dumps(TEXT)}}}\n' * 2)
+    scan(qwen, [str(tmp_path / "c.jsonl")], tmp_path / "out", rate=1.0)
+    want = address_text(qwen, TEXT)
+    per = qwen.stored_rows(1) // 128
+    names = [f"model.language_model.layers.1.ple.ple_embedding.ngram_embedding.shard_{i}.weight" for i in range(128)]
+    rows = {int(r): np.full(160, 0x4000) for r in want.rows[0, 3]}  # bf16 2.0: norm 2 x sqrt(160)
+    write_sparse_shards(tmp_path / "t.safetensors", names, (per, 160), "BF16", rows)
+    layouts = Layouts(scan_dir=tmp_path / "out", tables_dir=tmp_path / "t.safetensors")
+    assert layouts.scan_model() == QWEN and layouts.scan_for(V41) is None
+    demo = build_app(tiny_session, layouts)
+    lookup = next(
+        f
+        for f in demo.fns.values()
+        if f.name == "lookup" and "v41-lookups" in [getattr(b, "elem_id", None) for b in f.outputs]
+    )
+    note, table, norms = lookup.fn(QWEN, want, 3)
+    assert f"{2 * len(want.ids):,} tokens, 2 documents" in note
+    assert [r[4] for r in table] == want.rows[0, 3].tolist() and all(r[8] == 2 for r in table)
+    np.testing.assert_allclose([r[4] for r in norms], 2.0 * np.sqrt(160), rtol=1e-6)
+    health = next(f for f in demo.fns.values() if f.name == "tables" and len(f.inputs) == 1)
+    _, layers, *_ = health.fn(QWEN)
+    assert [r[2] for r in layers] == [16 * 2 * len(want.ids)]
+    assert layouts.tables(V41) == {} and set(layouts.tables(QWEN)) == {1}
+
+
+def test_tables_that_fit_no_model_are_one_line(tmp_path):
+    from app.layouts import QWEN, Layouts
+    from engram_core.tables import write_sparse_shards
+
+    write_sparse_shards(tmp_path / "t.safetensors", ["layers.1.engram.embed.weight"], (1000, 160), "BF16")
+    with pytest.raises(ValueError, match="fits no model") as err:
+        Layouts(tables_dir=tmp_path / "t.safetensors").tables(QWEN)
+    assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)

@@ -10,25 +10,25 @@ import plotly.graph_objects as go
 from engram_inspect.serving.caches import POLICIES, CacheSimError
 
 from ..context import Ctx
-from ..layouts import SHIPPED, V41, check_model, sample_paths
+from ..layouts import ADDRESSING, SHIPPED, check_model, sample_paths
 
 CORPUS_TOKENS = 50_000  # tokens of the corpus replayed: a few seconds per policy
 STREAMS = ("1", "4", "16")
 
 
 def corpus_source(ctx: Ctx, model: str):
-    """(documents, what they are): the V4.1 scan's kept streams where there are some, else the sample texts."""
+    """(documents, what they are): the model's scan's kept streams where there are some, else the sample texts."""
     from engram_inspect.serving.sources import check_scan, corpus_docs, scan_docs
 
     lay = ctx.layouts
-    if model == V41:
-        folder = lay.scan_dir or lay.default_scan_dir()
+    if model in ADDRESSING:
+        layout, folder = lay.layout(model), lay.scan_for(model) or lay.default_scan_dir(model)
         try:
-            check_scan(lay.layout(), folder)
-            return scan_docs(lay.layout(), folder), f"the scan in `{folder.name}`"
+            check_scan(layout, folder)
+            return scan_docs(layout, folder), f"the scan in `{folder.name}`"
         except CacheSimError:
             pass  # no finished scan with token streams yet: the sample texts themselves
-        return corpus_docs(lay.layout(), sample_paths()), "the default corpus sample"
+        return corpus_docs(layout, sample_paths()), "the default corpus sample"
     return corpus_docs(lay.shipped(ctx.session), sample_paths()), "the default corpus sample"
 
 
@@ -44,7 +44,7 @@ def sizing(ctx: Ctx, text_ids, model: str, policy: str, streams: str, granularit
             raise ValueError(f"streams {streams!r}: choose 1, 4 or 16")
         if granularity not in ("row", "page"):
             raise ValueError(f"unknown granularity {granularity!r}: row or page")
-        layout = ctx.layouts.layout() if model == V41 else ctx.layouts.shipped(ctx.session)
+        layout = ctx.layouts.of(ctx.session, model)
         key = ("cache-sizing", model, policy, str(streams), granularity)
         with ctx.layouts._lock:
             found = ctx.layouts._cache.get(key)
@@ -132,7 +132,7 @@ def build(ctx: Ctx) -> None:
 
         try:
             model = check_model(model)
-            layout = ctx.layouts.layout() if model == V41 else ctx.layouts.shipped(ctx.session)
+            layout = ctx.layouts.of(ctx.session, model)
             ids = address_text(layout, clean_input(text)).ids.tolist() if text else None
         except ValueError as e:
             raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e

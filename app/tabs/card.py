@@ -45,6 +45,6 @@ def build(ctx: Ctx) -> None:
     def draw(model):
         if model in (None, SHIPPED) or ctx.layouts is None:
             return ""
-        return layout_card(ctx.layouts.layout())
+        return layout_card(ctx.layouts.layout(model))
 
     ctx.view("card", draw, [ctx.model], [other])

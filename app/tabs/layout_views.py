@@ -29,7 +29,7 @@ def user_addresses(ctx: Ctx, text: str, model: str):
 
     try:
         check_model(model)
-        return address_text(ctx.layouts.layout(), clean_input(text))
+        return address_text(ctx.layouts.layout(model), clean_input(text))
     except ValueError as e:
         raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
 
@@ -41,7 +41,7 @@ def _addressing(model) -> bool:
 def lookups_panel(ctx: Ctx) -> None:
     lay = ctx.layouts
     with gr.Column(visible=False) as panel:
-        gr.Markdown("Rows read by every token in both Engram layers (24 heads each, order-major).")
+        about = gr.Markdown(elem_id="v41-about")
         tokens = gr.Dataframe(headers=TOKEN_COLUMNS, label="tokens", wrap=True, elem_id="v41-tokens")
         pos = gr.Number(value=0, precision=0, label="token position", minimum=0, elem_id="v41-pos")
         note = gr.Markdown(elem_id="v41-lookup-note")
@@ -50,7 +50,7 @@ def lookups_panel(ctx: Ctx) -> None:
 
     def redraw(model, addresses):
         if not _addressing(model) or addresses is None:
-            return gr.Column(visible=_addressing(model)), [], 0
+            return gr.Column(visible=_addressing(model)), "", [], 0
         grams = token_ngrams(addresses)
         out = []
         for t, raw in enumerate(addresses.ids.tolist()):
@@ -65,44 +65,59 @@ def lookups_panel(ctx: Ctx) -> None:
                     shown,
                 ]
             )
-        return gr.Column(visible=True), out, 0
+        return gr.Column(visible=True), _about(addresses.layout), out, 0
 
     def lookup(model, addresses, p):
         if not _addressing(model) or addresses is None:
             return "", [], []
         p = min(max(int(p or 0), 0), len(addresses.ids) - 1)
         try:
-            stats = lay.stats(start=True)
+            stats = lay.stats(model, start=True)
+            tables = _table_rows(lay.tables(model), addresses, p)
         except ValueError as e:
             raise gr.Error(str(e)) from e
-        note = _scan_note(lay, stats)
-        return note, lookup_rows(addresses, p, stats), _table_rows(lay, addresses, p)
+        note = _scan_note(lay, model, stats)
+        return note, lookup_rows(addresses, p, stats), tables
 
     def pick(evt: gr.SelectData):  # a click on a token's line selects it
         return evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
 
     tokens.select(pick, None, [pos], api_visibility="private")
     pos.change(lookup, [ctx.model, ctx.addresses, pos], [note, table, rows], api_visibility="private")
-    ctx.view("lookups", redraw, [ctx.model, ctx.addresses], [panel, tokens, pos])
+    ctx.view("lookups", redraw, [ctx.model, ctx.addresses], [panel, about, tokens, pos])
     ctx.view("lookups", lookup, [ctx.model, ctx.addresses, pos], [note, table, rows])
 
 
-def _scan_note(lay, stats) -> str:
+def _about(layout) -> str:
+    """One line on what the token table shows for this model's memory."""
+    n = len(layout.layers)
+    where = "its one N-gram table" if n == 1 else f"all {n} Engram layers"
+    layers = ", ".join(str(x) for x in layout.layers)
+    return (
+        f"Rows read by every token in {where} (layer {layers}: {layout.spec.heads_per_layer} heads each, "
+        f"order-major), and the N-gram each order reads."
+    )
+
+
+def _scan_note(lay, model, stats) -> str:
     if stats is not None:
         s = stats.summary
         # the folder's name only: the server's own paths are not the page's business
-        where = "the default sample's scan (kept under ENGRAM_CACHE)" if lay.scan_dir is None else "the scan"
-        return f"Counts from {where} `{stats.folder.name}`: {s['tokens']:,} tokens, {s['documents']:,} documents."
-    p = lay.progress
+        given = lay.scan_for(model) is not None
+        where = "the scan" if given else "the default sample's scan (kept under ENGRAM_CACHE)"
+        return (
+            f"Counts for {model} from {where} `{stats.folder.name}`: {s['tokens']:,} tokens, "
+            f"{s['documents']:,} documents."
+        )
+    p = lay.progress(model)
     done = f" ({p['done']}/{p['total']} shards, {p['tokens']:,} tokens)" if "total" in p else ""
     return f"Scanning a small default corpus sample in the background: {p['state']}{done}; run again for its counts."
 
 
-def _table_rows(lay, addresses, p: int, k: int = 3) -> list[list]:
+def _table_rows(tables: dict, addresses, p: int, k: int = 3) -> list[list]:
     """Norm and nearest rows (among the rows this text reads) of each row the token reads."""
     from engram_inspect.corpus.table_views import neighbours, row_norms
 
-    tables = lay.tables()
     out = []
     for li, layer in enumerate(addresses.layout.layers):
         if layer not in tables:
@@ -120,36 +135,48 @@ def _table_rows(lay, addresses, p: int, k: int = 3) -> list[list]:
 def health_panel(ctx: Ctx) -> None:
     lay = ctx.layouts
     with gr.Column(visible=False) as panel:
-        load = gr.Button("Load the traffic statistics (scans a small default sample on first use)")
-        note = gr.Markdown()
+        load = gr.Button("Load the traffic statistics (scans a small default sample on first use)", elem_id="v41-load")
+        note = gr.Markdown(elem_id="v41-health-note")
         layers = gr.Dataframe(headers=LAYER_COLUMNS, label="traffic per layer", elem_id="v41-traffic")
         sizes = gr.Dataframe(headers=CACHE_COLUMNS, label="hot-row cache hit rate at a few sizes", elem_id="v41-cache")
         with gr.Row():
             zipf = gr.Plot(label="reads per row by rank (Zipf)")
             cache = gr.Plot(label="hot-row cache hit rate")
 
+    def drawn(model, stats):
+        curves = (stats.layer_table(), cache_table(stats.cache), zipf_figure(stats.summary), cache_figure(stats.cache))
+        return _scan_note(lay, model, stats), *curves
+
     def redraw(model):
-        return gr.Column(visible=_addressing(model))
+        """The panel for the picked model: its statistics when they are at hand, else empty until Load
+        (never another model's)."""
+        stats = None
+        if _addressing(model):
+            try:
+                stats = lay.stats(model)  # never starts a scan
+            except ValueError:
+                stats = None  # Load says why
+        blank = ("", [], [], None, None)
+        return gr.Column(visible=_addressing(model)), *(drawn(model, stats) if stats is not None else blank)
 
     def tables(model, progress=gr.Progress()):  # noqa: B008 - how Gradio injects a progress bar
         import time
 
         try:
-            stats = lay.stats(start=True)
-            while stats is None and not lay.progress["state"].startswith("failed"):
-                p = lay.progress
+            stats = lay.stats(model, start=True)
+            while stats is None and not lay.progress(model)["state"].startswith("failed"):
+                p = lay.progress(model)
                 progress((p.get("done", 0), p.get("total", 1) or 1), desc=f"scanning the sample: {p['state']}")
                 time.sleep(1.0)
-                stats = lay.stats()
+                stats = lay.stats(model)
         except ValueError as e:
             raise gr.Error(str(e)) from e
         if stats is None:
-            raise gr.Error(f"the default scan {lay.progress['state']}")
-        curves = (stats.layer_table(), cache_table(stats.cache), zipf_figure(stats.summary), cache_figure(stats.cache))
-        return _scan_note(lay, stats), *curves
+            raise gr.Error(f"the default scan {lay.progress(model)['state']}")
+        return drawn(model, stats)
 
     load.click(tables, [ctx.model], [note, layers, sizes, zipf, cache], api_visibility="private")
-    ctx.view("health", redraw, [ctx.model], [panel])
+    ctx.view("health", redraw, [ctx.model], [panel, note, layers, sizes, zipf, cache])
 
 
 CACHE_COLUMNS = ["layer", "rows", "MiB", "LRU hit rate", "static hit rate"]
