@@ -3,8 +3,9 @@ that hold data, the whole pass's wall time, and peak memory.
 
     python -m bench.bench_audit [--dense-rows 2000000]
 
-Two tables: DeepSeek-V4.1-Flash's layer 1 (384,006,168 FP8 rows of 256 values + 8 E8M0 scales,
-101 GB) and Qwen3.8-Flash-Next's PLE (320,001,536 bf16 rows of 160 values in 128 shards, 102 GB).
+Three tables: DeepSeek-V4.1-Flash's layer 1 (384,006,168 FP8 rows of 256 values + 8 E8M0 scales,
+101 GB), Qwen3.8-Flash-Next's PLE (320,001,536 bf16 rows of 160 values in 128 shards, 102 GB) and
+LongCat-Flash-Lite's 12 N-gram embedders (122,683,536 bf16 rows of 256 values, one tensor each, 63 GB).
 The first `--dense-rows` rows of each hold trained-like values (written to disk); the rest is hole.
 """
 
@@ -69,6 +70,25 @@ def qwen_table(folder: Path, dense: int) -> None:
             f.write(x.view(torch.int16).numpy().tobytes())
 
 
+def longcat_table(folder: Path, dense: int) -> None:
+    from engram_core.families.longcat import TABLE
+
+    lay = load_layout("longcat-flash-lite")
+    sizes = list(lay.spec.primes[0])
+    names = [TABLE.format(e) for e in range(len(sizes))]
+    write_sparse_shards(folder / "model.safetensors", names, [(s, 256) for s in sizes], "BF16")
+    import torch
+
+    rng = np.random.default_rng(0)
+    with open(folder / "model.safetensors", "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        for a in range(0, dense, 1 << 18):
+            b = min(a + (1 << 18), dense)
+            x = torch.from_numpy((rng.standard_normal((b - a, 256)) * 0.05).astype(np.float32)).to(torch.bfloat16)
+            f.seek(8 + n + a * 512)
+            f.write(x.view(torch.int16).numpy().tobytes())
+
+
 def run(name: str, model: str, make, dense: int) -> None:
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
         folder = Path(tmp)
@@ -101,6 +121,7 @@ def main() -> None:
     args = ap.parse_args()
     run("V4.1 layer 1, FP8", "deepseek-v4.1-flash", v41_table, args.dense_rows)
     run("Qwen3.8-Flash-Next PLE, bf16", "qwen3.8-flash-next", qwen_table, args.dense_rows)
+    run("LongCat-Flash-Lite N-gram embedders, bf16", "longcat-flash-lite", longcat_table, args.dense_rows)
 
 
 if __name__ == "__main__":
