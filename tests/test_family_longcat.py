@@ -337,3 +337,15 @@ def test_local_and_ray_scans_write_the_same_files(tmp_path, ray_cluster):
         key = [(c, "ascending") for c in a.column_names if c != "ngram"][:4]
         assert a.sort_by(key).equals(b.sort_by(key)), f
     assert pq.read_table(tmp_path / "local" / "ngrams.parquet").num_rows > 0  # small tables: N-grams share rows
+
+
+def test_a_table_of_another_layout_is_one_line_and_exit_2(tmp_path, preset, engram_cli):
+    sizes = list(preset.spec.primes[0])
+    sizes[1], sizes[2] = sizes[2], sizes[1]  # two embedders written in each other's place: the total is right
+    full_size(tmp_path, preset, sizes=sizes)
+    out = tmp_path / "a.json"
+    r = engram_cli(
+        "address", "--model", "longcat-flash-lite", "--ids", "5,6,7", "--tables", str(tmp_path), "-o", str(out)
+    )
+    assert r.returncode == 2 and "embedders.1.weight has 10,223,621 rows" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()  # nothing half-written
