@@ -58,15 +58,20 @@ def qwen_table(folder: Path, dense: int) -> None:
     per = lay.stored_rows(1) // 128
     names = [f"model.language_model.layers.1.ple.ple_embedding.ngram_embedding.shard_{i}.weight" for i in range(128)]
     write_sparse_shards(folder / "model.safetensors", names, (per, 160), "BF16")
+    fill_bf16(folder / "model.safetensors", dense, 160)
+
+
+def fill_bf16(path: Path, dense: int, width: int) -> None:
+    """Trained-like bf16 values in the first `dense` rows of a file of `width`-value rows."""
     import torch
 
     rng = np.random.default_rng(0)
-    with open(folder / "model.safetensors", "r+b") as f:
+    with open(path, "r+b") as f:
         n = int.from_bytes(f.read(8), "little")
         for a in range(0, dense, 1 << 18):
             b = min(a + (1 << 18), dense)
-            x = torch.from_numpy((rng.standard_normal((b - a, 160)) * 0.05).astype(np.float32)).to(torch.bfloat16)
-            f.seek(8 + n + a * 320)
+            x = torch.from_numpy((rng.standard_normal((b - a, width)) * 0.05).astype(np.float32)).to(torch.bfloat16)
+            f.seek(8 + n + a * width * 2)
             f.write(x.view(torch.int16).numpy().tobytes())
 
 
@@ -77,16 +82,7 @@ def longcat_table(folder: Path, dense: int) -> None:
     sizes = list(lay.spec.primes[0])
     names = [TABLE.format(e) for e in range(len(sizes))]
     write_sparse_shards(folder / "model.safetensors", names, [(s, 256) for s in sizes], "BF16")
-    import torch
-
-    rng = np.random.default_rng(0)
-    with open(folder / "model.safetensors", "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        for a in range(0, dense, 1 << 18):
-            b = min(a + (1 << 18), dense)
-            x = torch.from_numpy((rng.standard_normal((b - a, 256)) * 0.05).astype(np.float32)).to(torch.bfloat16)
-            f.seek(8 + n + a * 512)
-            f.write(x.view(torch.int16).numpy().tobytes())
+    fill_bf16(folder / "model.safetensors", dense, 256)
 
 
 def run(name: str, model: str, make, dense: int) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from ..compression import Compression
 from ..hashing import HashSpec
 from ..layout import LayoutError, MemoryLayout
+from ._config import check_tokenizer, eos_token, positive_int
 
 NAME = "longcat-flash-lite"
 MODEL_TYPES = ("longcat_flash_ngram",)
@@ -89,37 +90,22 @@ class LongcatSpec(HashSpec):
         return sum((slots[k] * w[k]) % size for k in range(order))
 
 
-def _int(config: dict, key: str) -> int:
-    v = config.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise LayoutError(f"config.json: {key} must be a positive integer, got {v!r}")
-    return v
-
-
 def layout(config: dict, tokenizer=None, name: str = NAME) -> MemoryLayout:
     """The layout of a LongCat N-gram config, every number cross-checked."""
-    vocab, hidden = _int(config, "vocab_size"), _int(config, "hidden_size")
-    neighbours, split = _int(config, "emb_neighbor_num"), _int(config, "emb_split_num")
-    ratio = config.get("ngram_vocab_size_ratio")
-    if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 1:
-        raise LayoutError(f"config.json: ngram_vocab_size_ratio must be a positive integer, got {ratio!r}")
+    vocab, hidden = positive_int(config, "vocab_size"), positive_int(config, "hidden_size")
+    neighbours, split = positive_int(config, "emb_neighbor_num"), positive_int(config, "emb_split_num")
+    ratio = positive_int(config, "ngram_vocab_size_ratio")
     if neighbours < 2:
         raise LayoutError(f"config.json: emb_neighbor_num {neighbours} gives no N-gram of order 2 or more")
     heads = (neighbours - 1) * split
     if hidden % heads:
         raise LayoutError(f"config.json: hidden_size {hidden} does not split over {heads} N-gram embedders")
-    eos = config.get("eos_token_id")
-    eos = eos[0] if isinstance(eos, list) and eos else eos
-    if not isinstance(eos, int) or not 0 < eos < vocab:  # 0 cannot be marked dead by negation
-        raise LayoutError(f"config.json: eos_token_id {eos!r} is outside the vocabulary 1..{vocab - 1}")
+    eos = eos_token(config, vocab, lowest=1)  # the reference marks an EOS dead by negating it: 0 would stay 0
     m = ratio * vocab
     total = heads * (m + heads)  # the sum of m + 2e + 1 over the embedders
     if total >= 1 << 31 or neighbours * vocab * (m + 2 * heads) >= 1 << 63:
         raise LayoutError(f"config.json: N-gram tables of {total:,} rows overflow the reference's int32 ids")
-    if tokenizer is not None and tokenizer.get_vocab_size() > vocab:
-        raise LayoutError(
-            f"the tokenizer has {tokenizer.get_vocab_size():,} ids but vocab_size is {vocab:,}: wrong tokenizer"
-        )
+    check_tokenizer(tokenizer, vocab)
     spec = LongcatSpec(
         vocab_size=vocab,
         table_sizes=(m,) * (neighbours - 1),

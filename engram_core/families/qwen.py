@@ -27,6 +27,7 @@ import numpy as np
 from ..compression import Compression
 from ..hashing import HashSpec, is_prime
 from ..layout import LayoutError, MemoryLayout
+from ._config import check_tokenizer, eos_token, positive_int
 
 NAME = "qwen3.8-flash-next"
 MODEL_TYPES = ("qwen4_exp", "qwen4_exp_text")
@@ -99,10 +100,7 @@ class PleSpec(HashSpec):
 
 
 def _int(config: dict, key: str) -> int:
-    v = config.get(key, DEFAULTS.get(key))
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise LayoutError(f"config.json: {key} must be a positive integer, got {v!r}")
-    return v
+    return positive_int(config, key, DEFAULTS)
 
 
 def text_config(config: dict) -> dict:
@@ -119,16 +117,10 @@ def layout(config: dict, tokenizer=None, name: str = NAME) -> MemoryLayout:
         raise LayoutError(f"config.json: ple_layer_ids must list one-indexed decoder layers, got {layers!r}")
     vocab, order, heads = _int(c, "vocab_size"), _int(c, "ngram_size"), _int(c, "heads_per_ngram")
     base, dim = _int(c, "ngram_vocab_size_base"), _int(c, "ple_embed_dim")
-    eos = c.get("eos_token_id")
-    eos = eos[0] if isinstance(eos, list) and eos else eos
-    if not isinstance(eos, int) or not 0 <= eos < vocab:
-        raise LayoutError(f"config.json: eos_token_id {eos!r} is outside the vocabulary 0..{vocab - 1}")
+    eos = eos_token(c, vocab)
     if order < 2 or dim % ((order - 1) * heads):
         raise LayoutError(f"config.json: ple_embed_dim {dim} does not split over {(order - 1) * heads} heads")
-    if tokenizer is not None and tokenizer.get_vocab_size() > vocab:
-        raise LayoutError(
-            f"the tokenizer has {tokenizer.get_vocab_size():,} ids but vocab_size is {vocab:,}: wrong tokenizer"
-        )
+    check_tokenizer(tokenizer, vocab)
     spec = PleSpec(
         vocab_size=vocab,
         table_sizes=(base,) * (order - 1),
