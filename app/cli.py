@@ -32,6 +32,15 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise UserError(f"--scan {args.scan}: no summary.json (give the OUT_DIR of a finished `engram scan`)")
     if args.tables and not Path(args.tables).exists():
         raise UserError(f"--tables {args.tables}: no such file or folder")
+    if getattr(args, "layout", None):
+        from engram_core.layout import LayoutError
+
+        from .layouts import Layouts
+
+        try:
+            Layouts.with_folders(args.layout)
+        except LayoutError as e:
+            raise UserError(str(e).splitlines()[0]) from e
 
 
 def cmd_app(args: argparse.Namespace) -> None:
@@ -40,10 +49,18 @@ def cmd_app(args: argparse.Namespace) -> None:
     if env is not None:  # reached through `engram app`: restart as `python -m app` with the same flags
         argv = ["--checkpoint", args.checkpoint, "--host", args.host, "--port", str(args.port)]
         argv += [x for k in ("scan", "tables") if getattr(args, k) for x in (f"--{k}", getattr(args, k))]
+        argv += [x for folder in getattr(args, "layout", None) or () for x in ("--layout", folder)]
         os.execve(sys.executable, [sys.executable, "-m", "app", *argv], env)
     from .main import launch
 
-    launch(args.checkpoint, host=args.host, port=args.port, scan=args.scan, tables=args.tables)
+    launch(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        scan=args.scan,
+        tables=args.tables,
+        layouts=getattr(args, "layout", None),
+    )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -63,6 +80,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--tables",
         metavar="DIR",
         help="safetensors table shards of the picker's model whose layout they fit: row norms, neighbours",
+    )
+    s.add_argument(
+        "--layout",
+        metavar="FOLDER",
+        action="append",
+        help="a released model's folder (config.json and tokenizer.json, e.g. LongCat-Flash-Lite's) added to "
+        "the model picker under its folder name; repeatable",
     )
     s.set_defaults(fn=cmd_app)
 

@@ -36,7 +36,7 @@ class Ctx:
     mask: gr.Textbox  # the knock-out mask, as `engram trace --knockout` spells it
     views: dict[str, list[View]] = field(default_factory=dict)  # tab id -> what it draws from a trace
     tabs: dict[str, gr.Tab] = field(default_factory=dict)  # tab id -> the tab
-    model: gr.Dropdown | None = None  # the picked model (app.layouts.MODELS)
+    model: gr.Dropdown | None = None  # the picked model (Layouts.models())
     addresses: gr.State | None = None  # this user's Addresses when an addressing-only model is picked
     layouts: Layouts | None = None  # the addressing-only models, shared like the session
     switches: list = field(default_factory=list)  # the Knock-out tab's controls (knockout.switches_knockout's order)

@@ -1,10 +1,12 @@
 """The models the app can pick besides its own checkpoint: layouts addressed without a backbone.
 
-`Layouts` is shared by all users like `Session`: each released family's layout whose tokenizer is
-pinned (DeepSeek-V4.1-Flash, Qwen3.8-Flash-Next; built once each), the scan its Lookups and Health
+`Layouts` is shared by all users like `Session`. It holds each released family's layout whose
+tokenizer is pinned (DeepSeek-V4.1-Flash, Qwen3.8-Flash-Next; built once each) and each released
+model's folder given with `--layout FOLDER` (config.json and tokenizer.json: LongCat-Flash-Lite,
+whose tokenizer is on no package registry, is picked this way); the scan its Lookups and Health
 read (`--scan OUT_DIR` for the model the scan was made under, or a small default corpus sample
-scanned once per model in the background and cached under ENGRAM_CACHE), and its tables when the
-app was started with `--tables DIR` (for the model whose layout they fit).
+scanned once per model in the background and cached under ENGRAM_CACHE); and its tables when
+the app was started with `--tables DIR` (for the model whose layout they fit).
 """
 
 from __future__ import annotations
@@ -35,20 +37,6 @@ SAMPLE_PLAYS = 3  # plays of the default corpus sample (plus a few standard-libr
 SAMPLE_MODULES = ("argparse.py", "json/decoder.py", "json/encoder.py", "collections/__init__.py")
 
 
-def check_model(model: object) -> str:
-    """The picked model, or one line naming the choices."""
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}: choose {', '.join(repr(m) for m in MODELS)}")
-    return str(model)
-
-
-def check_addressing(model: object) -> str:
-    """An addressing-only model, or one line naming the choices."""
-    if model not in ADDRESSING:
-        raise ValueError(f"not an addressing-only model {model!r}: choose {', '.join(repr(m) for m in ADDRESSING)}")
-    return str(model)
-
-
 def unavailable(model: str, what: str) -> str:
     """The one line a backbone view shows for an addressing-only model."""
     return f"Not for {model}: {what} need the backbone, and the app reads only this model's memory addressing."
@@ -71,14 +59,54 @@ class Layouts:
     _cache: dict = field(default_factory=dict)
     _jobs: dict = field(default_factory=dict)  # model -> the thread scanning its default sample
     _progress: dict = field(default_factory=dict)  # model -> where its sample scan stands
+    folders: dict[str, Path] = field(default_factory=dict)  # picker name -> a released model's folder (--layout)
+
+    @classmethod
+    def with_folders(cls, folders, **kw) -> Layouts:
+        """Layouts that also offer released models' folders, each named by its folder; every folder is
+        read at once, so a bad one stops the app before it serves (one line: LayoutError)."""
+        from engram_core.layout import LayoutError, load_layout
+
+        out = cls(**kw)
+        for folder in map(Path, folders or ()):
+            name = folder.resolve().name
+            if name in MODELS or name in out.folders:
+                raise LayoutError(f"--layout {folder}: the name {name!r} is taken; rename the folder")
+            if not folder.is_dir():
+                raise LayoutError(f"--layout {folder}: no such folder")
+            try:
+                layout = load_layout(folder)
+            except LayoutError as e:
+                raise LayoutError(f"--layout {folder.name}: {str(e).splitlines()[0]}") from e
+            if layout.tokenizer is None:
+                raise LayoutError(f"--layout {folder}: no tokenizer.json beside its config.json (the app encodes text)")
+            out.folders[name] = folder
+            out._cache[("layout", name)] = layout
+        return out
+
+    def models(self) -> tuple[str, ...]:
+        """What the picker offers: the shipped model, the presets, then the folders given."""
+        return (*MODELS, *self.folders)
+
+    def addressing(self) -> tuple[str, ...]:
+        return (*ADDRESSING, *self.folders)
+
+    def check(self, model: object) -> str:
+        """The picked model, or one line naming the choices."""
+        if model not in self.models():
+            raise ValueError(f"unknown model {model!r}: choose {', '.join(repr(m) for m in self.models())}")
+        return str(model)
 
     def layout(self, model: str = V41):
         from engram_core.layout import load_layout
 
-        model = check_addressing(model)
+        if model not in self.addressing():
+            raise ValueError(
+                f"not an addressing-only model {model!r}: choose {', '.join(repr(m) for m in self.addressing())}"
+            )
         with self._lock:
             if ("layout", model) not in self._cache:
-                self._cache[("layout", model)] = load_layout(model)
+                self._cache[("layout", model)] = load_layout(self.folders.get(model, model))
             return self._cache[("layout", model)]
 
     def progress(self, model: str = V41) -> dict:
@@ -93,7 +121,8 @@ class Layouts:
                 meta = json.loads((self.scan_dir / "summary.json").read_text())
                 digest, name = meta.get("layout_digest"), meta.get("model")
                 found = next(
-                    (m for m in ADDRESSING if (self.layout(m).digest == digest if digest else m == name)), None
+                    (m for m in self.addressing() if (self.layout(m).digest == digest if digest else m == name)),
+                    None,
                 )
                 self._cache["scan-model"] = found
             return self._cache["scan-model"]
@@ -110,6 +139,8 @@ class Layouts:
 
         files = "\n".join(f"{p} {os.path.getsize(p)}" for p in sample_paths())
         key = hashlib.sha256(f"parts keep token streams\n{files}".encode()).hexdigest()[:12]
+        if model in self.folders:  # a folder's name says nothing of its layout: key it by the layout too
+            return cache_dir() / "layouts" / self.layout(model).digest / f"scan-sample-{key}"
         return cache_dir() / model / f"scan-sample-{key}"
 
     def stats(self, model: str = V41, start: bool = False):
@@ -165,7 +196,7 @@ class Layouts:
 
     def of(self, session, model: str):
         """The layout of any pickable model."""
-        return self.shipped(session) if check_model(model) == SHIPPED else self.layout(model)
+        return self.shipped(session) if self.check(model) == SHIPPED else self.layout(model)
 
     def tables(self, model: str = V41) -> dict:
         """Layer -> memory-mapped table, for the model whose layout `--tables` fits (empty otherwise)."""
@@ -177,7 +208,7 @@ class Layouts:
         with self._lock:
             if "tables" not in self._cache:
                 found, why = None, []
-                for m in ADDRESSING:
+                for m in self.addressing():
                     try:
                         found = (m, open_tables(self.tables_dir, self.layout(m)))
                         break
@@ -196,7 +227,7 @@ def address_json(layouts: Layouts, session, text: object, model: object) -> dict
 
     from .session import clean_input
 
-    model = check_model(model)
+    model = layouts.check(model)
     text = clean_input(text)
     layout = layouts.of(session, model)
     # the model as picked, never the layout's name: a checkpoint's layout is named by its folder's

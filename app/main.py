@@ -20,7 +20,7 @@ from engram_core.knockout import format_knockout  # noqa: E402
 
 from . import api  # noqa: E402
 from .context import Ctx  # noqa: E402
-from .layouts import MODELS, SHIPPED, Layouts, address_json  # noqa: E402
+from .layouts import SHIPPED, Layouts, address_json  # noqa: E402
 from .session import MAX_CHARS, Session  # noqa: E402
 from .tabs import card, export, gates, health, knockout, layout_views, lookups, memory_map, paper, rows  # noqa: E402
 from .views import APP_CSS  # noqa: E402
@@ -100,7 +100,9 @@ def build_app(session: Session, layouts: Layouts | None = None) -> gr.Blocks:
             value=EXAMPLES[0],
         )
         with gr.Row():
-            model = gr.Dropdown(list(MODELS), value=SHIPPED, label="model", elem_id="model", scale=1, min_width=220)
+            model = gr.Dropdown(
+                list(layouts.models()), value=SHIPPED, label="model", elem_id="model", scale=1, min_width=220
+            )
             run = gr.Button("Run", variant="primary", elem_id="run")
             mask = gr.Textbox(
                 label="knock-out mask (type one and Run, or set it in the Knock-out tab)",
@@ -224,7 +226,7 @@ def _wire_state(ctx: Ctx, demo: gr.Blocks, triggers: list, examples: gr.Examples
         return commit(request, text, model, mask)
 
     def opened(request: gr.Request):
-        text, mask, model = _from_url(request)
+        text, mask, model = _from_url(request, ctx.layouts.models())
         try:
             return commit(request, text, model, mask, opened=True)
         except gr.Error as e:  # the link's text and mask stay in their boxes to be mended
@@ -309,10 +311,10 @@ def _draw(ctx: Ctx, tab_id: str, values: dict[int, object], layout_only: bool = 
     return drawn
 
 
-def _from_url(request: gr.Request):
+def _from_url(request: gr.Request, models: tuple[str, ...]):
     params = dict(request.query_params) if request is not None else {}
     model = params.get("model", SHIPPED)
-    return params.get("text", EXAMPLES[0])[:MAX_CHARS], params.get("mask", "all"), model if model in MODELS else SHIPPED
+    return params.get("text", EXAMPLES[0])[:MAX_CHARS], params.get("mask", "all"), model if model in models else SHIPPED
 
 
 def _address(ctx: Ctx, text: str, model: str = SHIPPED) -> dict:
@@ -336,10 +338,17 @@ def _wire_export_api(ctx: Ctx) -> None:
 
 
 def launch(
-    checkpoint: str, host: str = "127.0.0.1", port: int | None = None, scan=None, tables=None, **kw
+    checkpoint: str,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    scan=None,
+    tables=None,
+    layouts: list[str] | None = None,
+    **kw,
 ) -> gr.Blocks:
     session = Session.load(checkpoint)
-    demo = build_app(session, Layouts(scan_dir=scan and Path(scan), tables_dir=tables and Path(tables)))
+    picker = Layouts.with_folders(layouts, scan_dir=scan and Path(scan), tables_dir=tables and Path(tables))
+    demo = build_app(session, picker)
     demo.queue(default_concurrency_limit=4)
     demo.launch(
         server_name=host,

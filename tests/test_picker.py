@@ -9,7 +9,7 @@ import pytest
 gr = pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 
-from app.layouts import SHIPPED, V41, unavailable  # noqa: E402
+from app.layouts import MODELS, SHIPPED, V41, unavailable  # noqa: E402
 from engram_core.addressing import address_text  # noqa: E402
 from engram_core.layout import load_layout  # noqa: E402
 
@@ -81,9 +81,9 @@ def test_link_round_trips_the_model(served_app):
     import urllib.parse
 
     Req.query_params = {k: urllib.parse.unquote_plus(v) for k, v in Req.query_params.items()}
-    assert _from_url(Req()) == ("O, I am fortune's fool!", "all", V41)
+    assert _from_url(Req(), MODELS) == ("O, I am fortune's fool!", "all", V41)
     Req.query_params = {"text": "x", "model": "gpt-2"}
-    assert _from_url(Req())[2] == SHIPPED  # a bad model in a link falls back to the shipped one
+    assert _from_url(Req(), MODELS)[2] == SHIPPED  # a bad model in a link falls back to the shipped one
 
 
 def _sparse_v41_shard(path, v41, rows: np.ndarray, scales: np.ndarray):
@@ -277,3 +277,71 @@ def test_tables_that_fit_no_model_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="fits no model") as err:
         Layouts(tables_dir=tmp_path / "t.safetensors").tables(QWEN)
     assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)
+
+
+def longcat_folder(tmp_path):
+    """A released LongCat-Flash-Lite folder: its config.json and a tokenizer.json (the shipped one stands in)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from engram_core.families import longcat
+
+    folder = tmp_path / "LongCat-Flash-Lite"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(longcat.CONFIG))
+    shutil.copy(Path(__file__).resolve().parent.parent / "assets" / "default-model" / "tokenizer.json", folder)
+    return folder
+
+
+def test_a_released_folder_joins_the_picker(tiny_session, tmp_path):
+    """`engram app --layout FOLDER`: LongCat-Flash-Lite (no tokenizer on any registry) is picked by its
+    folder's name; a run, its Lookups, its card and /address read its 12 embedders."""
+    from app.layouts import Layouts, address_json
+    from app.main import build_app
+
+    folder = longcat_folder(tmp_path)
+    layouts = Layouts.with_folders([str(folder)])
+    assert layouts.models() == (*MODELS, "LongCat-Flash-Lite")
+    demo = build_app(tiny_session, layouts)
+    picker = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model")
+    assert "LongCat-Flash-Lite" in [c[0] if isinstance(c, tuple | list) else c for c in picker.choices]
+    run = next(fn for fn in demo.fns.values() if fn.name == "run")
+    *_, trace, addresses, status, link, _number = run.fn(None, TEXT, "LongCat-Flash-Lite", "all")
+    assert trace is None and "LongCat-Flash-Lite" in status and "model=LongCat-Flash-Lite" in link
+    want = address_text(load_layout(folder), TEXT)
+    np.testing.assert_array_equal(addresses.rows, want.rows)
+    assert addresses.rows.shape[2] == 12
+    got = address_json(layouts, tiny_session, TEXT, "LongCat-Flash-Lite")
+    assert got["model"] == "LongCat-Flash-Lite" and got["layers"] == [0]
+    from app.tabs.card import layout_card
+
+    card = layout_card(layouts.layout("LongCat-Flash-Lite"))
+    assert "memory layout" in card and "122,683,536" in card
+    assert layouts.default_scan_dir("LongCat-Flash-Lite").parent.name == want.layout.digest
+
+
+def test_app_refuses_a_bad_layout_folder(tmp_path):
+    import argparse
+    import json
+
+    from app.cli import cmd_app
+    from engram_core.cli import UserError
+
+    args = argparse.Namespace(checkpoint="x", host="127.0.0.1", port=0, scan=None, tables=None)
+    folder = longcat_folder(tmp_path)
+    (folder / "tokenizer.json").unlink()
+    args.layout = [str(folder)]
+    with pytest.raises(UserError, match="no tokenizer.json beside its config.json"):
+        cmd_app(args)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(UserError, match="not a family this tool addresses"):
+        cmd_app(args)
+    args.layout = [str(tmp_path / "nope")]
+    with pytest.raises(UserError, match="no such folder"):
+        cmd_app(args)
+    taken = tmp_path / V41
+    taken.mkdir()
+    args.layout = [str(taken)]
+    with pytest.raises(UserError, match="is taken"):
+        cmd_app(args)

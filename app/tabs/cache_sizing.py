@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from engram_inspect.serving.caches import POLICIES, CacheSimError
 
 from ..context import Ctx
-from ..layouts import ADDRESSING, SHIPPED, check_model, sample_paths
+from ..layouts import SHIPPED, sample_paths
 
 CORPUS_TOKENS = 50_000  # tokens of the corpus replayed: a few seconds per policy
 STREAMS = ("1", "4", "16")
@@ -21,7 +21,7 @@ def corpus_source(ctx: Ctx, model: str):
     from engram_inspect.serving.sources import check_scan, corpus_docs, scan_docs
 
     lay = ctx.layouts
-    if model in ADDRESSING:
+    if model in lay.addressing():
         layout, folder = lay.layout(model), lay.scan_for(model) or lay.default_scan_dir(model)
         try:
             check_scan(layout, folder)
@@ -37,7 +37,7 @@ def sizing(ctx: Ctx, text_ids, model: str, policy: str, streams: str, granularit
     from engram_inspect.serving.sizing import curves, words
 
     try:
-        model = check_model(model)
+        model = ctx.layouts.check(model)
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}: choose from {', '.join(POLICIES)}")
         if str(streams) not in STREAMS:
@@ -131,7 +131,7 @@ def build(ctx: Ctx) -> None:
         from ..session import clean_input
 
         try:
-            model = check_model(model)
+            model = ctx.layouts.check(model)
             layout = ctx.layouts.of(ctx.session, model)
             ids = address_text(layout, clean_input(text)).ids.tolist() if text else None
         except ValueError as e:

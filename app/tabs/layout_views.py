@@ -24,11 +24,10 @@ def user_addresses(ctx: Ctx, text: str, model: str):
     """The rows a user's text reads under an addressing-only model; bad input is a one-line gr.Error."""
     from engram_core.addressing import address_text
 
-    from ..layouts import check_model
     from ..session import clean_input
 
     try:
-        check_model(model)
+        ctx.layouts.check(model)
         return address_text(ctx.layouts.layout(model), clean_input(text))
     except ValueError as e:
         raise gr.Error(str(e).splitlines()[0] if str(e) else "bad input") from e
