@@ -178,3 +178,28 @@ def test_qwen_tables_are_read_row_by_row_from_their_128_shards(tmp_path, preset)
     write_sparse_shards(tmp_path / "model-00001.safetensors", names[:5] + names[6:], (per, 160), "BF16")
     with pytest.raises(LayoutError, match="lacks shard 5"):
         open_tables(tmp_path, preset)
+
+
+@pytest.mark.slow
+def test_local_and_ray_scans_write_the_same_files(tmp_path, ray_cluster):
+    """A small layout in Qwen's format (EOS restarting N-grams inside the documents), scanned in-process
+    and on Ray: the same rows and N-gram files."""
+    import pyarrow.parquet as pq
+
+    from engram_inspect.corpus.scan import scan
+
+    folder = released_folder(
+        tmp_path, vocab_size=4096, ple_embed_dim=64, heads_per_ngram=2, ngram_vocab_size_base=3000, eos_token_id=2
+    )
+    lay = load_layout(folder)
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.py").write_text((ROOT / "engram_core" / "hashing.py").read_text()[:6000])
+    (corpus / "b.txt").write_text("To be, or not to be, that is the question.\n" * 20)
+    local = scan(lay, [str(corpus)], tmp_path / "local", shard_bytes=3000)
+    ray_run = scan(lay, [str(corpus)], tmp_path / "ray", executor="ray", workers=2, shard_bytes=3000)
+    assert local["tokens"] == ray_run["tokens"] and local["shards"] == ray_run["shards"] > 1
+    for f in ("rows.parquet", "ngrams.parquet"):  # the same lines, in any order
+        a, b = (pq.read_table(tmp_path / d / f).to_pylist() for d in ("local", "ray"))
+        assert sorted(map(repr, a)) == sorted(map(repr, b)) and len(a) > 0, f
+    assert pq.read_table(tmp_path / "local" / "ngrams.parquet").num_rows > 0

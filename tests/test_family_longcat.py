@@ -332,10 +332,9 @@ def test_local_and_ray_scans_write_the_same_files(tmp_path, ray_cluster):
     assert local["tokens"] == ray_run["tokens"] and local["shards"] == ray_run["shards"] > 1
     import pyarrow.parquet as pq
 
-    for f in ("rows.parquet", "ngrams.parquet"):
-        a, b = (pq.read_table(tmp_path / d / f) for d in ("local", "ray"))
-        key = [(c, "ascending") for c in a.column_names if c != "ngram"][:4]
-        assert a.sort_by(key).equals(b.sort_by(key)), f
+    for f in ("rows.parquet", "ngrams.parquet"):  # the same lines, in any order
+        a, b = (pq.read_table(tmp_path / d / f).to_pylist() for d in ("local", "ray"))
+        assert sorted(map(repr, a)) == sorted(map(repr, b)) and len(a) > 0, f
     assert pq.read_table(tmp_path / "local" / "ngrams.parquet").num_rows > 0  # small tables: N-grams share rows
 
 
