@@ -110,13 +110,19 @@ def test_the_whole_tour(app_url, page):
     plot.wait_for(timeout=120_000)
     # a click on a point: plotly's own click event carrying the point's row id
     page.wait_for_function("() => document.querySelector('#memory-map .js-plotly-plot').__engramHooked === true")
-    page.evaluate(
+    row = page.evaluate(
         "() => { const d = document.querySelector('#memory-map .js-plotly-plot');"
         " const row = d.data[0].customdata[0];"
-        " d.emit('plotly_click', {points: [{customdata: row}]}); }"
+        " d.emit('plotly_click', {points: [{customdata: row}]}); return String(row); }"
     )
     # a found row names the query row it is nearest to ("0." once matched the queue's "0.1s")
     sync_api.expect(page.locator("#neighbours-table")).to_contain_text(re.compile(r"\(head \d\)"), timeout=120_000)
+    # the click also opens the point's row page 0.4 s later (once a fast neighbour search let the tour
+    # click Export first, and the row page then took the screen): wait for it before moving on
+    sync_api.expect(page.get_by_role("tab", name="Row page")).to_have_attribute("aria-selected", "true")
+    sync_api.expect(page.locator("#row-page-query textarea, #row-page-query input").first).to_have_value(row)
+    page.wait_for_function(IDLE, timeout=120_000)
+    tab(page, "Memory map")
     shot(page, "memory-map")
 
     tab(page, "Export")
