@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .hashing import mod_rows
 from .layout import LayoutError, MemoryLayout, check_ids
 
 
@@ -49,18 +50,6 @@ def slot_values(cids: np.ndarray, run: np.ndarray, pad: int, n: int) -> list[np.
         s[run <= k] = pad
         out.append(s)
     return out
-
-
-def mod_rows(mix: np.ndarray, prime: int, out: np.ndarray) -> None:
-    """out = mix mod prime for mix >= 0, exactly.
-
-    subtle: written as mix - (mix // prime) x prime because numpy vectorises integer floor division by
-    a scalar (libdivide) but not `%`: 1.7x faster than `%` or a float64 quotient estimate on the
-    2-core EPYC (bench/bench_addressing.py), and exact for every mix >= 0.
-    """
-    np.floor_divide(mix, prime, out=out)
-    np.multiply(out, prime, out=out)
-    np.subtract(mix, out, out=out)
 
 
 def mix_rows(mix: np.ndarray, prime: int) -> np.ndarray:

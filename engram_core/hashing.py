@@ -208,38 +208,31 @@ def ngram_mix(ids: torch.Tensor, spec: HashSpec, layer: int) -> torch.Tensor:
     return torch.stack(mixes, dim=-1)  # (B, T, N-1)
 
 
-def _rows_numpy(x: np.ndarray, spec: HashSpec, layer: int, out: np.ndarray) -> None:
-    """Fill out (H, B, T) with the rows of one layer; x is (B, T) int64.
+def mod_rows(mix: np.ndarray, prime: int, out: np.ndarray) -> None:
+    """out = mix mod prime for mix >= 0, exactly.
 
-    Each order's mix is built on the previous order's (the XOR chain is shared).
-    subtle: the modulus is written as mix - (mix // p) * p because numpy
-    vectorises integer floor division by a scalar (libdivide) but not `%`: this
-    is about twice as fast, and exact since mix >= 0.
+    subtle: written as mix - (mix // prime) x prime because numpy vectorises integer floor division by
+    a scalar (libdivide) but not `%`: 1.7x faster than `%` or a float64 quotient estimate on the
+    2-core EPYC (bench/bench_addressing.py), and exact for every mix >= 0.
     """
-    primes = spec.primes[layer]
+    np.floor_divide(mix, prime, out=out)
+    np.multiply(out, prime, out=out)
+    np.subtract(mix, out, out=out)
+
+
+def _rows_numpy(x: np.ndarray, spec: HashSpec, layer: int, out: np.ndarray) -> None:
+    """Fill out (H, B, T) with the rows of one layer; x is (B, T) int64, the pad before the start (§2).
+
+    The mixes are the spec's own (`head_mixes`: eq. 1's XOR chain, or a family's hash)."""
     T = x.shape[1]
-    if type(spec).head_mixes is not HashSpec.head_mixes:  # a family's own hash (families/)
-        slots = []
-        for k in range(spec.max_ngram):
-            prev = np.full_like(x, spec.pad_id)
-            prev[:, k:] = x[:, : max(T - k, 0)]
-            slots.append(prev)
-        for i, mix in spec.head_mixes(slots, layer):
-            np.remainder(mix, primes[i], out=out[i])
-        return
-    m = spec.multipliers[layer]
-    mix = x * m[0]
-    quot = np.empty_like(x)
+    slots = [x]
     for k in range(1, spec.max_ngram):
         prev = np.full_like(x, spec.pad_id)
-        prev[:, k:] = x[:, : max(T - k, 0)]  # delayed by k, pad before the start (§2)
-        np.bitwise_xor(mix, prev * m[k], out=mix)
-        n = k + 1
-        for h in range(spec.heads_per_ngram):
-            i = spec.head_index(n, h)
-            np.floor_divide(mix, primes[i], out=quot)
-            np.multiply(quot, primes[i], out=quot)
-            np.subtract(mix, quot, out=out[i])
+        prev[:, k:] = x[:, : max(T - k, 0)]  # delayed by k
+        slots.append(prev)
+    primes = spec.primes[layer]
+    for i, mix in spec.head_mixes(slots, layer):
+        mod_rows(mix, primes[i], out[i])
 
 
 def hash_ids(ids: np.ndarray | torch.Tensor | list, spec: HashSpec, layer: int) -> torch.Tensor:
