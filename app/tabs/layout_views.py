@@ -147,16 +147,19 @@ def health_panel(ctx: Ctx) -> None:
         return _scan_note(lay, model, stats), *curves
 
     def redraw(model):
-        """The panel for the picked model: its statistics when they are at hand, else empty until Load
-        (never another model's)."""
+        return gr.Column(visible=_addressing(model))
+
+    def statistics(model, addresses):
+        """The picked model's statistics when they are at hand, else empty until Load (never another
+        model's). It reads more than the model, so it draws only with the tab on screen, not after
+        every run for a tab nobody sees."""
         stats = None
         if _addressing(model):
             try:
                 stats = lay.stats(model)  # never starts a scan
             except ValueError:
                 stats = None  # Load says why
-        blank = ("", [], [], None, None)
-        return gr.Column(visible=_addressing(model)), *(drawn(model, stats) if stats is not None else blank)
+        return drawn(model, stats) if stats is not None else ("", [], [], None, None)
 
     def tables(model, progress=gr.Progress()):  # noqa: B008 - how Gradio injects a progress bar
         import time
@@ -175,7 +178,8 @@ def health_panel(ctx: Ctx) -> None:
         return drawn(model, stats)
 
     load.click(tables, [ctx.model], [note, layers, sizes, zipf, cache], api_visibility="private")
-    ctx.view("health", redraw, [ctx.model], [panel, note, layers, sizes, zipf, cache])
+    ctx.view("health", redraw, [ctx.model], [panel])
+    ctx.view("health", statistics, [ctx.model, ctx.addresses], [note, layers, sizes, zipf, cache])
 
 
 CACHE_COLUMNS = ["layer", "rows", "MiB", "LRU hit rate", "static hit rate"]
